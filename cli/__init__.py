@@ -1,0 +1,1 @@
+"""rsc's command-line interface (installed as the ``rsc_cli`` package)."""

@@ -1,0 +1,52 @@
+"""Error types. Every error rsc raises on bad input is an ``RscError`` whose message is one
+line saying what was wrong and what to do; the CLI prints it and exits non-zero."""
+from __future__ import annotations
+
+
+class RscError(Exception):
+    """Base class: a user-facing, one-line error."""
+
+    exit_code = 2
+
+
+class SpecError(RscError, ValueError):
+    """A malformed or impossible spurious-dataset spec."""
+
+
+class UnknownNameError(RscError, KeyError):
+    """A plugin name that no registered plugin of that kind has."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class PluginError(RscError):
+    """A plugin failed to load (raised only with RSC_STRICT_PLUGINS=1)."""
+
+
+class PluginConflictError(RscError):
+    """Two plugins registered the same name for the same kind."""
+
+
+class DatasetMissingError(RscError, FileNotFoundError):
+    """Dataset files are not on disk and may not be downloaded."""
+
+
+class PatternError(RscError, ValueError):
+    """A pattern does not fit the images it is applied to."""
+
+
+class CheckpointError(RscError):
+    """A checkpoint is missing, corrupt or of the wrong architecture."""
+
+
+class ConfigError(RscError, ValueError):
+    """A bad training, regulariser or run option."""
+
+
+class DivergenceError(RscError):
+    """Training produced a NaN or infinite loss."""
+
+
+class OptionalDependencyError(RscError, ImportError):
+    """An optional extra (for example ``rsc[dp]``) is needed but not installed."""

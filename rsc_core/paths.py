@@ -1,0 +1,41 @@
+"""Where rsc reads data and writes caches and runs. Explicit options beat environment
+variables, which beat per-user defaults."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The dataset root: ``explicit``, else ``RSC_DATA_DIR``, else ``<cache>/data``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("RSC_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    return cache_dir() / "data"
+
+
+def cache_dir() -> Path:
+    """rsc's own writable cache: ``RSC_CACHE_DIR``, else ``$XDG_CACHE_HOME/rsc``, else
+    ``~/.cache/rsc``. Used because the data root may be read-only."""
+    env = os.environ.get("RSC_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "rsc"
+
+
+def runs_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The runs root: ``explicit``, else ``RSC_RUNS_DIR``, else ``./runs``."""
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(os.environ.get("RSC_RUNS_DIR") or "runs")
+
+
+def download_allowed(explicit: bool | None = None) -> bool:
+    """Downloads happen only when asked (``--download``) or ``RSC_DOWNLOAD=1``."""
+    if explicit is not None:
+        return explicit
+    return os.environ.get("RSC_DOWNLOAD", "") in ("1", "true", "yes")

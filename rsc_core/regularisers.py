@@ -1,0 +1,77 @@
+"""The regulariser interface. The trainer calls these hooks from its loop, so a new
+regularisation method is a plugin, never a change to the trainer:
+
+1. ``optimizer_options(options)`` once, before the optimizer is built (coupled weight decay);
+2. ``setup(ctx)`` once, after model and optimizer exist (may wrap them, e.g. DP-SGD);
+3. ``batches(ctx)`` may take over the choice of each epoch's batches (Poisson sampling);
+4. per batch: ``before_forward(x, y, ctx)`` -> (x, y), then ``after_backward(ctx)`` on the
+   gradients, then ``after_step(ctx)`` after ``optimizer.step()``;
+5. ``end_epoch(ctx)`` returns extra per-epoch history fields (e.g. privacy spent).
+
+Hooks are only ever called on training batches, never during evaluation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, Iterator
+
+import torch
+
+
+@dataclass
+class TrainContext:
+    """What a hook may look at (and, in ``setup``, replace)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    num_train: int
+    batch_size: int
+    epochs: int
+    epoch: int = 0
+    generator: torch.Generator | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Regulariser:
+    """Base class with no-op hooks. ``params`` is recorded in the run's config."""
+
+    name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+
+    def __init__(self, **params: Any) -> None:
+        self.params: dict[str, Any] = dict(params)
+
+    def spec(self) -> dict[str, Any]:
+        """The regulariser as recorded in a run config: name and parameters."""
+        return {"name": self.name, "params": dict(sorted(self.params.items()))}
+
+    def optimizer_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        return options
+
+    def setup(self, ctx: TrainContext) -> None:
+        pass
+
+    def batches(self, ctx: TrainContext) -> Iterable[torch.Tensor] | None:
+        """Return the epoch's batches of training indices, or None for the default."""
+        return None
+
+    def before_forward(self, x: torch.Tensor, y: torch.Tensor,
+                       ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+    def after_backward(self, ctx: TrainContext) -> None:
+        pass
+
+    def after_step(self, ctx: TrainContext) -> None:
+        pass
+
+    def end_epoch(self, ctx: TrainContext) -> dict[str, float]:
+        return {}
+
+
+def iter_batches(order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Split a permutation of indices into consecutive batches (the last may be short)."""
+    for start in range(0, order.numel(), batch_size):
+        yield order[start:start + batch_size]
