@@ -70,3 +70,13 @@ class DatasetProvider(ABC):
 def to_unit_float(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 -> float32 in [0, 1], computed as float32(x) / 255 like the reference."""
     return images_uint8.to(torch.float32).div_(255.0)
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None,
+                 download: bool | None = None) -> DatasetBundle:
+    """Load a clean dataset by registered name from the resolved data root."""
+    from . import registry
+    from .paths import data_dir as resolve_data_dir, download_allowed
+
+    provider = registry("datasets").create(name)
+    return provider.load(resolve_data_dir(data_dir), download=download_allowed(download))

@@ -75,3 +75,43 @@ def iter_batches(order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]
     """Split a permutation of indices into consecutive batches (the last may be short)."""
     for start in range(0, order.numel(), batch_size):
         yield order[start:start + batch_size]
+
+
+def build_regularisers(specs: Iterable[dict[str, Any]]) -> list[Regulariser]:
+    """Instantiate regulariser specs ``{"name": ..., "params": {...}}`` from the registry."""
+    from . import registry
+
+    return [registry("regularisers").create(spec["name"], **spec.get("params", {}))
+            for spec in specs]
+
+
+def parse_regulariser_option(text: str) -> dict[str, Any]:
+    """``NAME[:key=value,...]`` -> ``{"name": NAME, "params": {...}}``; values are parsed as
+    int, float, true/false, or kept as strings."""
+    from .errors import ConfigError
+
+    name, _, rest = text.partition(":")
+    if not name.strip():
+        raise ConfigError(f"bad regulariser {text!r}; expected NAME[:key=value,...]")
+    params: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"bad regulariser parameter {item!r} in {text!r}; "
+                              f"expected key=value")
+        params[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return {"name": name.strip(), "params": params}
+
+
+def _parse_value(value: str) -> Any:
+    lowered = value.lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value

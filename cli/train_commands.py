@@ -1,0 +1,178 @@
+"""``rsc train``, ``rsc score``, ``rsc compare`` and ``rsc quickstart``."""
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from rsc_core.checkpoints import build_model_from_checkpoint, read_checkpoint
+from rsc_core.compare import Comparison, compare_runs
+from rsc_core.datasets import load_dataset
+from rsc_core.errors import RscError
+from rsc_core.runs import Run, resolve_device, score_run, train_run
+from rsc_core.scoring import DEFAULT_THRESHOLD, ScoreResult, score_model
+from rsc_core.spec import SpuriousSpec
+
+from .options import data_options, spec_options
+from .train_options import build_train_config, split_train_kwargs, train_options
+
+runs_dir_option = click.option(
+    "--runs-dir", type=click.Path(file_okay=False), default=None,
+    help="Runs root (default: RSC_RUNS_DIR, else ./runs).")
+device_option = click.option(
+    "--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, ... or auto.")
+
+
+@click.command("train")
+@spec_options
+@train_options
+@data_options
+@runs_dir_option
+@device_option
+@click.option("--force", is_flag=True, help="Retrain even if this exact run has finished.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--channels-last", is_flag=True, help="channels-last memory format (CUDA).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run's metrics as JSON.")
+def train_command(spec: SpuriousSpec, data_dir, download, runs_dir, device, force, quiet,
+                  channels_last, as_json, **kwargs) -> None:
+    """Train a network on a (spurious) dataset and record the run.
+
+    The run folder (under --runs-dir) is named by the spec, the recipe and a hash of the full
+    configuration. An identical finished run is reused; an interrupted one resumes.
+
+    Example: rsc train --spec mnistv8-3-0-0 --model ce-tor-LargeMLP --epochs 70
+    """
+    train_kwargs, _ = split_train_kwargs(kwargs)
+    config = build_train_config(**train_kwargs)
+    outcome = train_run(spec, config, runs_dir=runs_dir, data_dir=data_dir, download=download,
+                        force=force, progress=not quiet, device=device,
+                        channels_last=channels_last)
+    metrics = outcome.run.metrics or {}
+    if as_json:
+        click.echo(json.dumps({"run": str(outcome.run.path), "reused": outcome.reused,
+                               **metrics}, indent=2))
+        return
+    state = ("reused finished run" if outcome.reused else
+             f"resumed from epoch {outcome.resumed_from}" if outcome.resumed_from else "trained")
+    click.echo(f"{state}: {outcome.run.path}")
+    click.echo(f"clean test accuracy {metrics.get('clean_accuracy'):.4f}")
+    if metrics.get("score"):
+        score = metrics["score"]
+        click.echo(f"spurious score ({score['pattern']}, target {score['target']}, seed "
+                   f"{score['seed']}): {score['score']:.4f}")
+
+
+def _print_score(result: ScoreResult, source: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"source": source, **result.as_dict()}, indent=2))
+        return
+    table = Table("measure", "value", title=f"spurious score of {source}")
+    table.add_row("pattern / target / seed", f"{result.pattern} / {result.target} / {result.seed}")
+    table.add_row("threshold", f"{result.threshold:g}")
+    table.add_row("images scored", f"{result.num_images}"
+                  + (" (y != target)" if result.exclude_target else " (all)"))
+    table.add_row("spurious score", f"{result.score:.4f}")
+    table.add_row("clean test accuracy", f"{result.clean_accuracy:.4f}")
+    table.add_row("patterned accuracy (y != target)", f"{result.patterned_accuracy:.4f}")
+    Console().print(table)
+
+
+@click.command("score")
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--pattern", default=None, help="Pattern (default: the run's own).")
+@click.option("--target", type=int, default=None, help="Target class (default: the run's).")
+@click.option("--seed", type=int, default=None,
+              help="Pattern seed (default: the run's dataset seed; 0 for clean runs).")
+@click.option("--threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
+              help="Probability rise that counts as spurious.")
+@click.option("--exclude-target", is_flag=True, help="Score only test images with y != target.")
+@click.option("--arch", default=None, help="Architecture of a reference checkpoint.")
+@click.option("--dataset", default=None, help="Dataset of a reference checkpoint.")
+@data_options
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def score_command(source, pattern, target, seed, threshold, exclude_target, arch, dataset,
+                  data_dir, download, device, as_json) -> None:
+    """Spurious score of a run folder or a checkpoint file (rsc's or the reference's).
+
+    score = fraction of test images whose target-class probability rises by more than the
+    threshold when the pattern is added (PROTOCOL.md section 5).
+    """
+    path = Path(source)
+    if path.is_dir():
+        result = score_run(Run.open(path), pattern, target, seed, threshold, exclude_target,
+                           data_dir, download, device)
+        _print_score(result, path.name, as_json)
+        return
+    checkpoint = read_checkpoint(path)
+    meta_spec = (checkpoint.get("meta") or {}).get("spec") or {}
+    dataset = dataset or meta_spec.get("dataset")
+    if not dataset:
+        raise RscError("this checkpoint does not record its dataset; pass --dataset (and --arch)")
+    bundle = load_dataset(dataset, data_dir, download)
+    model = build_model_from_checkpoint(checkpoint, arch, bundle.input_shape, bundle.num_classes)
+    pattern = pattern or meta_spec.get("pattern")
+    targets = meta_spec.get("targets") or []
+    target = target if target is not None else (targets[0] if targets else None)
+    if pattern is None or target is None:
+        raise RscError("say which pattern and target to score (--pattern P --target C)")
+    seed = seed if seed is not None else (meta_spec.get("seed", 0) if targets else 0)
+    result = score_model(model, bundle.test, pattern, target, seed, threshold, exclude_target,
+                         resolve_device(device))
+    _print_score(result, path.name, as_json)
+
+
+def _expand(paths: tuple[str, ...]) -> list[Run]:
+    runs: list[Run] = []
+    for text in paths:
+        matches = sorted(glob.glob(text)) if any(c in text for c in "*?[") else [text]
+        if not matches:
+            raise RscError(f"no run folders match {text!r}")
+        runs.extend(Run.open(m) for m in matches)
+    return runs
+
+
+def print_comparison(comparison: Comparison, console: Console | None = None) -> None:
+    table = Table("n", "runs", "spurious score", "clean acc", "patterned acc (y≠c)",
+                  "p (Welch, > baseline)",
+                  title=f"pattern {comparison.pattern}, target {comparison.target}, "
+                        f"threshold {comparison.threshold:g}")
+
+    def cell(mean: float, sem: float) -> str:
+        return f"{mean:.4f}" + ("" if sem != sem else f" ± {sem:.4f}")
+
+    for row in comparison.rows:
+        p = "baseline" if row.p_value is None else f"{row.p_value:.3g}"
+        table.add_row(str(row.n), str(row.runs), cell(row.score_mean, row.score_sem),
+                      cell(row.clean_accuracy_mean, row.clean_accuracy_sem),
+                      cell(row.patterned_accuracy_mean, row.patterned_accuracy_sem), p)
+    (console or Console()).print(table)
+
+
+@click.command("compare")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--baseline", "baselines", multiple=True,
+              help="Clean baseline run folder or glob (repeatable).")
+@click.option("--threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
+              help="Probability rise that counts as spurious.")
+@click.option("--exclude-target", is_flag=True, help="Score only test images with y != target.")
+@data_options
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare_command(runs, baselines, threshold, exclude_target, data_dir, download, device,
+                    as_json) -> None:
+    """Aggregate runs that differ only in seed: mean ± SEM per n and the one-sided Welch
+    t-test against the clean baseline. RUNS may be folders or globs (quote them)."""
+    comparison = compare_runs(_expand(runs), _expand(baselines) if baselines else (),
+                              threshold, exclude_target, data_dir, device)
+    if as_json:
+        click.echo(json.dumps(comparison.as_dict(), indent=2))
+    else:
+        print_comparison(comparison)
+
+
+COMMANDS = [train_command, score_command, compare_command]

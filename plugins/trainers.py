@@ -1,0 +1,141 @@
+"""The ``erm`` trainer: plain empirical risk minimisation, fast by design.
+
+The whole training set lives as one tensor on the device; each epoch's batches are slices of a
+seeded permutation (no per-item DataLoader); augmentation runs on whole batches. Every epoch
+reseeds its own generators from (seed, epoch), so a run resumed from an epoch checkpoint
+produces the same weights as an uninterrupted one."""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from rsc_core import hookimpl
+from rsc_core.datasets import ImageData
+from rsc_core.errors import DivergenceError
+from rsc_core.evaluation import loss_and_accuracy
+from rsc_core.progress import EpochProgress
+from rsc_core.regularisers import Regulariser, TrainContext, iter_batches
+from rsc_core.training import (AUGMENT, EpochCallback, Trainer, TrainConfig, TrainState,
+                               make_loss, make_optimizer, reference_milestones)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A distinct, reproducible seed for each (run seed, epoch)."""
+    return (seed * 1_000_003 + epoch * 7_919) % (2**63 - 1)
+
+
+class ErmTrainer(Trainer):
+    """Empirical risk minimisation with the reference's optimizers, losses and LR schedule."""
+
+    name = "erm"
+
+    def fit(self, model: nn.Module, train: ImageData, test: ImageData | None,
+            config: TrainConfig, regularisers: Sequence[Regulariser] = (), *,
+            device: torch.device | str = "cpu", resume: dict[str, Any] | None = None,
+            on_epoch: EpochCallback | None = None, progress: bool = False,
+            channels_last: bool = False) -> TrainState:
+        device = torch.device(device)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        model.to(device=device, memory_format=memory_format)
+        x_all = train.images.to(device).contiguous(memory_format=memory_format)
+        y_all = train.labels.to(device)
+        options: dict[str, Any] = {"weight_decay": 0.0}
+        for regulariser in regularisers:
+            options = regulariser.optimizer_options(options)
+        optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr,
+                                   config.momentum, options["weight_decay"])
+        ctx = TrainContext(model, optimizer, device, len(train), config.batch_size,
+                           config.epochs)
+        for regulariser in regularisers:
+            regulariser.setup(ctx)
+        milestones = config.milestones or reference_milestones(config.epochs)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(ctx.optimizer, list(milestones), 0.1)
+        state = TrainState()
+        if resume is not None:
+            ctx.model.load_state_dict(resume["model_state_dict"])
+            ctx.optimizer.load_state_dict(resume["optimizer_state_dict"])
+            scheduler.load_state_dict(resume["scheduler_state_dict"])
+            state = TrainState(resume["epoch"], list(resume.get("history", [])))
+        loss_fn = make_loss(config.loss)
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                    if config.amp and device.type == "cuda" else nullcontext())
+        bar = EpochProgress(config.epochs, math.ceil(len(train) / config.batch_size),
+                            enabled=progress, start_epoch=state.epoch)
+        with bar:
+            for epoch in range(state.epoch + 1, config.epochs + 1):
+                ctx.epoch = epoch
+                started = time.perf_counter()
+                lr = ctx.optimizer.param_groups[0]["lr"]
+                train_loss, train_acc = self._train_epoch(
+                    ctx, x_all, y_all, config, regularisers, loss_fn, autocast, bar)
+                scheduler.step()
+                record = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
+                          "train_accuracy": train_acc}
+                if test is not None:
+                    record["test_loss"], record["test_accuracy"] = loss_and_accuracy(
+                        ctx.model, test.images, test.labels, loss_fn, device)
+                for regulariser in regularisers:
+                    record.update(regulariser.end_epoch(ctx))
+                record["seconds"] = time.perf_counter() - started
+                state.history.append(record)
+                state.epoch = epoch
+                bar.end_epoch(record)
+                if on_epoch is not None:
+                    on_epoch(state, ctx.model, ctx.optimizer, scheduler)
+        return state
+
+    def _train_epoch(self, ctx: TrainContext, x_all: torch.Tensor, y_all: torch.Tensor,
+                     config: TrainConfig, regularisers: Sequence[Regulariser], loss_fn: Any,
+                     autocast: Any, bar: EpochProgress) -> tuple[float, float]:
+        seed = epoch_seed(config.seed, ctx.epoch)
+        torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
+        ctx.generator = torch.Generator(device=ctx.device).manual_seed(seed)
+        batches = None
+        for regulariser in regularisers:
+            batches = batches or regulariser.batches(ctx)
+        if batches is None:
+            order = torch.randperm(x_all.shape[0], generator=ctx.generator, device=ctx.device)
+            batches = iter_batches(order, config.batch_size)
+        augment = AUGMENT[config.aug] if config.aug else None
+        model = ctx.model
+        model.train()
+        total_loss = torch.zeros((), device=ctx.device, dtype=torch.float64)
+        total_correct = torch.zeros((), device=ctx.device, dtype=torch.int64)
+        seen = 0
+        for index in batches:
+            x, y = x_all[index], y_all[index]
+            if augment is not None:
+                x = augment(x, ctx.generator)
+            for regulariser in regularisers:
+                x, y = regulariser.before_forward(x, y, ctx)
+            ctx.optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                logits = model(x)
+                loss = loss_fn(logits.float(), y).mean()
+            loss.backward()
+            for regulariser in regularisers:
+                regulariser.after_backward(ctx)
+            ctx.optimizer.step()
+            for regulariser in regularisers:
+                regulariser.after_step(ctx)
+            total_loss += loss.detach() * y.shape[0]
+            total_correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.shape[0]
+            bar.advance()
+        mean_loss = total_loss.item() / max(seen, 1)
+        if not math.isfinite(mean_loss):
+            raise DivergenceError(
+                f"training diverged in epoch {ctx.epoch}: the loss became "
+                f"{'NaN' if math.isnan(mean_loss) else 'infinite'}; try a lower learning rate "
+                f"(--lr, now {config.lr})")
+        return mean_loss, total_correct.item() / max(seen, 1)
+
+
+@hookimpl
+def register_trainers(register) -> None:
+    register(ErmTrainer)

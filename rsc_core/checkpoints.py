@@ -1,0 +1,77 @@
+"""Checkpoints: rsc's own (which record architecture, input shape, class count, spec and config,
+so they load without extra arguments) and the reference's (``epoch``, ``model_state_dict``,
+``optimizer_state_dict``). Files are always read with ``weights_only=True``: a checkpoint can
+hold tensors and plain data, never code."""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .atomic import write_torch
+from .errors import CheckpointError
+
+FORMAT = "rsc-checkpoint/1"
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    scheduler: Any, epoch: int, history: list[dict], meta: dict) -> None:
+    """Write atomically: an interrupted save leaves the previous checkpoint intact."""
+    write_torch(Path(path), {
+        "format": FORMAT,
+        "epoch": epoch,
+        "model_state_dict": model.state_dict(),
+        "optimizer_state_dict": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler_state_dict": scheduler.state_dict() if scheduler is not None else None,
+        "history": history,
+        "meta": meta,
+    })
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict safely; any problem is one ``CheckpointError`` line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} holds objects other than tensors and plain data, which rsc "
+            f"refuses to load because they could run code ({str(exc).splitlines()[0][:120]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file "
+                              f"({type(exc).__name__}); re-create it (rsc train --force)") from None
+    if isinstance(data, dict) and "model_state_dict" in data:
+        return data
+    if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
+        return {"model_state_dict": data}  # a bare state_dict
+    raise CheckpointError(f"{path} is not a model checkpoint (no 'model_state_dict')")
+
+
+def build_model_from_checkpoint(checkpoint: dict[str, Any], arch: str | None = None,
+                                input_shape: tuple[int, int, int] | None = None,
+                                num_classes: int | None = None) -> nn.Module:
+    """Build the recorded (or given) architecture and load the weights strictly."""
+    from . import registry
+
+    meta = checkpoint.get("meta") or {}
+    arch = arch or meta.get("arch")
+    input_shape = tuple(input_shape or meta.get("input_shape") or ())
+    num_classes = num_classes or meta.get("num_classes")
+    if not arch or len(input_shape) != 3 or not num_classes:
+        raise CheckpointError("this checkpoint does not record its architecture (a reference "
+                              "checkpoint?); pass --arch and --dataset to say what it holds")
+    model = registry("architectures").create(arch).build(input_shape, int(num_classes))
+    try:
+        model.load_state_dict(checkpoint["model_state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint weights do not fit architecture {arch} with input "
+                              f"{input_shape} and {num_classes} classes: {first}") from None
+    return model

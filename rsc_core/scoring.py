@@ -1,0 +1,71 @@
+"""The spurious score (PROTOCOL.md section 5): the fraction of test images x for which adding
+the pattern raises the softmax probability of the target class c by more than a threshold,
+  score = mean_x 1[ softmax(f(p(x)))_c - softmax(f(x))_c > 0.1 ],
+over ALL clean test images by default (or those with y != c). Reported with clean accuracy and
+the accuracy on patterned test images with y != c."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .datasets import ImageData
+from .errors import ConfigError
+from .evaluation import predict_proba
+
+DEFAULT_THRESHOLD = 0.1
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """A spurious score with the accuracies reported beside it."""
+
+    pattern: str
+    target: int
+    seed: int
+    threshold: float
+    exclude_target: bool
+    score: float
+    num_images: int
+    clean_accuracy: float
+    patterned_accuracy: float  # on patterned test images with y != target
+    indicators: np.ndarray = field(repr=False, compare=False)  # per scored image, 0/1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pattern": self.pattern, "target": self.target, "seed": self.seed,
+                "threshold": self.threshold, "exclude_target": self.exclude_target,
+                "score": self.score, "num_images": self.num_images,
+                "clean_accuracy": self.clean_accuracy,
+                "patterned_accuracy": self.patterned_accuracy}
+
+
+def score_model(model: nn.Module, test: ImageData, pattern: str, target: int, seed: int = 0,
+                threshold: float = DEFAULT_THRESHOLD, exclude_target: bool = False,
+                device: torch.device | str = "cpu") -> ScoreResult:
+    """Evaluate the spurious score of ``model`` for ``pattern`` (with ``seed``) and class
+    ``target`` on the test split ``test``."""
+    from . import registry
+
+    entry = registry("patterns").get(pattern)
+    clean_proba = predict_proba(model, test.images, device)
+    num_classes = clean_proba.shape[1]
+    if not 0 <= target < num_classes:
+        raise ConfigError(f"target class {target} is out of range for a model with "
+                          f"{num_classes} classes")
+    patterned_images = entry.create().apply(test.images, seed)
+    patterned_proba = predict_proba(model, patterned_images, device)
+    labels = test.labels.cpu()
+    keep = labels != target if exclude_target else torch.ones_like(labels, dtype=torch.bool)
+    rise = patterned_proba[:, target] - clean_proba[:, target]
+    indicators = (rise > threshold)[keep].numpy().astype(np.uint8)
+    others = labels != target
+    patterned_accuracy = (patterned_proba.argmax(1) == labels)[others].float().mean().item()
+    return ScoreResult(
+        pattern=entry.name, target=target, seed=seed, threshold=threshold,
+        exclude_target=exclude_target, score=float(indicators.mean()) if indicators.size else 0.0,
+        num_images=int(indicators.size),
+        clean_accuracy=(clean_proba.argmax(1) == labels).float().mean().item(),
+        patterned_accuracy=patterned_accuracy, indicators=indicators)

@@ -1,0 +1,139 @@
+"""Spurious-dataset specs. The reference names datasets ``{dataset}{pattern}-{n}-{label}-{seed}``
+(e.g. ``mnistv8-3-0-0``), ``twoclass{dataset}{pattern}-{n}-{c1}-{c2}-{seed}``, or plainly
+``{dataset}``. ``parse_spec`` turns such a name into a ``SpuriousSpec``; ``SpuriousSpec.build``
+checks the same fields when they come as separate options. Every malformed or impossible spec
+raises ``SpecError``, never anything else."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import SpecError, UnknownNameError
+
+MAX_SEED = 2**32 - 1  # numpy.random.RandomState accepts seeds in [0, 2**32)
+DEFAULT_PATTERN = "v1"  # the reference applies v1 when the name has no pattern
+_NAME = re.compile(r"(?P<twoclass>twoclass)?(?P<head>[a-z][a-z0-9]*)(?P<numbers>(?:-[0-9]+)*)")
+
+
+@dataclass(frozen=True)
+class SpuriousSpec:
+    """Which dataset, which pattern, how many spurious examples of which class(es), which seed.
+
+    ``targets`` has one class (the usual case), two (the reference's ``twoclass`` variant), or
+    none for the clean dataset (then ``pattern`` is None and ``n`` is 0)."""
+
+    dataset: str
+    pattern: str | None = None
+    n: int = 0
+    targets: tuple[int, ...] = ()
+    seed: int = 0
+
+    @property
+    def is_clean(self) -> bool:
+        return not self.targets
+
+    @property
+    def target(self) -> int | None:
+        """The (first) target class, or None for the clean dataset."""
+        return self.targets[0] if self.targets else None
+
+    @property
+    def name(self) -> str:
+        """The canonical reference-style name, e.g. ``mnistv8-3-0-0``."""
+        if self.is_clean:
+            return self.dataset
+        prefix = "twoclass" if len(self.targets) == 2 else ""
+        numbers = "-".join(str(v) for v in (self.n, *self.targets, self.seed))
+        return f"{prefix}{self.dataset}{self.pattern}-{numbers}"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def as_dict(self) -> dict:
+        return {"dataset": self.dataset, "pattern": self.pattern, "n": self.n,
+                "targets": list(self.targets), "seed": self.seed, "name": self.name}
+
+    @classmethod
+    def build(cls, dataset: str, pattern: str | None = None, n: int = 0,
+              targets: tuple[int, ...] | list[int] | int | None = None,
+              seed: int = 0) -> "SpuriousSpec":
+        """Validate fields (as from command-line options) and canonicalise names."""
+        from . import registry
+
+        dataset_name = _canonical("datasets", dataset)
+        if isinstance(targets, int):
+            targets = (targets,)
+        targets = tuple(targets or ())
+        if not targets:
+            if pattern is not None or n:
+                raise SpecError("a spurious dataset needs a target class (--target); "
+                                "give none of pattern, n and target for the clean dataset")
+            return cls(dataset_name)
+        if len(targets) > 2:
+            raise SpecError(f"at most two target classes are supported, got {len(targets)}")
+        num_classes = registry("datasets").get(dataset_name).obj.num_classes
+        for value, what in ((n, "n"), (seed, "seed"), *((t, "target") for t in targets)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise SpecError(f"{what} must be a non-negative integer, got {value!r}")
+        for target in targets:
+            if target >= num_classes:
+                raise SpecError(f"target class {target} is out of range: {dataset_name} has "
+                                f"classes 0-{num_classes - 1}")
+        pattern_name = _canonical("patterns", pattern or DEFAULT_PATTERN)
+        return cls(dataset_name, pattern_name, n, targets, _check_seed(seed))
+
+
+def _check_seed(seed: int) -> int:
+    if not isinstance(seed, int) or seed < 0 or seed > MAX_SEED:
+        raise SpecError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    return seed
+
+
+def _canonical(kind: str, name: str) -> str:
+    from . import registry
+
+    try:
+        return registry(kind).get(name).name
+    except UnknownNameError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def _split_head(head: str) -> tuple[str, str | None]:
+    """Split ``mnistv8`` into a registered dataset and the rest (a pattern name or '')."""
+    from . import registry
+
+    datasets = registry("datasets")
+    candidates = sorted((n for n in datasets._lookup if head.startswith(n)), key=len,
+                        reverse=True)
+    for dataset in candidates:
+        rest = head[len(dataset):]
+        if rest == "" or rest in registry("patterns"):
+            return dataset, rest or None
+    if candidates:
+        raise SpecError(f"unknown pattern {head[len(candidates[0]):]!r} in {head!r}; "
+                        f"patterns: {', '.join(registry('patterns').list())}")
+    raise SpecError(f"unknown dataset in {head!r}; datasets: {', '.join(datasets.list())}")
+
+
+def parse_spec(text: str) -> SpuriousSpec:
+    """Parse a reference-style dataset name. Raises ``SpecError`` on anything malformed."""
+    if not isinstance(text, str):
+        raise SpecError(f"a dataset spec must be a string, got {type(text).__name__}")
+    match = _NAME.fullmatch(text)
+    if match is None:
+        raise SpecError(
+            f"cannot parse dataset spec {text!r}; expected {{dataset}}, "
+            f"{{dataset}}{{pattern}}-{{n}}-{{label}}-{{seed}} (e.g. mnistv8-3-0-0) or "
+            f"twoclass{{dataset}}{{pattern}}-{{n}}-{{c1}}-{{c2}}-{{seed}}")
+    dataset, pattern = _split_head(match["head"])
+    numbers = [int(v) for v in match["numbers"].split("-")[1:]]
+    twoclass = bool(match["twoclass"])
+    expected = 4 if twoclass else 3
+    if not numbers and not twoclass and pattern is None:
+        return SpuriousSpec.build(dataset)
+    if len(numbers) != expected:
+        form = "-{n}-{c1}-{c2}-{seed}" if twoclass else "-{n}-{label}-{seed}"
+        raise SpecError(f"dataset spec {text!r} needs {expected} numbers ({form}), "
+                        f"got {len(numbers)}")
+    n, *targets, seed = numbers
+    return SpuriousSpec.build(dataset, pattern, n, tuple(targets), seed)

@@ -1,0 +1,200 @@
+"""Training building blocks shared by trainers: the run configuration, the reference's model-spec
+names, losses, optimizers, the MultiStepLR milestone table and batch-wise augmentation
+(PROTOCOL.md section 4), plus the trainer interface itself."""
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .datasets import ImageData
+from .errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adagrad", "rms")
+LOSSES = ("ce", "mse", "kld")
+AUGMENTATIONS = ("aug01",)
+_MODEL_SPEC = re.compile(r"(?:(?P<aug>[a-z0-9]+)-)?(?P<loss>[a-z]+)-tor-(?P<arch>[A-Za-z0-9_]+)")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The reference's model name ``[{aug}-]{loss}-tor-{arch}``, e.g. ``ce-tor-LargeMLP``."""
+
+    arch: str
+    loss: str = "ce"
+    aug: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.aug + '-' if self.aug else ''}{self.loss}-tor-{self.arch}"
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    match = _MODEL_SPEC.fullmatch(text or "")
+    if match is None:
+        raise ConfigError(f"cannot parse model spec {text!r}; expected [{{aug}}-]{{loss}}-tor-"
+                          f"{{arch}}, e.g. ce-tor-LargeMLP or aug01-ce-tor-altResNet20Norm02")
+    return ModelSpec(match["arch"], match["loss"], match["aug"])
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run's result (device choices excepted)."""
+
+    arch: str = "LargeMLP"
+    loss: str = "ce"
+    aug: str | None = None
+    optimizer: str = "adam"
+    lr: float = 0.01
+    momentum: float = 0.0
+    batch_size: int = 128
+    epochs: int = 70
+    seed: int = 0
+    milestones: tuple[int, ...] | None = None  # None: the reference's table
+    regularisers: tuple[dict, ...] = ()  # ({"name": ..., "params": {...}}, ...)
+    trainer: str = "erm"
+    amp: bool = False  # CUDA only: bfloat16 autocast (changes numerics, so part of the config)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; use one of "
+                              f"{', '.join(OPTIMIZERS)}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")
+        if self.aug is not None and self.aug not in AUGMENTATIONS:
+            raise ConfigError(f"unknown augmentation {self.aug!r}; use one of "
+                              f"{', '.join(AUGMENTATIONS)}")
+        for value, what in ((self.lr, "learning rate"), (self.batch_size, "batch size"),
+                            (self.epochs, "epochs")):
+            if not value > 0:
+                raise ConfigError(f"{what} must be positive, got {value}")
+        if self.momentum < 0:
+            raise ConfigError(f"momentum must be non-negative, got {self.momentum}")
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(self.arch, self.loss, self.aug)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["milestones"] = list(self.milestones) if self.milestones is not None else None
+        data["regularisers"] = [dict(r) for r in self.regularisers]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        data = dict(data)
+        if data.get("milestones") is not None:
+            data["milestones"] = tuple(data["milestones"])
+        data["regularisers"] = tuple(data.get("regularisers") or ())
+        return cls(**data)
+
+    def with_model_spec(self, text: str) -> "TrainConfig":
+        spec = parse_model_spec(text)
+        return replace(self, arch=spec.arch, loss=spec.loss, aug=spec.aug)
+
+
+# The reference's MultiStepLR table: (largest epoch count, milestones).
+_MILESTONES: tuple[tuple[int, tuple[int, ...]], ...] = (
+    (30, (15, 25)), (40, (20, 30)), (50, (25, 40)), (60, (30, 50)), (70, (40, 50, 60)),
+    (80, (40, 60, 70)), (120, (50, 90, 110)), (140, (60, 100, 120)),
+    (160, (40, 80, 120, 140)), (200, (80, 140, 180)),
+)
+
+
+def reference_milestones(epochs: int) -> tuple[int, ...]:
+    """Milestones (gamma 0.1) the reference uses for a run of ``epochs`` epochs."""
+    for limit, milestones in _MILESTONES:
+        if epochs <= limit:
+            return milestones
+    return (60, 120)
+
+
+def make_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Per-example loss (reduction 'none'). ``mse`` compares logits with one-hot targets;
+    ``kld`` is the KL divergence to a one-hot smoothed with eps 1e-6, as the reference."""
+    if name == "ce":
+        return lambda logits, y: F.cross_entropy(logits, y, reduction="none")
+    if name == "mse":
+        return lambda logits, y: F.mse_loss(
+            logits, F.one_hot(y, logits.shape[1]).to(logits.dtype), reduction="none").mean(1)
+    if name == "kld":
+        return _kld_loss
+    raise ConfigError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
+
+
+def _kld_loss(logits: torch.Tensor, y: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    classes = logits.shape[1]
+    target = torch.full_like(logits, eps).scatter_(1, y.unsqueeze(1), 1 - eps * (classes - 1))
+    return F.kl_div(F.log_softmax(logits, dim=1), target, reduction="none").sum(1)
+
+
+def make_optimizer(name: str, params: Any, lr: float, momentum: float = 0.0,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """The reference's optimizers; weight decay is the optimizer's coupled L2 term. Adam and
+    Adagrad have no momentum argument (the reference passed it to Adagrad, which fails)."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+    if name == "rms":
+        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ConfigError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
+
+
+def augment_aug01(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random 32-crop after zero-padding by 4, then random horizontal flip, per image, as
+    whole-batch tensor operations (torchvision's RandomCrop(padding=4) + RandomHorizontalFlip)."""
+    n, _, height, width = x.shape
+    pad = 4
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
+    rows = (dy[:, None] + torch.arange(height, device=x.device))[:, :, None]
+    cols = (dx[:, None] + torch.arange(width, device=x.device))[:, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    cropped = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    flip = torch.rand(n, generator=generator, device=x.device) < 0.5
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped).contiguous()
+
+
+AUGMENT: dict[str, Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]] = {
+    "aug01": augment_aug01,
+}
+
+
+@dataclass
+class TrainState:
+    """Where training stands; what a checkpoint holds besides the tensors."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+EpochCallback = Callable[[TrainState, nn.Module, torch.optim.Optimizer, Any], None]
+
+
+class Trainer(ABC):
+    """Trains a model on a training split, evaluating on a test split each epoch."""
+
+    name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def fit(self, model: nn.Module, train: ImageData, test: ImageData | None,
+            config: TrainConfig, regularisers: Sequence[Any] = (), *,
+            device: torch.device | str = "cpu", resume: dict[str, Any] | None = None,
+            on_epoch: EpochCallback | None = None, progress: bool = False,
+            channels_last: bool = False) -> TrainState:
+        """Train ``model`` in place; ``resume`` is a checkpoint dict to continue from."""
