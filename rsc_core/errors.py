@@ -32,6 +32,10 @@ class DatasetMissingError(RscError, FileNotFoundError):
     """Dataset files are not on disk and may not be downloaded."""
 
 
+class DatasetCorruptError(RscError, ValueError):
+    """Dataset files exist but cannot be decoded into the expected images and labels."""
+
+
 class PatternError(RscError, ValueError):
     """A pattern does not fit the images it is applied to."""
 
