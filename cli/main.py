@@ -4,6 +4,7 @@ one-line message on stderr and a non-zero exit code."""
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -53,5 +54,11 @@ _add_builtin_commands()
 _add_plugin_commands()
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings reach users as one line, without the source line Python adds."""
+    return f"warning: {message}\n"
+
+
 def main() -> None:
+    warnings.formatwarning = _one_line_warning
     cli()
