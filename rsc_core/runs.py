@@ -144,14 +144,15 @@ def train_run(spec: SpuriousSpec, config: TrainConfig, *, runs_dir: str | Path |
     run = find_run(spec, config, runs_dir)
     if run.finished and not force:
         return TrainOutcome(run, reused=True)
+    # Resolve every name before loading data, so a typo fails at once.
     trainer = registry("trainers").create(config.trainer)
+    architecture = registry("architectures").create(config.arch)
     regularisers = build_regularisers(config.regularisers)
     data = dataset if dataset is not None else build_spurious_dataset(spec, data_dir, download)
     run.path.mkdir(parents=True, exist_ok=True)
     write_json(run.path / "config.json", run_config(spec, config))
     torch.manual_seed(config.seed)
-    model = registry("architectures").create(config.arch).build(data.input_shape,
-                                                                 data.num_classes)
+    model = architecture.build(data.input_shape, data.num_classes)
     meta = {"arch": config.arch, "input_shape": list(data.input_shape),
             "num_classes": data.num_classes, "spec": spec.as_dict(),
             "config": config.as_dict(), "classes": list(data.classes)}
