@@ -116,14 +116,17 @@ class ErmTrainer(Trainer):
             ctx.optimizer.zero_grad(set_to_none=True)
             with autocast:
                 logits = model(x)
-                loss = loss_fn(logits.float(), y).mean()
-            loss.backward()
+                losses = loss_fn(logits.float(), y)
+            loss = losses.mean()
+            if not any(regulariser.backward(losses, ctx) for regulariser in regularisers):
+                loss.backward()
             for regulariser in regularisers:
                 regulariser.after_backward(ctx)
             ctx.optimizer.step()
             for regulariser in regularisers:
                 regulariser.after_step(ctx)
-            total_loss += loss.detach() * y.shape[0]
+            if y.shape[0]:  # an empty batch (Poisson sampling, DP-SGD) has a NaN mean loss
+                total_loss += loss.detach() * y.shape[0]
             total_correct += (logits.detach().argmax(1) == y).sum()
             seen += y.shape[0]
             bar.advance()

@@ -4,8 +4,10 @@ regularisation method is a plugin, never a change to the trainer:
 1. ``optimizer_options(options)`` once, before the optimizer is built (coupled weight decay);
 2. ``setup(ctx)`` once, after model and optimizer exist (may wrap them, e.g. DP-SGD);
 3. ``batches(ctx)`` may take over the choice of each epoch's batches (Poisson sampling);
-4. per batch: ``before_forward(x, y, ctx)`` -> (x, y), then ``after_backward(ctx)`` on the
-   gradients, then ``after_step(ctx)`` after ``optimizer.step()``;
+4. per batch: ``before_forward(x, y, ctx)`` -> (x, y); ``backward(losses, ctx)`` may take over
+   the backward pass from the per-example losses (returning True; DP-SGD's per-example
+   clipping); ``after_backward(ctx)`` on the gradients; ``after_step(ctx)`` after
+   ``optimizer.step()``;
 5. ``end_epoch(ctx)`` returns extra per-epoch history fields (e.g. privacy spent).
 
 Hooks are only ever called on training batches, never during evaluation.
@@ -60,6 +62,11 @@ class Regulariser:
     def before_forward(self, x: torch.Tensor, y: torch.Tensor,
                        ctx: TrainContext) -> tuple[torch.Tensor, torch.Tensor]:
         return x, y
+
+    def backward(self, losses: torch.Tensor, ctx: TrainContext) -> bool:
+        """Compute gradients from the per-example ``losses`` and return True, or return False
+        to leave the usual ``losses.mean().backward()`` to the trainer."""
+        return False
 
     def after_backward(self, ctx: TrainContext) -> None:
         pass
