@@ -17,6 +17,16 @@ def _as_picture(image: torch.Tensor):
     return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
 
 
+def _save(fig, title: str, path: str | Path) -> Path:
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def save_pattern_grid(clean: torch.Tensor, patterned: torch.Tensor, title: str,
                       path: str | Path, labels: Sequence[str] | None = None) -> Path:
     """Two rows: clean images above, the same images with the pattern below."""
@@ -32,13 +42,7 @@ def save_pattern_grid(clean: torch.Tensor, patterned: torch.Tensor, title: str,
             axes[0][column].set_title(labels[column], fontsize=8)
     axes[0][0].set_ylabel("clean")
     axes[1][0].set_ylabel("patterned")
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, title, path)
 
 
 def save_comparison_plot(rows: Sequence[dict], title: str, path: str | Path) -> Path:
@@ -57,10 +61,4 @@ def save_comparison_plot(rows: Sequence[dict], title: str, path: str | Path) -> 
         axis.set_xlabel("number of spurious examples n")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, title, path)

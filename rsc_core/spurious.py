@@ -16,22 +16,11 @@ from .spec import SpuriousSpec
 
 
 @dataclass(frozen=True)
-class SpuriousDataset:
+class SpuriousDataset(DatasetBundle):
     """A clean test set, a training set with planted patterns, and what was planted where."""
 
     spec: SpuriousSpec
-    train: ImageData
-    test: ImageData
-    classes: tuple[str, ...]
     spurious_indices: np.ndarray  # int64, in the order the reference draws them
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
     def summary(self) -> dict:
         """Plain facts about the dataset, for printing or JSON."""
@@ -68,7 +57,8 @@ def plant(bundle: DatasetBundle, spec: SpuriousSpec) -> SpuriousDataset:
 
     empty = np.empty(0, dtype=np.int64)
     if spec.is_clean:
-        return SpuriousDataset(spec, bundle.train, bundle.test, bundle.classes, empty)
+        return SpuriousDataset(bundle.name, bundle.train, bundle.test, bundle.classes, spec,
+                               empty)
     for target in spec.targets:
         if target >= bundle.num_classes:
             raise SpecError(f"target class {target} is out of range: {spec.dataset} has "
@@ -85,8 +75,8 @@ def plant(bundle: DatasetBundle, spec: SpuriousSpec) -> SpuriousDataset:
             images[index] = pattern.apply(images[index], spec.seed)
         drawn.append(indices)
     train = ImageData(images, bundle.train.labels)
-    return SpuriousDataset(spec, train, bundle.test, bundle.classes,
-                           np.concatenate(drawn) if drawn else empty)
+    return SpuriousDataset(bundle.name, train, bundle.test, bundle.classes, spec,
+                           np.concatenate(drawn))
 
 
 def build_spurious_dataset(spec: SpuriousSpec | str, data_dir: str | Path | None = None,
