@@ -98,3 +98,19 @@ def test_plugins_json_lists_every_kind():
     assert set(report["kinds"]) >= {"patterns", "datasets", "architectures", "trainers",
                                     "regularisers", "removers", "attacks", "executors"}
     assert {"v8", "v20"} <= {e["name"] for e in report["kinds"]["patterns"]}
+
+
+def test_quickstart_runs_end_to_end_and_says_it_is_shortened(tiny_data, tmp_path):
+    target = str(int(tiny_data["mnist"].train.labels[0]))
+    out = tmp_path / "q.png"
+    args = ["quickstart", "--epochs", "1", "-n", "1", "--target", target, "--quiet",
+            "--data-dir", str(tiny_data.root), "--runs-dir", str(tmp_path / "runs"),
+            "-o", str(out)]
+    result = rsc(*args)
+    assert result.exit_code == 0, result.output
+    assert "the paper trains 70" in result.output
+    assert "spurious score" in result.output and "baseline" in result.output
+    assert out.read_bytes().startswith(PNG)
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+    again = rsc(*args)  # finished runs are reused
+    assert again.exit_code == 0 and "training" in again.output
