@@ -92,6 +92,10 @@ class KindRegistry:
     def entries(self) -> list[Entry]:
         return [self._entries[n] for n in self.list()]
 
+    def keys(self) -> list[str]:
+        """Every name and alias that ``get`` accepts."""
+        return list(self._lookup)
+
     def __contains__(self, name: str) -> bool:
         return name in self._lookup
 
@@ -99,7 +103,7 @@ class KindRegistry:
         """The entry for ``name`` or an alias; unknown names list the close matches."""
         if name in self._lookup:
             return self._entries[self._lookup[name]]
-        close = difflib.get_close_matches(name, list(self._lookup), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, self.keys(), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(self.list())}"
         singular = self.kind[:-1]
         raise UnknownNameError(

@@ -103,7 +103,7 @@ def _split_head(head: str) -> tuple[str, str | None]:
     from . import registry
 
     datasets = registry("datasets")
-    candidates = sorted((n for n in datasets._lookup if head.startswith(n)), key=len,
+    candidates = sorted((n for n in datasets.keys() if head.startswith(n)), key=len,
                         reverse=True)
     for dataset in candidates:
         rest = head[len(dataset):]
