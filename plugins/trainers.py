@@ -48,7 +48,8 @@ class ErmTrainer(Trainer):
         for regulariser in regularisers:
             options = regulariser.optimizer_options(options)
         optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr,
-                                   config.momentum, options["weight_decay"])
+                                   config.momentum, options["weight_decay"],
+                                   fused=device.type in ("cpu", "cuda"))
         ctx = TrainContext(model, optimizer, device, len(train), config.batch_size,
                            config.epochs)
         for regulariser in regularisers:
@@ -108,7 +109,7 @@ class ErmTrainer(Trainer):
         total_correct = torch.zeros((), device=ctx.device, dtype=torch.int64)
         seen = 0
         for index in batches:
-            x, y = x_all[index], y_all[index]
+            x, y = x_all.index_select(0, index), y_all.index_select(0, index)
             if augment is not None:
                 x = augment(x, ctx.generator)
             for regulariser in regularisers:
