@@ -16,7 +16,7 @@ import rsc_core
 from rsc_core.datasets import DatasetBundle, DatasetProvider
 from rsc_core.errors import DatasetCorruptError, DatasetMissingError, RscError
 from rsc_core.paths import cache_dir, data_dir
-from rsc_plugins.datasets import (CacheWarning, RawSplits,
+from rsc_core.dataset_cache import (CacheWarning, RawSplits,
                                   UnverifiedDataWarning, read_cache)
 
 NAMES = ("mnist", "fashion", "cifar10", "cifar100", "cifar100coarse")
