@@ -14,7 +14,7 @@ from rsc_core.compare import Comparison, compare_runs
 from rsc_core.datasets import load_dataset
 from rsc_core.errors import RscError
 from rsc_core.runs import Run, resolve_device, score_run, train_run
-from rsc_core.scoring import DEFAULT_THRESHOLD, ScoreResult, score_model
+from rsc_core.scoring import DEFAULT_THRESHOLD, ScoreResult, resolve_target, score_model
 from rsc_core.spec import SpuriousSpec
 
 from .options import data_options, spec_options
@@ -109,18 +109,14 @@ def score_command(source, pattern, target, seed, threshold, exclude_target, arch
         _print_score(result, path.name, as_json)
         return
     checkpoint = read_checkpoint(path)
-    meta_spec = (checkpoint.get("meta") or {}).get("spec") or {}
-    dataset = dataset or meta_spec.get("dataset")
+    meta_spec = (checkpoint.get("meta") or {}).get("spec")
+    spec = SpuriousSpec.from_dict(meta_spec) if meta_spec else None
+    dataset = dataset or (spec.dataset if spec else None)
     if not dataset:
         raise RscError("this checkpoint does not record its dataset; pass --dataset (and --arch)")
     bundle = load_dataset(dataset, data_dir, download)
     model = build_model_from_checkpoint(checkpoint, arch, bundle.input_shape, bundle.num_classes)
-    pattern = pattern or meta_spec.get("pattern")
-    targets = meta_spec.get("targets") or []
-    target = target if target is not None else (targets[0] if targets else None)
-    if pattern is None or target is None:
-        raise RscError("say which pattern and target to score (--pattern P --target C)")
-    seed = seed if seed is not None else (meta_spec.get("seed", 0) if targets else 0)
+    pattern, target, seed = resolve_target(spec, pattern, target, seed)
     result = score_model(model, bundle.test, pattern, target, seed, threshold, exclude_target,
                          resolve_device(device))
     _print_score(result, path.name, as_json)

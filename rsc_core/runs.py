@@ -28,7 +28,7 @@ from .checkpoints import build_model_from_checkpoint, read_checkpoint, save_chec
 from .errors import CheckpointError, RscError
 from .paths import runs_dir as resolve_runs_dir
 from .regularisers import build_regularisers
-from .scoring import DEFAULT_THRESHOLD, ScoreResult, score_model
+from .scoring import DEFAULT_THRESHOLD, ScoreResult, resolve_target, score_model
 from .spec import SpuriousSpec
 from .spurious import SpuriousDataset, build_spurious_dataset
 from .training import TrainConfig
@@ -101,9 +101,7 @@ class Run:
 
     @property
     def spec(self) -> SpuriousSpec:
-        data = self.config["spec"]
-        return SpuriousSpec(data["dataset"], data["pattern"], data["n"],
-                            tuple(data["targets"]), data["seed"])
+        return SpuriousSpec.from_dict(self.config["spec"])
 
     @property
     def train_config(self) -> TrainConfig:
@@ -185,7 +183,6 @@ def _resumable(run: Run, force: bool) -> dict[str, Any] | None:
 
 def _finish(run: Run, data: SpuriousDataset, model: nn.Module, state: Any, meta: dict) -> None:
     """Write the final model, the score for the run's own pattern, then metrics.json."""
-    checkpoint = read_checkpoint(run.path / "checkpoint.pt")
     # The final model is the last epoch's checkpoint, renamed atomically.
     (run.path / "checkpoint.pt").replace(run.path / "model.pt")
     model = model.cpu()
@@ -200,7 +197,7 @@ def _finish(run: Run, data: SpuriousDataset, model: nn.Module, state: Any, meta:
         "status": "finished",
         "finished_at": _dt.datetime.now().isoformat(timespec="seconds"),
         "spec": data.spec.as_dict(),
-        "epochs": checkpoint["epoch"],
+        "epochs": state.epoch,
         "clean_accuracy": last.get("test_accuracy"),
         "train_accuracy": last.get("train_accuracy"),
         "score": score,
@@ -230,13 +227,8 @@ def score_run(run: Run, pattern: str | None = None, target: int | None = None,
               download: bool | None = None, device: str = "auto") -> ScoreResult:
     """The spurious score of a finished run (its own pattern by default), cached per run."""
     spec = run.spec
-    pattern = pattern or spec.pattern
-    target = spec.target if target is None else target
-    if pattern is None or target is None:
-        raise RscError(f"run {run.name} is a clean run; say which pattern and target to score "
-                       f"(--pattern P --target C)")
+    pattern, target, seed = resolve_target(spec, pattern, target, seed)
     pattern = registry("patterns").get(pattern).name
-    seed = (spec.seed if not spec.is_clean else 0) if seed is None else seed
     key = score_key(pattern, target, seed, threshold, exclude_target)
     cached = run.path / "scores" / f"{key}.json"
     if cached.is_file() and (run.path / "scores" / f"{key}.npy").is_file():

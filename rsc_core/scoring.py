@@ -6,15 +6,18 @@ the accuracy on patterned test images with y != c."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .datasets import ImageData
-from .errors import ConfigError
+from .errors import ConfigError, RscError
 from .evaluation import predict_proba
+
+if TYPE_CHECKING:
+    from .spec import SpuriousSpec
 
 DEFAULT_THRESHOLD = 0.1
 
@@ -40,6 +43,21 @@ class ScoreResult:
                 "score": self.score, "num_images": self.num_images,
                 "clean_accuracy": self.clean_accuracy,
                 "patterned_accuracy": self.patterned_accuracy}
+
+
+def resolve_target(spec: "SpuriousSpec | None", pattern: str | None, target: int | None,
+                   seed: int | None) -> tuple[str, int, int]:
+    """Fill unset scoring arguments from the spec a model was trained on: its own pattern,
+    target and seed; a clean model's pattern is scored at seed 0, as the reference does."""
+    if spec is not None:
+        pattern = pattern or spec.pattern
+        target = spec.target if target is None else target
+    if pattern is None or target is None:
+        raise RscError("this is a clean model; say which pattern and target to score "
+                       "(--pattern P --target C)")
+    if seed is None:
+        seed = spec.seed if spec is not None and not spec.is_clean else 0
+    return pattern, target, seed
 
 
 def score_model(model: nn.Module, test: ImageData, pattern: str, target: int, seed: int = 0,

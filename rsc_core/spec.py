@@ -54,6 +54,12 @@ class SpuriousSpec:
                 "targets": list(self.targets), "seed": self.seed, "name": self.name}
 
     @classmethod
+    def from_dict(cls, data: dict) -> "SpuriousSpec":
+        """Inverse of ``as_dict`` (as stored in run configs and checkpoints)."""
+        return cls(data["dataset"], data["pattern"], data["n"], tuple(data["targets"]),
+                   data["seed"])
+
+    @classmethod
     def build(cls, dataset: str, pattern: str | None = None, n: int = 0,
               targets: tuple[int, ...] | list[int] | int | None = None,
               seed: int = 0) -> "SpuriousSpec":
