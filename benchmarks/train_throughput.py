@@ -14,6 +14,11 @@ Measurements (each repeated ``--repeats`` times, interleaved, median reported):
   (d) matmul   single-precision ``torch.mm`` of two n x n matrices (default 2048), repeated;
                 GFLOP/s = 2 n^3 reps / seconds, with all cores (and, if ``--threads`` sets
                 fewer, also with that many); (d) is the better figure.
+  (e) floor    the least work any eager PyTorch trainer can do per epoch: the same tensors,
+                a seeded ``randperm``, ``index_select`` batches, fused Adam, forward, loss,
+                backward, step -- no per-batch bookkeeping, no progress, no hooks. (b) / (e)
+                is the largest "a vs b" ratio any eager trainer could show on this machine,
+                and (a) / (e) is what rsc's own loop costs on top of the floor.
 
 All three training measurements use the full MNIST training set (``load_dataset("mnist")``),
 LargeMLP from the registry, batch 128, Adam lr 0.01, cross-entropy, and a fresh model built
@@ -26,6 +31,11 @@ multiply-add and backward about twice forward (input and weight gradients), so o
 step costs 3 * 2 * 334,336 = 2,006,016 FLOPs per example (~2.0 MFLOP; biases, ReLU, the loss
 and the optimizer are ignored, and so is the first layer's unneeded input gradient), and one
 epoch of 60,000 examples about 120.4 GFLOP.
+
+Both the median and the best (minimum) of the repeats are reported: on a shared machine a
+slow sample says more about the neighbours than about the code, and the minimum is the usual
+estimate of what the code itself costs (``timeit``'s advice); the targets are judged on the
+medians.
 
 Targets (for a 2-core CPU): rsc >= 3x faster than (b), >= 1.4x faster than (c), and rsc's
 achieved GFLOP/s >= 40% of (d). PASS/FAIL is printed per target; the exit status is 0 either way.
@@ -131,6 +141,29 @@ def measure_rsc(x: torch.Tensor, y: torch.Tensor, seed: int, warmup_batches: int
             "train_accuracy": record["train_accuracy"]}
 
 
+def measure_floor(x: torch.Tensor, y: torch.Tensor, seed: int, warmup_batches: int) -> dict:
+    """(e): the minimal eager epoch on the same tensors, the floor under any eager trainer."""
+    model = fresh_model(seed)
+    if warmup_batches > 0:
+        _floor_epoch(copy.deepcopy(model), x, y, seed, warmup_batches)
+    started = time.perf_counter()
+    _floor_epoch(model, x, y, seed, None)
+    return {"seconds": time.perf_counter() - started}
+
+
+def _floor_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,
+                 max_batches: int | None) -> None:
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR, fused=True)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    model.train()
+    for i, index in enumerate(order.split(BATCH_SIZE)):
+        if max_batches is not None and i >= max_batches:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x.index_select(0, index)), y.index_select(0, index)).backward()
+        optimizer.step()
+
+
 def _reference_epoch(model: nn.Module, loader: DataLoader, device: torch.device,
                      max_batches: int | None = None) -> tuple[float, float, int, int]:
     """The reference's training loop, one epoch (or ``max_batches`` batches); also returns how
@@ -233,6 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ref_w4": lambda: measure_reference(x, y, args.seed, args.warmup_batches, 4),
         "ref_w0": lambda: measure_reference(x, y, args.seed, args.warmup_batches, 0),
         "matmul": lambda: measure_matmul(args.mm_size, args.mm_reps),
+        "floor": lambda: measure_floor(x, y, args.seed, args.warmup_batches),
     }
     order = list(jobs)
     samples: dict[str, list[dict]] = {name: [] for name in jobs}
@@ -246,42 +280,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             samples[name].append(result)
             if not args.json:
                 extra = (f"{result['gflops']:7.1f} GFLOP/s" if name == "matmul" else
-                         f"loss {result['train_loss']:.4f} acc {result['train_accuracy']:.4f}"
+                         "" if name == "floor" else f"loss {result['train_loss']:.4f} acc {result['train_accuracy']:.4f}"
                          + (f" workers {result['worker_processes']}"
                             if "worker_processes" in result else ""))
                 print(f"  repeat {repeat + 1}/{args.repeats} {name:7s} "
                       f"{result['seconds']:8.3f} s  {extra}  (load avg {before})", flush=True)
 
-    median = {name: statistics.median(s["seconds"] for s in samples[name]) for name in jobs}
-    mm_gflops = statistics.median(s["gflops"] for s in samples["matmul"])
-    mm_parts = {key: statistics.median(s[key] for s in samples["matmul"])
-                for key in ("gflops_all_cores", "gflops_training_threads")
-                if key in samples["matmul"][0]}
-    rsc_gflops = epoch_gflop / median["rsc"]
-    figures = {
-        "examples": examples,
-        "flops_per_example": FLOPS_PER_EXAMPLE,
-        "epoch_gflop": epoch_gflop,
-        "rsc_epoch_seconds": median["rsc"],
-        "ref_w4_epoch_seconds": median["ref_w4"],
-        "ref_w0_epoch_seconds": median["ref_w0"],
-        "rsc_examples_per_second": examples / median["rsc"],
-        "ref_w4_examples_per_second": examples / median["ref_w4"],
-        "ref_w0_examples_per_second": examples / median["ref_w0"],
-        "rsc_gflops": rsc_gflops,
-        "ref_w4_gflops": epoch_gflop / median["ref_w4"],
-        "ref_w0_gflops": epoch_gflop / median["ref_w0"],
-        "matmul_gflops": mm_gflops,
-        "matmul_gflops_all_cores": mm_parts.get("gflops_all_cores"),
-        "matmul_gflops_training_threads": mm_parts.get("gflops_training_threads"),
-    }
-    ratios = {
-        "rsc_vs_ref_w4": median["ref_w4"] / median["rsc"],
-        "rsc_vs_ref_w0": median["ref_w0"] / median["rsc"],
-        "rsc_pct_of_matmul": 100.0 * rsc_gflops / mm_gflops,
-    }
-    targets = {name: {"description": desc, "threshold": threshold, "value": ratios[name],
-                      "pass": ratios[name] >= threshold}
+    figures = {"examples": examples, "flops_per_example": FLOPS_PER_EXAMPLE,
+               "epoch_gflop": epoch_gflop}
+    ratios: dict[str, dict[str, float]] = {}
+    for stat, pick_seconds, pick_rate in (("median", statistics.median, statistics.median),
+                                          ("best", min, max)):
+        seconds = {name: pick_seconds(s["seconds"] for s in samples[name])
+                   for name in jobs if name != "matmul"}
+        mm_parts = {key: pick_rate(s[key] for s in samples["matmul"])
+                    for key in ("gflops", "gflops_all_cores", "gflops_training_threads")
+                    if key in samples["matmul"][0]}
+        figures[stat] = {
+            **{f"{name}_epoch_seconds": t for name, t in seconds.items()},
+            **{f"{name}_examples_per_second": examples / t for name, t in seconds.items()},
+            **{f"{name}_gflops": epoch_gflop / t for name, t in seconds.items()},
+            **{f"matmul_{key}": value for key, value in mm_parts.items()},
+        }
+        ratios[stat] = {
+            "rsc_vs_ref_w4": seconds["ref_w4"] / seconds["rsc"],
+            "rsc_vs_ref_w0": seconds["ref_w0"] / seconds["rsc"],
+            "rsc_pct_of_matmul": 100.0 * epoch_gflop / seconds["rsc"] / mm_parts["gflops"],
+            "rsc_over_floor": seconds["rsc"] / seconds["floor"],
+            "floor_vs_ref_w4": seconds["ref_w4"] / seconds["floor"],
+        }
+    targets = {name: {"description": desc, "threshold": threshold,
+                      "value": ratios["median"][name], "best": ratios["best"][name],
+                      "pass": ratios["median"][name] >= threshold}
                for name, (desc, threshold) in TARGETS.items()}
     info["load_average_at_end"] = load_average()
     info["total_seconds"] = round(time.perf_counter() - started, 1)
@@ -299,7 +329,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_report(result: dict[str, Any]) -> None:
-    info, fig, ratios = result["machine"], result["figures"], result["ratios"]
+    info, ratios = result["machine"], result["ratios"]
+    fig = result["figures"]
     settings = result["settings"]
     print()
     print("rsc training throughput (LargeMLP, MNIST train, batch 128, Adam lr 0.01, CE)")
@@ -315,30 +346,37 @@ def print_report(result: dict[str, Any]) -> None:
           f"{info['load_average_at_end']} at end (1/5/15 min)")
     print(f"  work          {fig['examples']} examples x {fig['flops_per_example']:,} FLOP "
           f"(3 * 2 * 334,336) = {fig['epoch_gflop']:.1f} GFLOP per epoch")
-    print(f"  repeats       {settings['repeats']} (interleaved; medians below), "
+    print(f"  repeats       {settings['repeats']} (interleaved; medians and best-of below), "
           f"warm-up {settings['warmup_batches']} batches")
     print()
-    print(f"  {'measurement':34s} {'s/epoch':>9s} {'examples/s':>11s} {'GFLOP/s':>8s}")
-    for key, label in (("rsc", "(a) rsc erm trainer"),
-                       ("ref_w4", "(b) reference, DataLoader workers=4"),
-                       ("ref_w0", "(c) reference, DataLoader workers=0")):
-        print(f"  {label:34s} {fig[key + '_epoch_seconds']:9.2f} "
-              f"{fig[key + '_examples_per_second']:11.0f} {fig[key + '_gflops']:8.2f}")
-    print(f"  {'(d) matmul ' + str(settings['mm_size']) + '^2 fp32, best of':34s} {'':9s} {'':11s} "
-          f"{fig['matmul_gflops']:8.2f}")
-    for key, label in (("matmul_gflops_all_cores", f"all {info['cpu_count']} cores"),
-                       ("matmul_gflops_training_threads",
-                        f"{info['torch_threads']} thread(s), as training")):
-        if fig.get(key) is not None:
-            print(f"      {label:30s} {'':9s} {'':11s} {fig[key]:8.2f}")
-    print()
-    print(f"  a vs b  rsc is {ratios['rsc_vs_ref_w4']:.2f}x faster than DataLoader workers=4")
-    print(f"  a vs c  rsc is {ratios['rsc_vs_ref_w0']:.2f}x faster than DataLoader workers=0")
-    print(f"  a / d   rsc achieves {ratios['rsc_pct_of_matmul']:.1f}% of matmul GFLOP/s")
-    print()
+    for stat in ("median", "best"):
+        fig, ratio = result["figures"][stat], ratios[stat]
+        print(f"  {stat + ' of the repeats':34s} {'s/epoch':>9s} {'examples/s':>11s} "
+              f"{'GFLOP/s':>8s}")
+        for key, label in (("rsc", "(a) rsc erm trainer"),
+                           ("ref_w4", "(b) reference, DataLoader workers=4"),
+                           ("ref_w0", "(c) reference, DataLoader workers=0"),
+                           ("floor", "(e) floor, minimal eager loop")):
+            print(f"  {label:34s} {fig[key + '_epoch_seconds']:9.2f} "
+                  f"{fig[key + '_examples_per_second']:11.0f} {fig[key + '_gflops']:8.2f}")
+        print(f"  {'(d) matmul ' + str(settings['mm_size']) + '^2 fp32':34s} {'':9s} {'':11s} "
+              f"{fig['matmul_gflops']:8.2f}")
+        for key, label in (("matmul_gflops_all_cores", f"all {info['cpu_count']} cores"),
+                           ("matmul_gflops_training_threads",
+                            f"{info['torch_threads']} thread(s), as training")):
+            if fig.get(key) is not None:
+                print(f"      {label:30s} {'':9s} {'':11s} {fig[key]:8.2f}")
+        print(f"  a vs b  rsc is {ratio['rsc_vs_ref_w4']:.2f}x faster than DataLoader workers=4")
+        print(f"  a vs c  rsc is {ratio['rsc_vs_ref_w0']:.2f}x faster than DataLoader workers=0")
+        print(f"  a / d   rsc achieves {ratio['rsc_pct_of_matmul']:.1f}% of matmul GFLOP/s")
+        print(f"  a / e   rsc's epoch is {ratio['rsc_over_floor']:.2f}x the eager floor's")
+        print(f"  e vs b  the floor is {ratio['floor_vs_ref_w4']:.2f}x faster than workers=4 "
+              "(the most any eager trainer could show here)")
+        print()
     for target in result["targets"].values():
         verdict = "PASS" if target["pass"] else "FAIL"
-        print(f"  {verdict}  {target['description']}: measured {target['value']:.2f}")
+        print(f"  {verdict}  {target['description']}: median {target['value']:.2f} "
+              f"(best-of {target['best']:.2f})")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
