@@ -5,6 +5,7 @@ indicators against those of the clean baseline, scored with the same pattern and
 (seed 0, as the reference scores its clean models)."""
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
+from .datasets import ImageData, load_dataset
 from .errors import RscError
 from .runs import Run, score_run
 from .scoring import DEFAULT_THRESHOLD, ScoreResult
@@ -82,18 +84,23 @@ def compare_runs(runs: Sequence[Run], baseline: Sequence[Run] = (),
         raise RscError("runs to compare must share dataset, pattern and target; got "
                        + "; ".join(f"{d} {p} target {t}" for d, p, t in sorted(keys)))
     dataset, pattern, target = keys.pop()
+
+    @functools.cache
+    def load_test() -> ImageData:  # once for all runs, and only if some score isn't cached
+        return load_dataset(dataset, data_dir).test
+
     groups: dict[int, list[ScoreResult]] = defaultdict(list)
     for run in spurious:
         groups[run.spec.n].append(score_run(run, threshold=threshold,
                                             exclude_target=exclude_target, data_dir=data_dir,
-                                            device=device))
+                                            device=device, load_test=load_test))
     rows: list[GroupSummary] = []
     pooled_baseline = None
     if baseline:
         if any(not b.spec.is_clean or b.spec.dataset != dataset for b in baseline):
             raise RscError(f"baseline runs must be clean runs on {dataset}")
         base = [score_run(b, pattern, target, 0, threshold, exclude_target, data_dir,
-                          device=device) for b in baseline]
+                          device=device, load_test=load_test) for b in baseline]
         pooled_baseline = np.concatenate([r.indicators for r in base]).astype(np.float64)
         rows.append(_summarise(0, base, None))
     rows.extend(_summarise(n, groups[n], pooled_baseline) for n in sorted(groups))

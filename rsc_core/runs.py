@@ -16,7 +16,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from .regularisers import build_regularisers
 from .scoring import DEFAULT_THRESHOLD, ScoreResult, resolve_target, score_model
 from .spec import SpuriousSpec
 from .spurious import SpuriousDataset, build_spurious_dataset
+
+if TYPE_CHECKING:
+    from .datasets import ImageData
 from .training import TrainConfig
 
 RUN_FORMAT = 1
@@ -224,8 +227,12 @@ def _store_score(run: Run, result: ScoreResult) -> None:
 def score_run(run: Run, pattern: str | None = None, target: int | None = None,
               seed: int | None = None, threshold: float = DEFAULT_THRESHOLD,
               exclude_target: bool = False, data_dir: str | Path | None = None,
-              download: bool | None = None, device: str = "auto") -> ScoreResult:
-    """The spurious score of a finished run (its own pattern by default), cached per run."""
+              download: bool | None = None, device: str = "auto",
+              load_test: Callable[[], ImageData] | None = None) -> ScoreResult:
+    """The spurious score of a finished run (its own pattern by default), cached per run.
+
+    The test split is loaded only when the score is not cached; ``load_test`` lets a caller
+    that scores many runs of one dataset share one loaded copy."""
     spec = run.spec
     pattern, target, seed = resolve_target(spec, pattern, target, seed)
     pattern = registry("patterns").get(pattern).name
@@ -234,10 +241,12 @@ def score_run(run: Run, pattern: str | None = None, target: int | None = None,
     if cached.is_file() and (run.path / "scores" / f"{key}.npy").is_file():
         data = json.loads(cached.read_text())
         return ScoreResult(**data, indicators=np.load(run.path / "scores" / f"{key}.npy"))
-    from .datasets import load_dataset
+    if load_test is None:
+        from .datasets import load_dataset
 
-    test = load_dataset(spec.dataset, data_dir, download).test
-    result = score_model(run.load_model(), test, pattern, target, seed, threshold,
+        def load_test() -> ImageData:
+            return load_dataset(spec.dataset, data_dir, download).test
+    result = score_model(run.load_model(), load_test(), pattern, target, seed, threshold,
                          exclude_target, resolve_device(device))
     _store_score(run, result)
     return result

@@ -190,3 +190,25 @@ def test_failed_force_keeps_the_finished_run(tiny_data, tmp_path, monkeypatch):
         train(tiny_data, tmp_path, force=True)
     assert first.finished
     assert all(torch.equal(a, b) for a, b in zip(before.values(), weights(first).values()))
+
+
+def test_compare_loads_the_test_split_once_and_not_at_all_when_cached(tiny_data, tmp_path,
+                                                                      monkeypatch):
+    from rsc_core import compare as compare_module
+
+    spurious = train(tiny_data, tmp_path).run
+    baselines = [train_run(SpuriousSpec("mnist"),
+                           TrainConfig(arch="MLP", epochs=1, batch_size=2, seed=seed),
+                           runs_dir=tmp_path / "runs", data_dir=tiny_data.root, progress=False,
+                           device="cpu").run for seed in (0, 1, 2)]
+    loads = []
+    real_load = compare_module.load_dataset
+    monkeypatch.setattr(compare_module, "load_dataset",
+                        lambda *args, **kw: loads.append(args) or real_load(*args, **kw))
+    first = compare_module.compare_runs([spurious], baselines, data_dir=tiny_data.root,
+                                        device="cpu")
+    assert len(loads) == 1  # three uncached baseline scores, one load
+    again = compare_module.compare_runs([spurious], baselines, data_dir=tiny_data.root,
+                                        device="cpu")
+    assert len(loads) == 1  # every score cached now: no load at all
+    assert json.dumps(again.as_dict()) == json.dumps(first.as_dict())  # NaN SEMs included
