@@ -20,7 +20,7 @@ Measurements (each repeated ``--repeats`` times, interleaved, median reported):
                 is the largest "a vs b" ratio any eager trainer could show on this machine,
                 and (a) / (e) is what rsc's own loop costs on top of the floor.
 
-All three training measurements use the full MNIST training set (``load_dataset("mnist")``),
+All four training measurements use the full MNIST training set (``load_dataset("mnist")``),
 LargeMLP from the registry, batch 128, Adam lr 0.01, cross-entropy, and a fresh model built
 under the same seed (so they start from identical weights). Before each timed epoch a few
 batches are run on a throwaway copy of the model (warm-up: allocator, kernels, thread pools).
@@ -280,7 +280,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             samples[name].append(result)
             if not args.json:
                 extra = (f"{result['gflops']:7.1f} GFLOP/s" if name == "matmul" else
-                         "" if name == "floor" else f"loss {result['train_loss']:.4f} acc {result['train_accuracy']:.4f}"
+                         "" if name == "floor" else
+                         f"loss {result['train_loss']:.4f} acc {result['train_accuracy']:.4f}"
                          + (f" workers {result['worker_processes']}"
                             if "worker_processes" in result else ""))
                 print(f"  repeat {repeat + 1}/{args.repeats} {name:7s} "
@@ -329,8 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_report(result: dict[str, Any]) -> None:
-    info, ratios = result["machine"], result["ratios"]
-    fig = result["figures"]
+    info, ratios, work = result["machine"], result["ratios"], result["figures"]
     settings = result["settings"]
     print()
     print("rsc training throughput (LargeMLP, MNIST train, batch 128, Adam lr 0.01, CE)")
@@ -344,8 +344,8 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"  environment   {env}")
     print(f"  load average  {info['load_average_at_start']} at start, "
           f"{info['load_average_at_end']} at end (1/5/15 min)")
-    print(f"  work          {fig['examples']} examples x {fig['flops_per_example']:,} FLOP "
-          f"(3 * 2 * 334,336) = {fig['epoch_gflop']:.1f} GFLOP per epoch")
+    print(f"  work          {work['examples']} examples x {work['flops_per_example']:,} FLOP "
+          f"(3 * 2 * 334,336) = {work['epoch_gflop']:.1f} GFLOP per epoch")
     print(f"  repeats       {settings['repeats']} (interleaved; medians and best-of below), "
           f"warm-up {settings['warmup_batches']} batches")
     print()
