@@ -6,6 +6,7 @@ indicators against those of the clean baseline, scored with the same pattern and
 from __future__ import annotations
 
 import functools
+import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,6 +78,13 @@ def compare_runs(runs: Sequence[Run], baseline: Sequence[Run] = (),
                  data_dir: str | Path | None = None, device: str = "auto") -> Comparison:
     """Compare spurious runs (grouped by n) with clean baseline runs."""
     spurious = [r for r in runs if not r.spec.is_clean]
+    baseline_paths = {b.path.resolve() for b in baseline}
+    stray = [r.path.name for r in runs
+             if r.spec.is_clean and r.path.resolve() not in baseline_paths]
+    if stray:
+        warnings.warn(f"ignoring clean run(s) given as runs to compare: {', '.join(stray)}; "
+                      "pass clean runs with --baseline (repeatable) to use them as the baseline",
+                      stacklevel=2)
     if not spurious:
         raise RscError("no spurious runs to compare; give runs trained on a spurious dataset")
     keys = {(r.spec.dataset, r.spec.pattern, r.spec.target) for r in spurious}

@@ -212,3 +212,7 @@ def test_compare_loads_the_test_split_once_and_not_at_all_when_cached(tiny_data,
                                         device="cpu")
     assert len(loads) == 1  # every score cached now: no load at all
     assert json.dumps(again.as_dict()) == json.dumps(first.as_dict())  # NaN SEMs included
+    with pytest.warns(UserWarning, match="pass clean runs with --baseline"):
+        misplaced = compare_module.compare_runs([spurious, baselines[2]], baselines[:2],
+                                                data_dir=tiny_data.root, device="cpu")
+    assert misplaced.rows[0].runs == 2  # the stray clean run was not silently pooled
