@@ -164,7 +164,7 @@ def compare_command(runs, baselines, threshold, exclude_target, data_dir, downlo
     """Aggregate runs that differ only in seed: mean ± SEM per n and the one-sided Welch
     t-test against the clean baseline. RUNS may be folders or globs (quote them)."""
     comparison = compare_runs(_expand(runs), _expand(baselines) if baselines else (),
-                              threshold, exclude_target, data_dir, device)
+                              threshold, exclude_target, data_dir, device, download)
     if as_json:
         click.echo(json.dumps(comparison.as_dict(), indent=2))
     else:

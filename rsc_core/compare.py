@@ -75,7 +75,8 @@ def _summarise(n: int, results: Sequence[ScoreResult], baseline: np.ndarray | No
 
 def compare_runs(runs: Sequence[Run], baseline: Sequence[Run] = (),
                  threshold: float = DEFAULT_THRESHOLD, exclude_target: bool = False,
-                 data_dir: str | Path | None = None, device: str = "auto") -> Comparison:
+                 data_dir: str | Path | None = None, device: str = "auto",
+                 download: bool | None = None) -> Comparison:
     """Compare spurious runs (grouped by n) with clean baseline runs."""
     spurious = [r for r in runs if not r.spec.is_clean]
     baseline_paths = {b.path.resolve() for b in baseline}
@@ -95,7 +96,7 @@ def compare_runs(runs: Sequence[Run], baseline: Sequence[Run] = (),
 
     @functools.cache
     def load_test() -> ImageData:  # once for all runs, and only if some score isn't cached
-        return load_dataset(dataset, data_dir).test
+        return load_dataset(dataset, data_dir, download).test
 
     groups: dict[int, list[ScoreResult]] = defaultdict(list)
     for run in spurious:

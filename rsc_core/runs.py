@@ -31,10 +31,10 @@ from .regularisers import build_regularisers
 from .scoring import DEFAULT_THRESHOLD, ScoreResult, resolve_target, score_model
 from .spec import SpuriousSpec
 from .spurious import SpuriousDataset, build_spurious_dataset
+from .training import TrainConfig
 
 if TYPE_CHECKING:
     from .datasets import ImageData
-from .training import TrainConfig
 
 RUN_FORMAT = 1
 
