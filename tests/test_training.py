@@ -206,8 +206,8 @@ def test_compare_loads_the_test_split_once_and_not_at_all_when_cached(tiny_data,
     monkeypatch.setattr(compare_module, "load_dataset",
                         lambda *args, **kw: loads.append(args) or real_load(*args, **kw))
     first = compare_module.compare_runs([spurious], baselines, data_dir=tiny_data.root,
-                                        device="cpu")
-    assert len(loads) == 1  # three uncached baseline scores, one load
+                                        device="cpu", download=False)
+    assert loads == [("mnist", tiny_data.root, False)]  # three uncached scores, one load
     again = compare_module.compare_runs([spurious], baselines, data_dir=tiny_data.root,
                                         device="cpu")
     assert len(loads) == 1  # every score cached now: no load at all
