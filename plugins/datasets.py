@@ -116,6 +116,11 @@ class CifarProvider(CachedProvider):
     names_key: ClassVar[str] = ""  # key of the class names in the meta file
     torchvision_labels: ClassVar[bool] = True  # torchvision returns the labels we want
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """The files to expect follow from the split and meta file names."""
+        super().__init_subclass__(**kwargs)
+        cls.files = (*cls.train_files, *cls.test_files, cls.meta_file)
+
     def decode(self, root: Path) -> RawSplits:
         cls = torchvision_class(self.torchvision_class)
         try:
@@ -178,7 +183,6 @@ class CIFAR10(CifarProvider):
     train_files = tuple(f"data_batch_{i}" for i in range(1, 6))
     test_files = ("test_batch",)
     meta_file = "batches.meta"
-    files = (*train_files, *test_files, meta_file)
     label_key = "labels"
     names_key = "label_names"
     torchvision_class = "CIFAR10"
@@ -194,7 +198,6 @@ class CIFAR100(CifarProvider):
     train_files = ("train",)
     test_files = ("test",)
     meta_file = "meta"
-    files = (*train_files, *test_files, meta_file)
     label_key = "fine_labels"
     names_key = "fine_label_names"
     torchvision_class = "CIFAR100"
