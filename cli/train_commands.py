@@ -50,7 +50,8 @@ def train_command(spec: SpuriousSpec, data_dir, download, runs_dir, device, forc
     config = build_train_config(**train_kwargs)
     outcome = train_run(spec, config, runs_dir=runs_dir, data_dir=data_dir, download=download,
                         force=force, progress=not quiet, device=device,
-                        channels_last=channels_last)
+                        channels_last=channels_last,
+                        on_wait=lambda line: click.echo(line, err=True))
     metrics = outcome.run.metrics or {}
     if as_json:
         click.echo(json.dumps({"run": str(outcome.run.path), "reused": outcome.reused,

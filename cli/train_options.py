@@ -8,7 +8,7 @@ import click
 
 from rsc_core.errors import ConfigError
 from rsc_core.regularisers import parse_regulariser_option
-from rsc_core.training import LOSSES, OPTIMIZERS, TrainConfig
+from rsc_core.training import ADAM_IMPLS, LOSSES, OPTIMIZERS, TrainConfig
 
 
 def _option_list() -> list[Callable]:
@@ -47,6 +47,11 @@ def _option_list() -> list[Callable]:
                      help="Shortcut for -r input-noise:sigma=X (Gaussian noise on training "
                           "inputs)."),
         click.option("--amp", is_flag=True, help="bfloat16 autocast on CUDA."),
+        click.option("--adam-impl", type=click.Choice(ADAM_IMPLS), default="fused",
+                     show_default=True,
+                     help="torch's Adam kernel: fused (fastest), foreach, or single (torch's "
+                          "own default on CPU). Same update up to rounding, which can decide "
+                          "whether a few spurious examples are memorised; recorded in the run."),
     ]
 
 
@@ -61,7 +66,7 @@ def build_train_config(model_spec: str | None, arch: str, loss: str, aug: str | 
                        epochs: int, train_seed: int, milestones: str | None,
                        regularisers: tuple[str, ...], weight_decay: float | None,
                        grad_clip: float | None, input_noise: float | None,
-                       amp: bool) -> TrainConfig:
+                       amp: bool, adam_impl: str = "fused") -> TrainConfig:
     """A validated ``TrainConfig`` from the command-line values."""
     specs = [parse_regulariser_option(text) for text in regularisers]
     for name, key, value in (("weight-decay", "value", weight_decay),
@@ -72,7 +77,7 @@ def build_train_config(model_spec: str | None, arch: str, loss: str, aug: str | 
     config = TrainConfig(arch=arch, loss=loss, aug=aug, optimizer=optimizer, lr=lr,
                          momentum=momentum, batch_size=batch_size, epochs=epochs,
                          seed=train_seed, milestones=_milestones(milestones),
-                         regularisers=tuple(_validated(specs)), amp=amp)
+                         regularisers=tuple(_validated(specs)), amp=amp, adam_impl=adam_impl)
     return config.with_model_spec(model_spec) if model_spec else config
 
 
@@ -96,6 +101,6 @@ def split_train_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str
     """Separate the training options from a command's other keyword arguments."""
     names = {"model_spec", "arch", "loss", "aug", "optimizer", "lr", "momentum", "batch_size",
              "epochs", "train_seed", "milestones", "regularisers", "weight_decay", "grad_clip",
-             "input_noise", "amp"}
+             "input_noise", "amp", "adam_impl"}
     return ({k: v for k, v in kwargs.items() if k in names},
             {k: v for k, v in kwargs.items() if k not in names})

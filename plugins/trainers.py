@@ -49,7 +49,7 @@ class ErmTrainer(Trainer):
             options = regulariser.optimizer_options(options)
         optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr,
                                    config.momentum, options["weight_decay"],
-                                   fused=device.type in ("cpu", "cuda"))
+                                   adam_impl=_adam_impl(config.adam_impl, device))
         ctx = TrainContext(model, optimizer, device, len(train), config.batch_size,
                            config.epochs)
         for regulariser in regularisers:
@@ -138,6 +138,14 @@ class ErmTrainer(Trainer):
                 f"{'NaN' if math.isnan(mean_loss) else 'infinite'}; try a lower learning rate "
                 f"(--lr, now {config.lr})")
         return mean_loss, total_correct.item() / max(seen, 1)
+
+
+def _adam_impl(requested: str, device: torch.device) -> str:
+    """torch has fused Adam kernels for CPU and CUDA only; elsewhere (mps, xpu) the recorded
+    ``fused`` falls back to ``foreach``."""
+    if requested == "fused" and device.type not in ("cpu", "cuda"):
+        return "foreach"
+    return requested
 
 
 @hookimpl

@@ -1,19 +1,25 @@
 """Runs: one training experiment in one folder, named by a readable slug plus a short hash of
 its full configuration. The folder holds ``config.json``, ``metrics.json`` (written last, when
-the run finished), ``model.pt`` (the final checkpoint), ``checkpoint.pt`` (the latest epoch,
-while training) and ``log.txt``. Every file is written atomically.
+the run finished, with the size and SHA-256 of ``model.pt``), ``model.pt`` (the final
+checkpoint), ``checkpoint.pt`` (the latest epoch, while training), ``scores/`` (cached scores,
+filed under the checksum of the weights they were computed from) and ``log.txt``. Every file is
+written atomically.
 
-* An identical finished configuration is reused, not retrained, unless ``force``.
+* An identical finished configuration is reused, not retrained, unless ``force``; its model
+  file is verified against the checksum recorded at finish before it is reused or scored.
 * An interrupted run resumes from ``checkpoint.pt`` when trained again with the same config.
 * ``force`` retrains from scratch but replaces the finished files only when the new run
-  finishes, so a crash never loses a finished run.
+  finishes, so a crash never loses a finished run; the old run's cached scores go with it.
+* One process at a time trains a run: a second waits for the first and then reuses its result.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import hashlib
 import json
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -25,10 +31,12 @@ from torch import nn
 from . import registry
 from .atomic import write_json, write_numpy
 from .checkpoints import build_model_from_checkpoint, read_checkpoint, save_checkpoint
+from .digests import file_digest
 from .errors import CheckpointError, RscError
 from .paths import runs_dir as resolve_runs_dir
 from .regularisers import build_regularisers
-from .scoring import DEFAULT_THRESHOLD, ScoreResult, resolve_target, score_model
+from .run_lock import RunLock
+from .scoring import DEFAULT_THRESHOLD, ScoreResult, check_threshold, resolve_target, score_model
 from .spec import SpuriousSpec
 from .spurious import SpuriousDataset, build_spurious_dataset
 from .training import TrainConfig
@@ -36,13 +44,35 @@ from .training import TrainConfig
 if TYPE_CHECKING:
     from .datasets import ImageData
 
-RUN_FORMAT = 1
+#: Format 2 records the model file's checksum at finish; format 1 folders cannot be verified.
+RUN_FORMAT = 2
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` (CUDA when available, else CPU) or a device torch knows and this machine has;
+    anything else is one clear error, raised before any run folder is created."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    valid = "auto, cpu, cuda, cuda:N"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise RscError(f"unknown device {device!r}; use one of {valid}") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise RscError(f"device {device!r} asked for, but this machine has no CUDA GPU "
+                           f"torch can use; use --device cpu (or auto)")
+        if resolved.index is not None and resolved.index >= count:
+            raise RscError(f"device {device!r} does not exist: this machine has {count} "
+                           f"CUDA GPU(s), cuda:0-cuda:{count - 1}")
+    elif resolved.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise RscError(f"device {device!r} is not available on this machine; use one "
+                           f"of {valid}")
+    elif resolved.type != "cpu":
+        raise RscError(f"device {device!r} is not supported; use one of {valid}")
+    return resolved
 
 
 def run_config(spec: SpuriousSpec, config: TrainConfig) -> dict[str, Any]:
@@ -55,29 +85,46 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def _format_value(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+def format_number(value: Any) -> str:
+    """A number as it appears in names: the shortest text that reads back as the same value
+    (``repr``), so ``1e+308`` stays ``1e+308`` and 0.0123456789 is not rounded."""
+    return repr(float(value)) if isinstance(value, float) else str(value)
 
 
 def run_slug(spec: SpuriousSpec, config: TrainConfig) -> str:
     """Readable folder name, e.g. ``mnistv8-3-0-0_ce-tor-LargeMLP_adam-lr0.01-b128-e70-s0``."""
     parts = [spec.name, config.model_spec.name,
-             f"{config.optimizer}-lr{config.lr:g}-b{config.batch_size}-e{config.epochs}"
-             f"-s{config.seed}"]
+             f"{config.optimizer}-lr{format_number(config.lr)}-b{config.batch_size}"
+             f"-e{config.epochs}-s{config.seed}"]
     if config.momentum:
-        parts[-1] += f"-m{config.momentum:g}"
+        parts[-1] += f"-m{format_number(config.momentum)}"
+    if config.adam_impl != "fused":
+        parts[-1] += f"-{config.adam_impl}"
     for reg in config.regularisers:
-        params = "-".join(f"{k}{_format_value(v)}" for k, v in sorted(reg.get("params", {}).items()))
+        params = "-".join(f"{k}{format_number(v)}"
+                          for k, v in sorted(reg.get("params", {}).items()))
         parts.append(f"{reg['name']}{'-' + params if params else ''}")
     slug = "_".join(parts)
-    return re.sub(r"[^A-Za-z0-9._=-]+", "-", slug)
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "-", slug)
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """A run file's JSON, or one clear error naming the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RscError(f"{path} is corrupt ({type(exc).__name__}); {what}") from None
 
 
 @dataclass(frozen=True)
 class Run:
-    """A run folder on disk."""
+    """A run folder on disk. ``Run("runs/<folder>")`` and ``Run.open(...)`` both accept a str or
+    a ``Path``; ``open`` also checks that the folder is a run."""
 
     path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
 
     @classmethod
     def open(cls, path: str | Path) -> "Run":
@@ -85,16 +132,25 @@ class Run:
         if not (path / "config.json").is_file():
             raise RscError(f"{path} is not an rsc run folder (no config.json); give a run "
                            f"folder or a checkpoint file")
-        return cls(path)
+        run = cls(path)
+        version = run.config.get("rsc_run")
+        if version != RUN_FORMAT:
+            raise RscError(f"run {path} has folder format {version!r}, which rsc "
+                           f"{RUN_FORMAT} cannot verify; train it again with this version "
+                           f"(rsc train ... --force)")
+        return run
 
     @property
     def config(self) -> dict[str, Any]:
-        return json.loads((self.path / "config.json").read_text())
+        return _read_json(self.path / "config.json",
+                          "remove the run folder and train it again")
 
     @property
     def metrics(self) -> dict[str, Any] | None:
         path = self.path / "metrics.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        return _read_json(path, "retrain the run with rsc train ... --force")
 
     @property
     def finished(self) -> bool:
@@ -114,9 +170,30 @@ class Run:
     def name(self) -> str:
         return self.path.name
 
-    def load_model(self) -> nn.Module:
+    def model_sha256(self) -> str:
+        """The checksum of ``model.pt`` after checking it against the size and SHA-256 recorded
+        when the run finished: a truncated or replaced model file is an error, never a score."""
         if not self.finished:
             raise RscError(f"run {self.path} has not finished; train it first (rsc train)")
+        recorded = (self.metrics or {}).get("model_file") or {}
+        path = self.path / "model.pt"
+        problem = None
+        if "sha256" not in recorded or "bytes" not in recorded:
+            problem = "its metrics.json records no checksum for it"
+        elif path.stat().st_size != recorded["bytes"]:
+            problem = (f"it has {path.stat().st_size} bytes where {recorded['bytes']} were "
+                       f"recorded (truncated or replaced?)")
+        else:
+            actual = file_digest(path)
+            if actual != recorded["sha256"]:
+                problem = "its SHA-256 differs from the one recorded (replaced or corrupted?)"
+            else:
+                return actual
+        raise CheckpointError(f"model file {path} does not match its run: {problem}; retrain "
+                              f"it with rsc train ... --force")
+
+    def load_model(self) -> nn.Module:
+        self.model_sha256()
         return build_model_from_checkpoint(read_checkpoint(self.path / "model.pt"))
 
     def log(self, line: str) -> None:
@@ -140,16 +217,38 @@ def find_run(spec: SpuriousSpec, config: TrainConfig, runs_dir: str | Path | Non
 def train_run(spec: SpuriousSpec, config: TrainConfig, *, runs_dir: str | Path | None = None,
               data_dir: str | Path | None = None, download: bool | None = None,
               force: bool = False, progress: bool = True, device: str = "auto",
-              channels_last: bool = False, dataset: SpuriousDataset | None = None) -> TrainOutcome:
-    """Train (or reuse, or resume) the run for ``spec`` and ``config``."""
+              channels_last: bool = False, dataset: SpuriousDataset | None = None,
+              on_wait: Callable[[str], None] | None = None) -> TrainOutcome:
+    """Train (or reuse, or resume) the run for ``spec`` and ``config``.
+
+    Every name, the device and the runs folder are checked before any data is loaded, so a
+    typo or an unwritable folder fails at once. The run is claimed with a lock: a second
+    process asking for the same run waits (``on_wait`` hears who holds it) and then reuses it."""
     run = find_run(spec, config, runs_dir)
-    if run.finished and not force:
-        return TrainOutcome(run, reused=True)
-    # Resolve every name before loading data, so a typo fails at once.
     trainer = registry("trainers").create(config.trainer)
     architecture = registry("architectures").create(config.arch)
     regularisers = build_regularisers(config.regularisers)
-    data = dataset if dataset is not None else build_spurious_dataset(spec, data_dir, download)
+    torch_device = resolve_device(device)
+    with RunLock(run.path, on_wait=on_wait):
+        if not force and run.finished:
+            run.model_sha256()
+            return TrainOutcome(run, reused=True)
+        data = dataset if dataset is not None else build_spurious_dataset(spec, data_dir,
+                                                                          download)
+        created = not run.path.exists()
+        try:
+            return _train_locked(run, spec, config, data, trainer, architecture, regularisers,
+                                 torch_device, force, progress, channels_last)
+        except BaseException:
+            # An error before the first epoch's checkpoint leaves nothing worth resuming.
+            if created and not (run.path / "checkpoint.pt").exists():
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
+
+
+def _train_locked(run: Run, spec: SpuriousSpec, config: TrainConfig, data: SpuriousDataset,
+                  trainer: Any, architecture: Any, regularisers: list, device: torch.device,
+                  force: bool, progress: bool, channels_last: bool) -> TrainOutcome:
     run.path.mkdir(parents=True, exist_ok=True)
     write_json(run.path / "config.json", run_config(spec, config))
     torch.manual_seed(config.seed)
@@ -159,17 +258,17 @@ def train_run(spec: SpuriousSpec, config: TrainConfig, *, runs_dir: str | Path |
             "config": config.as_dict(), "classes": list(data.classes)}
     resume = _resumable(run, force)
     run.log(f"{'resume from epoch ' + str(resume['epoch']) if resume else 'start'} "
-            f"on {resolve_device(device)}")
+            f"on {device} (pid {os.getpid()})")
 
     def on_epoch(state, model, optimizer, scheduler) -> None:
         save_checkpoint(run.path / "checkpoint.pt", model, optimizer, scheduler, state.epoch,
                         state.history, meta)
         run.log(json.dumps(state.history[-1]))
 
-    state = trainer.fit(model, data.train, data.test, config, regularisers,
-                        device=resolve_device(device), resume=resume, on_epoch=on_epoch,
-                        progress=progress, channels_last=channels_last)
-    _finish(run, data, model, state, meta)
+    state = trainer.fit(model, data.train, data.test, config, regularisers, device=device,
+                        resume=resume, on_epoch=on_epoch, progress=progress,
+                        channels_last=channels_last)
+    _finish(run, data, model, state)
     return TrainOutcome(run, reused=False, resumed_from=resume["epoch"] if resume else 0)
 
 
@@ -184,16 +283,20 @@ def _resumable(run: Run, force: bool) -> dict[str, Any] | None:
         return None
 
 
-def _finish(run: Run, data: SpuriousDataset, model: nn.Module, state: Any, meta: dict) -> None:
-    """Write the final model, the score for the run's own pattern, then metrics.json."""
+def _finish(run: Run, data: SpuriousDataset, model: nn.Module, state: Any) -> None:
+    """Write the final model, its checksum, the score for the run's own pattern, then
+    metrics.json. Cached scores of an earlier model (``--force``) are removed first."""
     # The final model is the last epoch's checkpoint, renamed atomically.
     (run.path / "checkpoint.pt").replace(run.path / "model.pt")
+    shutil.rmtree(run.path / "scores", ignore_errors=True)
+    model_file = {"sha256": file_digest(run.path / "model.pt"),
+                  "bytes": (run.path / "model.pt").stat().st_size}
     model = model.cpu()
     score = None
     if not data.spec.is_clean:
         result = score_model(model, data.test, data.spec.pattern, data.spec.target,
                              data.spec.seed)
-        _store_score(run, result)
+        _store_score(run, model_file["sha256"], result)
         score = result.as_dict()
     last = state.history[-1] if state.history else {}
     write_json(run.path / "metrics.json", {
@@ -204,6 +307,7 @@ def _finish(run: Run, data: SpuriousDataset, model: nn.Module, state: Any, meta:
         "clean_accuracy": last.get("test_accuracy"),
         "train_accuracy": last.get("train_accuracy"),
         "score": score,
+        "model_file": model_file,
         "spurious_indices": data.spurious_indices.tolist(),
         "history": state.history,
     })
@@ -212,16 +316,37 @@ def _finish(run: Run, data: SpuriousDataset, model: nn.Module, state: Any, meta:
 
 def score_key(pattern: str, target: int, seed: int, threshold: float,
               exclude_target: bool) -> str:
-    return f"{pattern}-t{target}-s{seed}-th{threshold:g}{'-excl' if exclude_target else ''}"
+    return (f"{pattern}-t{target}-s{seed}-th{format_number(float(threshold))}"
+            f"{'-excl' if exclude_target else ''}")
 
 
-def _store_score(run: Run, result: ScoreResult) -> None:
+def _score_files(run: Run, model_sha256: str, key: str) -> tuple[Path, Path]:
+    """Cached scores live under the checksum of the weights they were computed from, so a
+    score can never outlive (or be mistaken for) the model that produced it."""
+    folder = run.path / "scores" / model_sha256[:16]
+    return folder / f"{key}.json", folder / f"{key}.npy"
+
+
+def _store_score(run: Run, model_sha256: str, result: ScoreResult) -> None:
     key = score_key(result.pattern, result.target, result.seed, result.threshold,
                     result.exclude_target)
-    folder = run.path / "scores"
-    folder.mkdir(exist_ok=True)
-    write_numpy(folder / f"{key}.npy", result.indicators)
-    write_json(folder / f"{key}.json", result.as_dict())
+    summary, indicators = _score_files(run, model_sha256, key)
+    write_numpy(indicators, result.indicators)
+    write_json(summary, {**result.as_dict(), "model_sha256": model_sha256})
+
+
+def _cached_score(run: Run, model_sha256: str, key: str) -> ScoreResult | None:
+    """A cached score of exactly these weights, or None (absent or unreadable: recompute)."""
+    summary, indicators = _score_files(run, model_sha256, key)
+    if not (summary.is_file() and indicators.is_file()):
+        return None
+    try:
+        data = json.loads(summary.read_text(encoding="utf-8"))
+        if data.pop("model_sha256", None) != model_sha256:
+            return None
+        return ScoreResult(**data, indicators=np.load(indicators, allow_pickle=False))
+    except (ValueError, TypeError, OSError):
+        return None
 
 
 def score_run(run: Run, pattern: str | None = None, target: int | None = None,
@@ -229,24 +354,27 @@ def score_run(run: Run, pattern: str | None = None, target: int | None = None,
               exclude_target: bool = False, data_dir: str | Path | None = None,
               download: bool | None = None, device: str = "auto",
               load_test: Callable[[], ImageData] | None = None) -> ScoreResult:
-    """The spurious score of a finished run (its own pattern by default), cached per run.
+    """The spurious score of a finished run (its own pattern by default), cached per run and
+    per model checksum; the model file is verified first.
 
     The test split is loaded only when the score is not cached; ``load_test`` lets a caller
     that scores many runs of one dataset share one loaded copy."""
+    check_threshold(threshold)
     spec = run.spec
     pattern, target, seed = resolve_target(spec, pattern, target, seed)
     pattern = registry("patterns").get(pattern).name
     key = score_key(pattern, target, seed, threshold, exclude_target)
-    cached = run.path / "scores" / f"{key}.json"
-    if cached.is_file() and (run.path / "scores" / f"{key}.npy").is_file():
-        data = json.loads(cached.read_text())
-        return ScoreResult(**data, indicators=np.load(run.path / "scores" / f"{key}.npy"))
+    model_sha256 = run.model_sha256()
+    cached = _cached_score(run, model_sha256, key)
+    if cached is not None:
+        return cached
     if load_test is None:
         from .datasets import load_dataset
 
         def load_test() -> ImageData:
             return load_dataset(spec.dataset, data_dir, download).test
-    result = score_model(run.load_model(), load_test(), pattern, target, seed, threshold,
+    model = build_model_from_checkpoint(read_checkpoint(run.path / "model.pt"))
+    result = score_model(model, load_test(), pattern, target, seed, threshold,
                          exclude_target, resolve_device(device))
-    _store_score(run, result)
+    _store_score(run, model_sha256, result)
     return result

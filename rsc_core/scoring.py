@@ -5,6 +5,7 @@ over ALL clean test images by default (or those with y != c). Reported with clea
 the accuracy on patterned test images with y != c."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,19 @@ if TYPE_CHECKING:
     from .spec import SpuriousSpec
 
 DEFAULT_THRESHOLD = 0.1
+
+
+def check_threshold(threshold: float) -> float:
+    """The threshold is a rise in a probability, so only a finite number in (0, 1) means
+    anything: at or below 0 every image counts, at or above 1 none can, and NaN compares
+    false with everything (a score of 0)."""
+    value = float(threshold)
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise ConfigError(f"the score threshold must be a finite number in (0, 1), got "
+                          f"{threshold!r}: it is the rise in the target class's probability "
+                          f"that counts as spurious, so 0 or less counts every image and 1 or "
+                          f"more none")
+    return value
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,7 @@ def score_model(model: nn.Module, test: ImageData, pattern: str, target: int, se
     ``target`` on the test split ``test``."""
     from . import registry
 
+    check_threshold(threshold)
     entry = registry("patterns").get(pattern)
     clean_proba = predict_proba(model, test.images, device)
     num_classes = clean_proba.shape[1]

@@ -3,6 +3,7 @@ names, losses, optimizers, the MultiStepLR milestone table and batch-wise augmen
 (PROTOCOL.md section 4), plus the trainer interface itself."""
 from __future__ import annotations
 
+import math
 import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, replace
@@ -18,6 +19,10 @@ from .errors import ConfigError
 OPTIMIZERS = ("sgd", "adam", "adagrad", "rms")
 LOSSES = ("ce", "mse", "kld")
 AUGMENTATIONS = ("aug01",)
+#: Adam kernels: torch's fused single kernel (rsc's default, fastest on CPU), its multi-tensor
+#: ``foreach`` path, and its per-parameter ``single`` loop (torch's own default on CPU). They
+#: compute the same update and differ only in floating-point rounding.
+ADAM_IMPLS = ("fused", "foreach", "single")
 _MODEL_SPEC = re.compile(r"(?:(?P<aug>[a-z0-9]+)-)?(?P<loss>[a-z]+)-tor-(?P<arch>[A-Za-z0-9_]+)")
 
 
@@ -59,9 +64,17 @@ class TrainConfig:
     regularisers: tuple[dict, ...] = ()  # ({"name": ..., "params": {...}}, ...)
     trainer: str = "erm"
     amp: bool = False  # CUDA only: bfloat16 autocast (changes numerics, so part of the config)
+    adam_impl: str = "fused"  # which of torch's Adam kernels (rounding differs, so recorded)
 
     def __post_init__(self) -> None:
         self.validate()
+        # Equivalent configurations must hash the same: the reference's own milestones for
+        # this epoch count are stored as None, whichever way they were given.
+        if self.milestones is not None:
+            milestones = tuple(int(m) for m in self.milestones)
+            if milestones == reference_milestones(self.epochs):
+                milestones = None
+            object.__setattr__(self, "milestones", milestones)
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -78,6 +91,17 @@ class TrainConfig:
                 raise ConfigError(f"{what} must be positive, got {value}")
         if self.momentum < 0:
             raise ConfigError(f"momentum must be non-negative, got {self.momentum}")
+        if not math.isfinite(self.lr) or not math.isfinite(self.momentum):
+            raise ConfigError(f"learning rate and momentum must be finite numbers, got lr "
+                              f"{self.lr!r}, momentum {self.momentum!r}")
+        if self.adam_impl not in ADAM_IMPLS:
+            raise ConfigError(f"unknown Adam implementation {self.adam_impl!r}; use one of "
+                              f"{', '.join(ADAM_IMPLS)}")
+        if self.optimizer != "adam" and self.adam_impl != "fused":
+            raise ConfigError(f"--adam-impl applies to Adam only; this run uses "
+                              f"{self.optimizer}")
+        if self.milestones is not None:
+            _check_milestones(self.milestones)
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -100,6 +124,21 @@ class TrainConfig:
     def with_model_spec(self, text: str) -> "TrainConfig":
         spec = parse_model_spec(text)
         return replace(self, arch=spec.arch, loss=spec.loss, aug=spec.aug)
+
+
+def _check_milestones(milestones: Sequence[int]) -> None:
+    """Milestones must be positive epochs in strictly increasing order: MultiStepLR silently
+    counts a repeated milestone twice (decaying by 0.01) and ignores none of the others."""
+    values = list(milestones)
+    if not values:
+        raise ConfigError("milestones must name at least one epoch (omit them for the "
+                          "reference's table)")
+    if any(isinstance(m, bool) or not isinstance(m, int) or m <= 0 for m in values):
+        raise ConfigError(f"milestones must be positive whole epochs, got "
+                          f"{','.join(map(str, values))}")
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ConfigError(f"milestones must be strictly increasing, got "
+                          f"{','.join(map(str, values))}")
 
 
 # The reference's MultiStepLR table: (largest epoch count, milestones).
@@ -138,15 +177,18 @@ def _kld_loss(logits: torch.Tensor, y: torch.Tensor, eps: float = 1e-6) -> torch
 
 
 def make_optimizer(name: str, params: Any, lr: float, momentum: float = 0.0,
-                   weight_decay: float = 0.0, *, fused: bool = False) -> torch.optim.Optimizer:
+                   weight_decay: float = 0.0, *, adam_impl: str = "single") -> torch.optim.Optimizer:
     """The reference's optimizers; weight decay is the optimizer's coupled L2 term. Adam and
     Adagrad have no momentum argument (the reference passed it to Adagrad, which fails).
 
-    ``fused`` selects torch's single-kernel Adam: the same update up to rounding, 1.2-1.5x
-    faster per epoch on a CPU because the default runs many small ops per parameter."""
+    ``adam_impl`` picks torch's Adam kernel (``ADAM_IMPLS``): ``fused`` is the same update up to
+    rounding, 1.2-1.5x faster per epoch on a CPU because the others run many small ops per
+    parameter. Rounding can decide whether a handful of examples is memorised, so the choice
+    is part of a run's configuration."""
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay,
-                                fused=True if fused else None)
+        kernel = {"fused": {"fused": True}, "foreach": {"foreach": True},
+                  "single": {"foreach": False}}[adam_impl]
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kernel)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adagrad":
