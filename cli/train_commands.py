@@ -147,6 +147,8 @@ def print_comparison(comparison: Comparison, console: Console | None = None) -> 
         table.add_row(str(row.n), str(row.runs), cell(row.score_mean, row.score_sem),
                       cell(row.clean_accuracy_mean, row.clean_accuracy_sem),
                       cell(row.patterned_accuracy_mean, row.patterned_accuracy_sem), p)
+    if comparison.seeds is not None:
+        table.caption = f"seeds: {comparison.seeds.description}"
     (console or Console()).print(table)
 
 
@@ -157,15 +159,27 @@ def print_comparison(comparison: Comparison, console: Console | None = None) -> 
 @click.option("--threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
               help="Probability rise that counts as spurious.")
 @click.option("--exclude-target", is_flag=True, help="Score only test images with y != target.")
+@click.option("--allow-mixed-baseline", is_flag=True,
+              help="Accept a baseline trained with another recipe than the runs (warns).")
+@click.option("--allow-mixed-seeds", is_flag=True,
+              help="Pool runs that follow different seed protocols (e.g. some with training "
+                   "seed = dataset seed, some with a fixed training seed).")
 @data_options
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def compare_command(runs, baselines, threshold, exclude_target, data_dir, download, device,
-                    as_json) -> None:
+def compare_command(runs, baselines, threshold, exclude_target, allow_mixed_baseline,
+                    allow_mixed_seeds, data_dir, download, device, as_json) -> None:
     """Aggregate runs that differ only in seed: mean ± SEM per n and the one-sided Welch
-    t-test against the clean baseline. RUNS may be folders or globs (quote them)."""
+    t-test against the clean baseline. RUNS may be folders or globs (quote them).
+
+    The runs must share everything but their seeds (the differing fields are named
+    otherwise), a run given twice counts once, and the seed protocol is printed: the study
+    varies the dataset seed (the last number of the spec) with training seed 0."""
+    resolve_device(device)
     comparison = compare_runs(_expand(runs), _expand(baselines) if baselines else (),
-                              threshold, exclude_target, data_dir, device, download)
+                              threshold, exclude_target, data_dir, device, download,
+                              allow_mixed_baseline=allow_mixed_baseline,
+                              allow_mixed_seeds=allow_mixed_seeds)
     if as_json:
         click.echo(json.dumps(comparison.as_dict(), indent=2))
     else:

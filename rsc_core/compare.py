@@ -2,7 +2,13 @@
 examples n, the mean and standard error (scipy.stats.sem) of the spurious score, clean accuracy
 and patterned accuracy, and the one-sided Welch t-test ("greater") of the pooled per-image score
 indicators against those of the clean baseline, scored with the same pattern and target
-(seed 0, as the reference scores its clean models)."""
+(seed 0, as the reference scores its clean models).
+
+Pooling is only honest for runs that differ in nothing but their seeds, so ``compare_runs``
+checks it: the same run given twice counts once; runs whose recipe or dataset differ in
+anything but the seeds (and n, the grouping) are refused, naming the fields; a baseline trained
+with another recipe is refused unless ``allow_mixed_baseline``; and runs must follow one seed
+protocol (``seed_protocol``) unless ``allow_mixed_seeds``."""
 from __future__ import annotations
 
 import functools
@@ -18,7 +24,7 @@ from scipy import stats
 from .datasets import ImageData, load_dataset
 from .errors import RscError
 from .runs import Run, score_run
-from .scoring import DEFAULT_THRESHOLD, ScoreResult
+from .scoring import DEFAULT_THRESHOLD, ScoreResult, check_threshold
 
 
 @dataclass(frozen=True)
@@ -40,16 +46,161 @@ class GroupSummary:
 
 
 @dataclass(frozen=True)
+class SeedProtocol:
+    """Which seeds vary across pooled runs. The study varies only the dataset seed (which
+    images carry the pattern, and the noise pattern itself) and trains every model with
+    training seed 0; rsc's earlier tables paired the two (training seed = dataset seed)."""
+
+    name: str  # "dataset-seeds" (the study's), "paired", "training-seeds", "single", "mixed"
+    dataset_seeds: tuple[int, ...]
+    training_seeds: tuple[int, ...]
+    baseline_training_seeds: tuple[int, ...] = ()
+
+    @property
+    def description(self) -> str:
+        seeds = (f"dataset seeds {_span(self.dataset_seeds)}, training seeds "
+                 f"{_span(self.training_seeds)}")
+        meaning = {
+            "dataset-seeds": "the study's protocol: only the dataset seed varies",
+            "paired": "training seed = dataset seed, not the study's protocol",
+            "training-seeds": "only the training seed varies, not the study's protocol",
+            "single": "one run per n",
+            "mixed": "runs follow different protocols",
+        }[self.name]
+        baseline = (f"; baseline training seeds {_span(self.baseline_training_seeds)}"
+                    if self.baseline_training_seeds else "")
+        return f"{seeds} ({meaning}){baseline}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dataset_seeds": list(self.dataset_seeds),
+                "training_seeds": list(self.training_seeds),
+                "baseline_training_seeds": list(self.baseline_training_seeds),
+                "description": self.description}
+
+
+@dataclass(frozen=True)
 class Comparison:
     pattern: str
     target: int
     threshold: float
     exclude_target: bool
     rows: tuple[GroupSummary, ...]
+    seeds: SeedProtocol | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"pattern": self.pattern, "target": self.target, "threshold": self.threshold,
-                "exclude_target": self.exclude_target, "rows": [r.as_dict() for r in self.rows]}
+                "exclude_target": self.exclude_target, "rows": [r.as_dict() for r in self.rows],
+                "seed_protocol": self.seeds.as_dict() if self.seeds else None}
+
+
+def _span(values: Sequence[int]) -> str:
+    """``0-4`` for a contiguous range, else the values: ``0, 2, 7``."""
+    values = sorted(set(values))
+    if len(values) > 2 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}-{values[-1]}"
+    return ", ".join(map(str, values)) or "none"
+
+
+def seed_protocol(pairs: Sequence[tuple[int, int]]) -> str:
+    """Name the protocol of (dataset seed, training seed) pairs, one pair per run."""
+    dataset_seeds = {d for d, _ in pairs}
+    training_seeds = {t for _, t in pairs}
+    if len(pairs) <= 1 or (len(dataset_seeds) == 1 and len(training_seeds) == 1):
+        return "single"
+    if len(training_seeds) == 1:
+        return "dataset-seeds"
+    if all(d == t for d, t in pairs):
+        return "paired"
+    if len(dataset_seeds) == 1:
+        return "training-seeds"
+    return "mixed"
+
+
+def _recipe(run: Run) -> dict[str, Any]:
+    """What must be equal for runs to be pooled as seeds: the training recipe without its
+    seed and the dataset spec without its seed and n (n is the grouping)."""
+    train = {f"train.{k}": v for k, v in run.config["train"].items() if k != "seed"}
+    spec = {f"spec.{k}": v for k, v in run.config["spec"].items()
+            if k not in ("seed", "n", "name")}
+    return {**train, **spec}
+
+
+def _differences(recipes: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Fields whose values differ across ``recipes``, with the distinct values."""
+    keys = sorted(set().union(*recipes))
+    differing = {}
+    for key in keys:
+        values: list[Any] = []
+        for recipe in recipes:
+            value = recipe.get(key, "<absent>")
+            if value not in values:
+                values.append(value)
+        if len(values) > 1:
+            differing[key] = values
+    return differing
+
+
+def _describe(differing: dict[str, list[Any]]) -> str:
+    return "; ".join(f"{key} ({' vs '.join(map(repr, values))})"
+                     for key, values in differing.items())
+
+
+def unique_runs(runs: Sequence[Run]) -> list[Run]:
+    """The runs with repeats (the same folder given twice, or matched by two globs) removed,
+    in order; a warning says which were dropped."""
+    seen: dict[Path, Run] = {}
+    repeated = []
+    for run in runs:
+        key = run.path.resolve()
+        if key in seen:
+            repeated.append(run.path.name)
+        else:
+            seen[key] = run
+    if repeated:
+        warnings.warn(f"counted once: run(s) given more than once: {', '.join(repeated)}",
+                      stacklevel=3)
+    return list(seen.values())
+
+
+def check_poolable(spurious: Sequence[Run], baseline: Sequence[Run],
+                   allow_mixed_baseline: bool = False,
+                   allow_mixed_seeds: bool = False) -> SeedProtocol:
+    """Refuse to pool runs that differ in anything but seeds; return their seed protocol."""
+    recipes = [_recipe(r) for r in spurious]
+    differing = _differences(recipes)
+    if differing:
+        raise RscError("runs compared as seeds must differ only in their seeds (and n); they "
+                       f"differ in {_describe(differing)}; compare each recipe separately")
+    seen: dict[tuple[int, int, int], str] = {}
+    for run in spurious:
+        key = (run.spec.n, run.spec.seed, run.train_config.seed)
+        if key in seen:
+            raise RscError(f"{run.path} and {seen[key]} are the same configuration (n = "
+                           f"{key[0]}, dataset seed {key[1]}, training seed {key[2]}); "
+                           f"give each run once")
+        seen[key] = str(run.path)
+    train_only = {k: v for k, v in recipes[0].items() if k.startswith("train.")}
+    for run in baseline:
+        base = {k: v for k, v in _recipe(run).items() if k.startswith("train.")}
+        differing = _differences([train_only, base])
+        if differing:
+            message = (f"baseline {run.path.name} was trained with another recipe: "
+                       f"{_describe(differing)}")
+            if not allow_mixed_baseline:
+                raise RscError(message + "; use a baseline trained like the runs, or pass "
+                               "--allow-mixed-baseline to compare anyway")
+            warnings.warn(message + " (allowed by --allow-mixed-baseline)", stacklevel=3)
+    pairs = [(r.spec.seed, r.train_config.seed) for r in spurious]
+    protocol = SeedProtocol(seed_protocol(pairs), tuple(sorted({d for d, _ in pairs})),
+                            tuple(sorted({t for _, t in pairs})),
+                            tuple(sorted({b.train_config.seed for b in baseline})))
+    if protocol.name == "mixed" and not allow_mixed_seeds:
+        listing = ", ".join(f"{d}/{t}" for d, t in sorted(set(pairs)))
+        raise RscError("runs mix seed protocols (dataset seed/training seed: " + listing
+                       + "); pool runs that vary only the dataset seed (the study's "
+                       "protocol) or only pairs with training seed = dataset seed, or pass "
+                       "--allow-mixed-seeds")
+    return protocol
 
 
 def _sem(values: Sequence[float]) -> float:
@@ -76,8 +227,12 @@ def _summarise(n: int, results: Sequence[ScoreResult], baseline: np.ndarray | No
 def compare_runs(runs: Sequence[Run], baseline: Sequence[Run] = (),
                  threshold: float = DEFAULT_THRESHOLD, exclude_target: bool = False,
                  data_dir: str | Path | None = None, device: str = "auto",
-                 download: bool | None = None) -> Comparison:
-    """Compare spurious runs (grouped by n) with clean baseline runs."""
+                 download: bool | None = None, *, allow_mixed_baseline: bool = False,
+                 allow_mixed_seeds: bool = False) -> Comparison:
+    """Compare spurious runs (grouped by n) with clean baseline runs. Runs must differ only
+    in seeds (``check_poolable``); repeats are counted once."""
+    check_threshold(threshold)
+    runs, baseline = unique_runs(runs), unique_runs(baseline)
     spurious = [r for r in runs if not r.spec.is_clean]
     baseline_paths = {b.path.resolve() for b in baseline}
     stray = [r.path.name for r in runs
@@ -93,6 +248,9 @@ def compare_runs(runs: Sequence[Run], baseline: Sequence[Run] = (),
         raise RscError("runs to compare must share dataset, pattern and target; got "
                        + "; ".join(f"{d} {p} target {t}" for d, p, t in sorted(keys)))
     dataset, pattern, target = keys.pop()
+    if baseline and any(not b.spec.is_clean or b.spec.dataset != dataset for b in baseline):
+        raise RscError(f"baseline runs must be clean runs on {dataset}")
+    seeds = check_poolable(spurious, baseline, allow_mixed_baseline, allow_mixed_seeds)
 
     @functools.cache
     def load_test() -> ImageData:  # once for all runs, and only if some score isn't cached
@@ -106,11 +264,9 @@ def compare_runs(runs: Sequence[Run], baseline: Sequence[Run] = (),
     rows: list[GroupSummary] = []
     pooled_baseline = None
     if baseline:
-        if any(not b.spec.is_clean or b.spec.dataset != dataset for b in baseline):
-            raise RscError(f"baseline runs must be clean runs on {dataset}")
         base = [score_run(b, pattern, target, 0, threshold, exclude_target, data_dir,
                           device=device, load_test=load_test) for b in baseline]
         pooled_baseline = np.concatenate([r.indicators for r in base]).astype(np.float64)
         rows.append(_summarise(0, base, None))
     rows.extend(_summarise(n, groups[n], pooled_baseline) for n in sorted(groups))
-    return Comparison(pattern, target, threshold, exclude_target, tuple(rows))
+    return Comparison(pattern, target, threshold, exclude_target, tuple(rows), seeds)

@@ -198,7 +198,7 @@ def test_compare_loads_the_test_split_once_and_not_at_all_when_cached(tiny_data,
 
     spurious = train(tiny_data, tmp_path).run
     baselines = [train_run(SpuriousSpec("mnist"),
-                           TrainConfig(arch="MLP", epochs=1, batch_size=2, seed=seed),
+                           TrainConfig(arch="MLP", epochs=4, batch_size=2, seed=seed),
                            runs_dir=tmp_path / "runs", data_dir=tiny_data.root, progress=False,
                            device="cpu").run for seed in (0, 1, 2)]
     loads = []
