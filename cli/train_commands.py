@@ -37,16 +37,30 @@ device_option = click.option(
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--channels-last", is_flag=True, help="channels-last memory format (CUDA).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's metrics as JSON.")
+@click.option("--train-seed-equals-dataset-seed", "paired_seeds", is_flag=True,
+              help="Use the spec's dataset seed as the training seed (the paired protocol of "
+                   "rsc's earlier tables). The study instead varies only the dataset seed and "
+                   "trains every model with training seed 0, rsc's default.")
 def train_command(spec: SpuriousSpec, data_dir, download, runs_dir, device, force, quiet,
-                  channels_last, as_json, **kwargs) -> None:
+                  channels_last, as_json, paired_seeds, **kwargs) -> None:
     """Train a network on a (spurious) dataset and record the run.
 
     The run folder (under --runs-dir) is named by the spec, the recipe and a hash of the full
-    configuration. An identical finished run is reused; an interrupted one resumes.
+    configuration. An identical finished run is reused; an interrupted one resumes; a run
+    being trained by another process is waited for, then reused.
+
+    Seeds follow the study: the dataset seed (last number of the spec) picks the spurious
+    images and the noise pattern; --train-seed (default 0) the initialisation and batch order.
 
     Example: rsc train --spec mnistv8-3-0-0 --model ce-tor-LargeMLP --epochs 70
     """
     train_kwargs, _ = split_train_kwargs(kwargs)
+    if paired_seeds:
+        source = click.get_current_context().get_parameter_source("train_seed")
+        if source is not click.core.ParameterSource.DEFAULT:
+            raise RscError("give either --train-seed or --train-seed-equals-dataset-seed, "
+                           "not both")
+        train_kwargs["train_seed"] = spec.seed
     config = build_train_config(**train_kwargs)
     outcome = train_run(spec, config, runs_dir=runs_dir, data_dir=data_dir, download=download,
                         force=force, progress=not quiet, device=device,
@@ -147,9 +161,11 @@ def print_comparison(comparison: Comparison, console: Console | None = None) -> 
         table.add_row(str(row.n), str(row.runs), cell(row.score_mean, row.score_sem),
                       cell(row.clean_accuracy_mean, row.clean_accuracy_sem),
                       cell(row.patterned_accuracy_mean, row.patterned_accuracy_sem), p)
-    if comparison.seeds is not None:
-        table.caption = f"seeds: {comparison.seeds.description}"
-    (console or Console()).print(table)
+    console = console or Console()
+    console.print(table)
+    if comparison.seeds is not None:  # one unwrapped line, so it can be grepped
+        console.print(f"seeds: {comparison.seeds.description}", soft_wrap=True,
+                      highlight=False, markup=False)
 
 
 @click.command("compare")

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import click
 
 from rsc_core.errors import ConfigError
-from rsc_core.regularisers import parse_regulariser_option
+from rsc_core.regularisers import build_regularisers, parse_regulariser_option
 from rsc_core.training import ADAM_IMPLS, LOSSES, OPTIMIZERS, TrainConfig
 
 
@@ -32,13 +32,16 @@ def _option_list() -> list[Callable]:
                      help="Epochs (the paper uses 70)."),
         click.option("--train-seed", type=int, default=0, show_default=True,
                      help="Seed of initialisation and batch order (the reference's "
-                          "--random_seed)."),
+                          "--random_seed; the study trains every model with 0 and varies "
+                          "only the dataset seed)."),
         click.option("--milestones", default=None, metavar="E1,E2,...",
                      help="LR milestones (gamma 0.1); default: the reference's table."),
         click.option("--regulariser", "-r", "regularisers", multiple=True,
                      metavar="NAME[:k=v,...]",
-                     help="Add a regulariser, e.g. -r weight-decay:value=1e-4 or "
-                          "-r input-noise:sigma=0.1,clip=true (repeatable)."),
+                     help="Add a regulariser, e.g. -r weight-decay:value=1e-4, "
+                          "-r input-noise:sigma=0.1,clip=true, -r label-smoothing:eps=0.1 or "
+                          "-r confidence-penalty:beta=0.1. Repeat -r for several, each "
+                          "regulariser at most once; `rsc plugins` lists them."),
         click.option("--weight-decay", type=float, default=None,
                      help="Shortcut for -r weight-decay:value=X (coupled L2, as the reference)."),
         click.option("--grad-clip", type=float, default=None,
@@ -67,18 +70,24 @@ def build_train_config(model_spec: str | None, arch: str, loss: str, aug: str | 
                        regularisers: tuple[str, ...], weight_decay: float | None,
                        grad_clip: float | None, input_noise: float | None,
                        amp: bool, adam_impl: str = "fused") -> TrainConfig:
-    """A validated ``TrainConfig`` from the command-line values."""
+    """A validated ``TrainConfig`` from the command-line values: regulariser parameters, repeats
+    and combinations are checked here, before any data is loaded."""
     specs = [parse_regulariser_option(text) for text in regularisers]
     for name, key, value in (("weight-decay", "value", weight_decay),
                              ("grad-clip", "value", grad_clip),
                              ("input-noise", "sigma", input_noise)):
         if value is not None:
             specs.append({"name": name, "params": {key: value}})
+    built = build_regularisers(specs)
     config = TrainConfig(arch=arch, loss=loss, aug=aug, optimizer=optimizer, lr=lr,
                          momentum=momentum, batch_size=batch_size, epochs=epochs,
                          seed=train_seed, milestones=_milestones(milestones),
-                         regularisers=tuple(_validated(specs)), amp=amp, adam_impl=adam_impl)
-    return config.with_model_spec(model_spec) if model_spec else config
+                         regularisers=tuple(reg.spec() for reg in built), amp=amp,
+                         adam_impl=adam_impl)
+    config = config.with_model_spec(model_spec) if model_spec else config
+    for regulariser in built:
+        regulariser.check_config(config)  # e.g. label-smoothing needs loss ce
+    return config
 
 
 def _milestones(text: str | None) -> tuple[int, ...] | None:
@@ -88,13 +97,6 @@ def _milestones(text: str | None) -> tuple[int, ...] | None:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise ConfigError(f"--milestones must be comma-separated epochs, got {text!r}") from None
-
-
-def _validated(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Instantiate each regulariser once so bad names and parameters fail before training."""
-    from rsc_core.regularisers import build_regularisers
-
-    return [reg.spec() for reg in build_regularisers(specs)]
 
 
 def split_train_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

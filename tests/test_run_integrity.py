@@ -222,6 +222,21 @@ def test_compare_refuses_mixed_seed_protocols_unless_told(tiny_data, tmp_path):
     result = compare_runs(study + [paired], data_dir=tiny_data.root, device="cpu",
                           allow_mixed_seeds=True)
     assert result.seeds.name == "mixed" and result.rows[0].runs == 3
+    # the same through `rsc compare`: refused with one line, then allowed and labelled
+    from click.testing import CliRunner
+
+    from rsc_cli.main import cli
+
+    args = ["compare", *(str(r.path) for r in study + [paired]), "--data-dir",
+            str(tiny_data.root), "--device", "cpu"]
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code != 0 and "mix seed protocols" in refused.output
+    allowed = CliRunner().invoke(cli, args + ["--allow-mixed-seeds"])
+    assert allowed.exit_code == 0 and "runs follow different protocols" in allowed.output
+    study_only = CliRunner().invoke(cli, args[:3] + args[4:])
+    assert study_only.exit_code == 0, study_only.output
+    assert "dataset seeds 0, 1, training seeds 0" in study_only.output
+    assert "the study's protocol" in study_only.output
 
 
 # --- issue 14: the Adam kernel is part of the recipe ---------------------------------------
@@ -330,3 +345,23 @@ def _train_in_process(data_root: str, runs_root: str, target: int, queue) -> Non
     outcome = train_run(SpuriousSpec.build("mnist", "v8", 1, target, 0), RECIPE,
                         runs_dir=runs_root, data_dir=data_root, progress=False, device="cpu")
     queue.put(outcome.reused)
+
+
+def test_train_cli_defaults_to_the_study_seed_protocol_and_offers_paired(tiny_data, tmp_path):
+    from click.testing import CliRunner
+
+    from rsc_cli.main import cli
+
+    target = target_of(tiny_data)
+    common = ["train", "--spec", f"mnistv8-1-{target}-3", "--arch", "MLP", "--epochs", "1",
+              "--batch-size", "2", "--quiet", "--json", "--data-dir", str(tiny_data.root),
+              "--runs-dir", str(tmp_path / "runs"), "--device", "cpu"]
+    runner = CliRunner()
+    study = runner.invoke(cli, common)
+    assert study.exit_code == 0, study.output
+    assert Run(json.loads(study.output)["run"]).train_config.seed == 0
+    paired = runner.invoke(cli, common + ["--train-seed-equals-dataset-seed"])
+    assert paired.exit_code == 0, paired.output
+    assert Run(json.loads(paired.output)["run"]).train_config.seed == 3
+    both = runner.invoke(cli, common + ["--train-seed-equals-dataset-seed", "--train-seed", "0"])
+    assert both.exit_code != 0 and "not both" in both.output
