@@ -1,13 +1,15 @@
 """Built-in dataset providers: MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 (fine or coarse).
 
 Each reads a data root in torchvision's on-disk layout and is a ``CachedProvider``
-(``rsc_core.dataset_cache``), so decoded uint8 tensors are cached in rsc's own cache folder.
-CIFAR copies whose files do not match torchvision's published MD5s (re-packed mirrors) are read
-directly, with a warning that their integrity was not verified.
+(``rsc_core.dataset_cache``), so decoded uint8 tensors are cached in rsc's own cache folder, and
+each declares the MD5s of its files so the base class can verify them. Copies that do not match
+(re-packed mirrors) are still read, with one warning that their integrity was not verified;
+CIFAR files are then read with a restricted unpickler instead of torchvision's.
 """
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,6 +22,26 @@ from rsc_core.errors import DatasetCorruptError
 
 # ---------------------------------------------------------------------------------------------
 # MNIST and Fashion-MNIST: IDX files read by torchvision
+#
+# Only the .gz archives have published MD5s (torchvision's ``MNIST.resources`` and
+# ``FashionMNIST.resources``, and Fashion-MNIST's README); torchvision never checks the
+# uncompressed files it reads. The MD5s below are of the UNCOMPRESSED files: computed from the
+# project's canonical copies (shared/data, whose README records that they were checked), and
+# identical to the digests other projects record for the files gunzipped from the published
+# archives (e.g. third-party FashionMNIST classes' ``raw_data`` lists).
+
+_MNIST_MD5S = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+_FASHION_MD5S = {
+    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+}
 
 
 class IdxProvider(CachedProvider):
@@ -53,6 +75,7 @@ class MNIST(IdxProvider):
     description = "MNIST handwritten digits, 60k/10k grey 28x28, 10 classes"
     folder = "MNIST/raw"
     torchvision_class = "MNIST"
+    md5s = _MNIST_MD5S
 
 
 class FashionMNIST(IdxProvider):
@@ -62,10 +85,11 @@ class FashionMNIST(IdxProvider):
     description = "Fashion-MNIST clothing, 60k/10k grey 28x28, 10 classes"
     folder = "FashionMNIST/raw"
     torchvision_class = "FashionMNIST"
+    md5s = _FASHION_MD5S
 
 
 # ---------------------------------------------------------------------------------------------
-# CIFAR: python pickles, verified by torchvision or read directly
+# CIFAR: python pickles, read by torchvision when they match its MD5s, else read directly
 
 
 _NUMPY_GLOBALS = {
@@ -105,8 +129,9 @@ def read_pickle(path: Path) -> dict[str, Any]:
 class CifarProvider(CachedProvider):
     """A CIFAR dataset in torchvision's python-batch layout.
 
-    torchvision is tried first because it checks the published MD5s; it rejects re-packed
-    copies, whose files are then read directly (restricted unpickling) with a warning."""
+    The published MD5s are torchvision's. torchvision reads the files that match them; it
+    rejects re-packed copies, whose files are then read directly (restricted unpickling) and
+    reported by the base class's verification."""
 
     input_shape = (3, 32, 32)
     train_files: ClassVar[tuple[str, ...]] = ()
@@ -121,22 +146,30 @@ class CifarProvider(CachedProvider):
         super().__init_subclass__(**kwargs)
         cls.files = (*cls.train_files, *cls.test_files, cls.meta_file)
 
+    def published_md5s(self) -> Mapping[str, str]:
+        """torchvision's list of the published MD5s (looked up only on a cache miss, because
+        importing torchvision is slow)."""
+        cls = torchvision_class(self.torchvision_class)
+        md5s = {name: md5 for name, md5 in (*cls.train_list, *cls.test_list)}
+        md5s[cls.meta["filename"]] = cls.meta["md5"]
+        return md5s
+
     def decode(self, root: Path) -> RawSplits:
         cls = torchvision_class(self.torchvision_class)
         try:
             train = cls(str(root), train=True, download=False)
             test = cls(str(root), train=False, download=False)
         except RuntimeError:  # files are present (checked), so their checksums differ
-            return self.decode_pickles(root, verified=False)
+            return self.decode_pickles(root)
         except Exception as exc:
             raise self.corrupt_error(root, exc) from None
         if not self.torchvision_labels:  # e.g. coarse labels: verified, now read ourselves
-            return self.decode_pickles(root, verified=True)
+            return self.decode_pickles(root)
         return RawSplits(_chw(train.data), torch.as_tensor(train.targets, dtype=torch.int64),
                          _chw(test.data), torch.as_tensor(test.targets, dtype=torch.int64),
                          tuple(train.classes))
 
-    def decode_pickles(self, root: Path, verified: bool) -> RawSplits:
+    def decode_pickles(self, root: Path) -> RawSplits:
         """Read the documented python batches: ``data`` is N x 3072 uint8 in CHW order."""
         folder = root / self.folder
         try:
@@ -146,8 +179,7 @@ class CifarProvider(CachedProvider):
             classes = tuple(str(_text(n)) for n in names)
         except Exception as exc:  # malformed, truncated or refused pickles
             raise self.corrupt_error(root, exc) from None
-        return RawSplits(train_images, train_labels, test_images, test_labels, classes,
-                         verified)
+        return RawSplits(train_images, train_labels, test_images, test_labels, classes)
 
     def _read_split(self, folder: Path, files: tuple[str, ...]) -> tuple[torch.Tensor,
                                                                           torch.Tensor]:

@@ -1,14 +1,17 @@
 """A base for dataset providers that decode source files into uint8 tensors: presence check,
 optional download through torchvision, validation, and a tensor cache in rsc's own cache folder
 (the data root may be read-only), keyed by the source files' size and mtime so a changed source
-is decoded again. Built-in and third-party dataset plugins subclass ``CachedProvider`` and
-implement ``decode(root)``."""
+is decoded again. Source files are checked against the MD5s a provider declares as published; the
+result is cached with the tensors, so only a cache miss hashes the files, and a mismatch warns
+once per process and folder. Built-in and third-party dataset plugins subclass ``CachedProvider``
+and implement ``decode(root)``."""
 from __future__ import annotations
 
 import hashlib
 import warnings
 from abc import abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,11 +19,16 @@ import torch
 
 from .atomic import write_torch
 from .datasets import DatasetBundle, DatasetProvider, ImageData, to_unit_float
+from .digests import file_digest
 from .errors import DatasetCorruptError, DatasetMissingError
 from .paths import cache_dir
 
-#: Bump when the layout of cache files changes, so old files are never misread.
-CACHE_VERSION = 1
+#: Bump when the layout of cache files changes, so old files are never misread. Version 2 stores
+#: which files failed verification (version 1 entries of MNIST were never verified).
+CACHE_VERSION = 2
+
+#: Folders already warned about in this process: a mismatch warns once, not on every load.
+_warned_folders: set[Path] = set()
 
 
 class UnverifiedDataWarning(UserWarning):
@@ -35,14 +43,22 @@ class CacheWarning(UserWarning):
 class RawSplits:
     """Both splits as decoded from disk: uint8 N x C x H x W images, int64 labels.
 
-    Kept as uint8 because that is what is cached (4x smaller than float32)."""
+    Kept as uint8 because that is what is cached (4x smaller than float32). ``mismatched``
+    names the source files whose MD5 differed from the published one; it is cached with the
+    tensors so that a cached load knows the verdict without hashing again."""
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
     classes: tuple[str, ...]
-    verified: bool = True
+    mismatched: tuple[str, ...] = ()
+
+    @property
+    def verified(self) -> bool:
+        """No source file differs from its published checksum (files without one are not
+        counted)."""
+        return not self.mismatched
 
     def problem(self, provider: DatasetProvider) -> str | None:
         """What is wrong with these tensors for ``provider``, or None if they fit."""
@@ -65,7 +81,8 @@ class RawSplits:
     def to_cache(self) -> dict[str, Any]:
         """A dict of tensors and plain values, loadable with ``weights_only=True``."""
         return {"version": CACHE_VERSION, "classes": list(self.classes),
-                "verified": self.verified, "train_images": self.train_images.contiguous(),
+                "mismatched": list(self.mismatched),
+                "train_images": self.train_images.contiguous(),
                 "train_labels": self.train_labels.contiguous(),
                 "test_images": self.test_images.contiguous(),
                 "test_labels": self.test_labels.contiguous()}
@@ -79,7 +96,7 @@ class RawSplits:
                     isinstance(obj[key], torch.Tensor) for key in tensors):
                 return None
             raw = cls(*(obj[key] for key in tensors), tuple(str(c) for c in obj["classes"]),
-                      bool(obj["verified"]))
+                      tuple(str(name) for name in obj["mismatched"]))
         except (KeyError, TypeError, IndexError):
             return None
         return raw if raw.problem(provider) is None else None
@@ -113,11 +130,14 @@ def torchvision_class(name: str) -> Any:
 
 
 class CachedProvider(DatasetProvider):
-    """Shared loading logic: presence check, optional download, cache, decode, validate.
+    """Shared loading logic: presence check, optional download, cache, decode, validate, verify.
 
-    Subclasses set ``torchvision_class`` (used for downloads) and implement ``decode``."""
+    Subclasses set ``torchvision_class`` (used for downloads), declare the published MD5s of
+    their files in ``md5s`` (or override ``published_md5s``) and implement ``decode``."""
 
     torchvision_class: ClassVar[str] = ""
+    #: Published MD5 of each file in ``files``; a file without one is not verified.
+    md5s: ClassVar[Mapping[str, str]] = {}
 
     def load(self, root: Path, download: bool = False) -> DatasetBundle:
         """Load both splits, from rsc's tensor cache when the source files are unchanged."""
@@ -135,10 +155,24 @@ class CachedProvider(DatasetProvider):
                 raise DatasetCorruptError(
                     f"dataset {self.name!r} in {root / self.folder} is not what rsc expects "
                     f"({problem}); replace the files with a fresh copy")
+            raw = replace(raw, mismatched=self.mismatched_files(root))
             write_cache(cache_file, raw)
-        if not raw.verified:
-            warnings.warn(self.unverified_message(root), UnverifiedDataWarning, stacklevel=2)
+        if raw.mismatched:
+            self.warn_unverified(root, raw.mismatched)
         return raw.bundle(self.name)
+
+    def published_md5s(self) -> Mapping[str, str]:
+        """The published MD5 of each file that has one. A method so that a provider can look
+        them up lazily: only a cache miss needs them."""
+        return self.md5s
+
+    def mismatched_files(self, root: Path) -> tuple[str, ...]:
+        """The files whose MD5 differs from the published one (hashes every file that has
+        one, so it runs only on a cache miss)."""
+        folder = root / self.folder
+        expected = self.published_md5s()
+        return tuple(name for name in self.files
+                     if name in expected and file_digest(folder / name, "md5") != expected[name])
 
     def present(self, root: Path) -> bool:
         """Whether every expected file exists (checked before torchvision is involved, so a
@@ -170,10 +204,21 @@ class CachedProvider(DatasetProvider):
         what = _digest(repr((CACHE_VERSION, self.name, stats)))[:16]
         return cache_dir() / "tensors" / f"{self.name}-{where}-{what}.pt"
 
-    def unverified_message(self, root: Path) -> str:
-        return (f"dataset {self.name!r}: files in {root / self.folder} do not match the "
-                f"published MD5 checksums (a re-packed copy?); read them directly, integrity "
-                f"not verified")
+    def warn_unverified(self, root: Path, mismatched: tuple[str, ...]) -> None:
+        """One ``UnverifiedDataWarning`` per process and folder: repeating it on every load
+        would bury other output without telling the user anything new."""
+        folder = (root / self.folder).resolve()
+        if folder in _warned_folders:
+            return
+        _warned_folders.add(folder)
+        warnings.warn(self.unverified_message(root, mismatched), UnverifiedDataWarning,
+                      stacklevel=3)
+
+    def unverified_message(self, root: Path, mismatched: tuple[str, ...]) -> str:
+        return (f"dataset {self.name!r}: files in {root / self.folder} differ from their "
+                f"published MD5 checksums ({', '.join(mismatched)}; a re-packed or altered "
+                f"copy?); read anyway, integrity not verified; replace them with the official "
+                f"files to verify")
 
     @abstractmethod
     def decode(self, root: Path) -> RawSplits:

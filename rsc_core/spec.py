@@ -81,6 +81,9 @@ class SpuriousSpec:
         for value, what in ((n, "n"), (seed, "seed"), *((t, "target") for t in targets)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise SpecError(f"{what} must be a non-negative integer, got {value!r}")
+        if len(set(targets)) < len(targets):
+            raise SpecError(f"a two-class spec needs two different target classes, got "
+                            f"{targets[0]} twice; give two different classes or use one")
         for target in targets:
             if target >= num_classes:
                 raise SpecError(f"target class {target} is out of range: {dataset_name} has "

@@ -1,5 +1,6 @@
 """The built-in dataset providers, loaded through the registry from tiny files in the real
-formats (see conftest.py), plus one check against the canonical MNIST / Fashion-MNIST copies."""
+formats (see conftest.py), their checksum verification, plus checks against the canonical copies
+(MNIST and Fashion-MNIST verified, the re-packed CIFAR-10 warned about once)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,6 +14,7 @@ import torch
 import torchvision.datasets
 
 import rsc_core
+from rsc_core import dataset_cache
 from rsc_core.datasets import DatasetBundle, DatasetProvider
 from rsc_core.errors import DatasetCorruptError, DatasetMissingError, RscError
 from rsc_core.paths import cache_dir, data_dir
@@ -28,8 +30,15 @@ def provider(name: str) -> DatasetProvider:
     return rsc_core.create("datasets", name)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts as a fresh process would: no folder warned about yet."""
+    monkeypatch.setattr(dataset_cache, "_warned_folders", set())
+
+
 def load(name: str, root: Path, **kwargs) -> DatasetBundle:
-    """Load, ignoring the expected "integrity not verified" warning of tiny CIFAR files."""
+    """Load, ignoring the expected "integrity not verified" warning: tiny files never match
+    the published checksums."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnverifiedDataWarning)
         return provider(name).load(root, **kwargs)
@@ -64,6 +73,30 @@ def refuse_torchvision(monkeypatch: pytest.MonkeyPatch, class_name: str) -> None
     monkeypatch.setattr(torchvision.datasets, class_name, fail)
 
 
+def md5_of(path: Path) -> str:
+    """Independent of rsc's digest function, which some tests make fail."""
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def trust_idx(monkeypatch: pytest.MonkeyPatch, name: str, root: Path) -> None:
+    """Pretend the tiny IDX files are the published ones: the provider's MD5s become theirs."""
+    p = provider(name)
+    folder = root / p.folder
+    monkeypatch.setattr(type(p), "md5s", {f: md5_of(folder / f) for f in p.files})
+
+
+def refuse_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make rsc's digest function fail, so a successful load proves nothing was hashed."""
+    def fail(*args, **kwargs):
+        raise AssertionError("a dataset file was hashed")
+
+    monkeypatch.setattr(dataset_cache, "file_digest", fail)
+
+
+def unverified(record) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, UnverifiedDataWarning)]
+
+
 def trust_files(monkeypatch: pytest.MonkeyPatch, cls: type, folder: Path) -> None:
     """Pretend the tiny CIFAR files are the published ones: torchvision's MD5s become theirs."""
     def md5(name: str) -> str:
@@ -90,7 +123,8 @@ def test_registered_with_metadata(name):
 
 
 @pytest.mark.parametrize("name", GREY)
-def test_idx_files_load(tiny_data, name):
+def test_idx_files_load(tiny_data, monkeypatch, name):
+    trust_idx(monkeypatch, name, tiny_data.root)  # matching checksums: no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnverifiedDataWarning)
         bundle = provider(name).load(tiny_data.root)
@@ -98,13 +132,52 @@ def test_idx_files_load(tiny_data, name):
     assert len(bundle.classes) == 10
 
 
+@pytest.mark.parametrize("name", GREY)
+def test_mismatching_idx_files_warn_once(tiny_data, name):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        first = provider(name).load(tiny_data.root)  # decoded and hashed
+        second = provider(name).load(tiny_data.root)  # from the cache
+    (message,) = unverified(record)
+    folder = tiny_data.root / provider(name).folder
+    assert "\n" not in message and repr(name) in message and str(folder) in message
+    assert all(f in message for f in provider(name).files)
+    assert "integrity not verified" in message
+    assert_matches(first, tiny_data[name], name)
+    assert_matches(second, tiny_data[name], name)
+
+
+def test_warning_names_only_the_differing_files(tiny_data, monkeypatch):
+    trust_idx(monkeypatch, "mnist", tiny_data.root)
+    monkeypatch.setitem(provider("mnist").md5s, "t10k-labels-idx1-ubyte", "0" * 32)
+    with pytest.warns(UnverifiedDataWarning) as record:
+        provider("mnist").load(tiny_data.root)
+    (message,) = unverified(record)
+    assert "t10k-labels-idx1-ubyte" in message
+    assert not any(f in message for f in provider("mnist").files[:3])
+
+
+def test_published_md5s_are_the_uncompressed_files():
+    """The declared files are exactly the ones read, with 32-hex-digit MD5s."""
+    for name in GREY:
+        p = provider(name)
+        assert set(p.published_md5s()) == set(p.files)
+        assert all(len(v) == 32 and int(v, 16) >= 0 for v in p.published_md5s().values())
+    for name in CIFAR:
+        assert set(provider(name).published_md5s()) == set(provider(name).files)
+
+
 @pytest.mark.parametrize("name", CIFAR)
 def test_repacked_cifar_loads_with_warning(tiny_data, name):
     with pytest.warns(UnverifiedDataWarning, match="integrity not verified") as record:
         bundle = provider(name).load(tiny_data.root)
-    message = str(record[0].message)
+        again = provider(name).load(tiny_data.root)
+    (message,) = unverified(record)  # once per folder, not per load
     assert "\n" not in message and repr(name) in message
+    assert str(tiny_data.root / provider(name).folder) in message
+    assert all(f in message for f in provider(name).files)
     assert_matches(bundle, tiny_data[name], name)
+    assert_matches(again, tiny_data[name], name)
 
 
 @pytest.mark.parametrize("name", CIFAR)
@@ -215,13 +288,34 @@ def test_second_load_uses_cache(tiny_data, monkeypatch, name):
     first = load(name, tiny_data.root)
     assert len(cache_files()) == 1
     refuse_torchvision(monkeypatch, provider(name).torchvision_class)
-    if name in CIFAR:  # the cache remembers that integrity was not verified
-        with pytest.warns(UnverifiedDataWarning):
-            second = provider(name).load(tiny_data.root)
-    else:
-        second = load(name, tiny_data.root)
+    refuse_hashing(monkeypatch)
+    monkeypatch.setattr(dataset_cache, "_warned_folders", set())  # as in a new process
+    with pytest.warns(UnverifiedDataWarning):  # the cache remembers the verdict...
+        second = provider(name).load(tiny_data.root)  # ...without hashing the files again
     assert_matches(second, tiny_data[name], name)
     assert torch.equal(first.train.images, second.train.images)
+
+
+def test_cached_verified_load_is_silent_and_does_not_hash(tiny_data, monkeypatch):
+    trust_idx(monkeypatch, "mnist", tiny_data.root)
+    provider("mnist").load(tiny_data.root)
+    refuse_hashing(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnverifiedDataWarning)
+        bundle = provider("mnist").load(tiny_data.root)
+    assert_matches(bundle, tiny_data["mnist"], "mnist")
+
+
+def test_changed_file_is_verified_again(tiny_data, monkeypatch, dataset_writers):
+    trust_idx(monkeypatch, "mnist", tiny_data.root)
+    provider("mnist").load(tiny_data.root)
+    path = tiny_data.root / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+    dataset_writers.idx(path, (tiny_data["mnist"].train.labels + 1) % 10)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.warns(UnverifiedDataWarning, match="train-labels-idx1-ubyte") as record:
+        provider("mnist").load(tiny_data.root)
+    assert "train-images-idx3-ubyte" not in unverified(record)[0]
 
 
 def test_changed_source_invalidates_cache(tiny_data, dataset_writers):
@@ -268,6 +362,7 @@ def test_unwritable_cache_only_warns(tiny_data, tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("RSC_CACHE_DIR", str(blocker))
+    trust_idx(monkeypatch, "mnist", tiny_data.root)
     with pytest.warns(CacheWarning, match="RSC_CACHE_DIR"):
         bundle = provider("mnist").load(tiny_data.root)
     assert_matches(bundle, tiny_data["mnist"], "mnist")
@@ -284,7 +379,9 @@ CANONICAL_MEANS = {"mnist": (0.1307, 0.1325), "fashion": (0.2860, 0.2868)}
                            "(CI uses ../shared/data) to check MNIST and Fashion-MNIST")
 @pytest.mark.parametrize("name", GREY)
 def test_canonical_data(name, monkeypatch):
-    bundle = provider(name).load(data_dir())
+    with warnings.catch_warnings():  # the canonical copies match the published checksums
+        warnings.simplefilter("error", UnverifiedDataWarning)
+        bundle = provider(name).load(data_dir())
     assert (len(bundle.train), len(bundle.test)) == (60000, 10000)
     assert bundle.input_shape == (1, 28, 28) and bundle.num_classes == 10
     means = (bundle.train.images.mean().item(), bundle.test.images.mean().item())
@@ -293,3 +390,19 @@ def test_canonical_data(name, monkeypatch):
     cached = provider(name).load(data_dir())
     assert torch.equal(cached.test.images, bundle.test.images)
     assert torch.equal(cached.train.labels, bundle.train.labels)
+
+
+@pytest.mark.skipif(not os.environ.get("RSC_DATA_DIR"),
+                    reason="RSC_DATA_DIR is not set; point it at the canonical data "
+                           "(CI uses ../shared/data) to check the re-packed CIFAR-10")
+def test_canonical_repacked_cifar10_warns_once():
+    root = data_dir()
+    if not (root / "cifar-10-batches-py" / "batches.meta").is_file():
+        pytest.skip(f"no CIFAR-10 copy in {root}")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        first = provider("cifar10").load(root)
+        second = provider("cifar10").load(root)
+    (message,) = unverified(record)
+    assert "'cifar10'" in message and "data_batch_1" in message
+    assert len(first.train) == 50000 and torch.equal(first.test.labels, second.test.labels)

@@ -66,6 +66,15 @@ def test_build_from_options_validates():
         SpuriousSpec.build("mnist", "nope", 3, (0,), 0)
 
 
+def test_two_class_spec_needs_two_different_classes():
+    with pytest.raises(SpecError, match="two different target classes") as info:
+        SpuriousSpec.build("mnist", "v8", 3, (0, 0), 0)
+    assert "\n" not in str(info.value)
+    with pytest.raises(SpecError, match="got 0 twice"):
+        parse_spec("twoclassmnistv8-3-0-0-0")
+    assert parse_spec("twoclassmnistv8-3-0-1-0").targets == (0, 1)
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.one_of(
     st.text(max_size=40),
