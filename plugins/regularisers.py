@@ -1,5 +1,6 @@
 """The mitigations studied (PROTOCOL.md section 6) as regulariser plugins: ``weight-decay``,
-``grad-clip``, ``input-noise`` and ``dp-sgd``. Each one only uses the hooks of
+``grad-clip``, ``input-noise`` and ``dp-sgd``, plus two that change the loss,
+``label-smoothing`` and ``confidence-penalty``. Each one only uses the hooks of
 ``rsc_core.regularisers.Regulariser``; docs/regularisers.md describes them.
 
 Parameters are validated and normalised in ``__init__``: numbers become floats, flags bools,
@@ -13,10 +14,12 @@ import warnings
 from typing import Any, Callable, ClassVar, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from rsc_core import hookimpl
 from rsc_core.errors import ConfigError, OptionalDependencyError
 from rsc_core.regularisers import Regulariser, TrainContext
+from rsc_core.training import TrainConfig
 
 _REQUIRED = object()
 
@@ -124,7 +127,7 @@ class WeightDecay(ParamRegulariser):
     def optimizer_options(self, options: dict[str, Any]) -> dict[str, Any]:
         if self.decoupled:
             return options
-        # Coupled L2 terms add up, so two weight-decay regularisers compose.
+        # Add to, not replace, what is there: the caller's options are the base.
         return {**options, "weight_decay": options.get("weight_decay", 0.0) + self.value}
 
     def after_backward(self, ctx: TrainContext) -> None:
@@ -138,6 +141,55 @@ class WeightDecay(ParamRegulariser):
                 params = [p for p in group["params"] if p.grad is not None]
                 if params:
                     torch._foreach_mul_(params, 1.0 - group["lr"] * self.value)
+
+
+class LabelSmoothing(ParamRegulariser):
+    """Cross-entropy against targets smoothed towards uniform (Szegedy et al. 2016)."""
+
+    name = "label-smoothing"
+    description = ("cross-entropy with label smoothing eps, as torch's "
+                   "F.cross_entropy(label_smoothing=eps); loss ce only")
+    PARAMS = {
+        "eps": _Param(_number(0.0, high=1.0, strict_high=True),
+                      doc="smoothing: the target is (1 - eps) one-hot + eps uniform, in [0, 1)"),
+    }
+    eps: float
+
+    def check_config(self, config: TrainConfig) -> None:
+        if config.loss != "ce":
+            raise ConfigError(f"label-smoothing smooths the cross-entropy, but this run's loss "
+                              f"is {config.loss}; use --loss ce or drop label-smoothing")
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, losses: torch.Tensor,
+             ctx: TrainContext) -> torch.Tensor:
+        if self.eps == 0.0:  # exactly "no regulariser"
+            return losses
+        smoothed = F.cross_entropy(logits, y, reduction="none", label_smoothing=self.eps)
+        plain = F.cross_entropy(logits, y, reduction="none")
+        # Swap the plain cross-entropy for the smoothed one but keep what earlier loss hooks
+        # added, so the order of loss regularisers does not matter. Alone, losses == plain
+        # bit for bit and this is exactly ``smoothed``.
+        return smoothed + (losses - plain)
+
+
+class ConfidencePenalty(ParamRegulariser):
+    """Penalise confident predictions: loss - beta * entropy of the softmax (Pereyra et al.
+    2017); a memorised example is one the network is very confident about."""
+
+    name = "confidence-penalty"
+    description = "confidence penalty: the loss minus beta times the softmax's entropy"
+    PARAMS = {
+        "beta": _Param(_number(0.0), doc="weight of the entropy term, >= 0"),
+    }
+    beta: float
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, losses: torch.Tensor,
+             ctx: TrainContext) -> torch.Tensor:
+        if self.beta == 0.0:  # exactly "no regulariser"
+            return losses
+        log_p = F.log_softmax(logits, dim=1)
+        entropy = -(log_p.exp() * log_p).sum(1)
+        return losses - self.beta * entropy
 
 
 class GradClip(ParamRegulariser):
@@ -287,13 +339,13 @@ class DPSGD(ParamRegulariser):
                               f"gradients, which layers with buffers such as BatchNorm do not "
                               f"have ({detail}); use an architecture without batch norm, "
                               f"e.g. LargeMLP") from None
+        self._module = module  # from here on, teardown has hooks to remove
         optimizer = DPOptimizer(ctx.optimizer, noise_multiplier=self.noise_multiplier,
                                 max_grad_norm=self.max_grad_norm,
                                 expected_batch_size=ctx.batch_size, loss_reduction="mean")
         self._accountant = create_accountant(self.accountant)
         optimizer.attach_step_hook(
             self._accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate(ctx)))
-        self._module = module
         self._prior_steps = None
         ctx.model, ctx.optimizer = module, optimizer
 
@@ -353,18 +405,20 @@ class DPSGD(ParamRegulariser):
                         steps += merged.pop()[2]
                     merged.append((sigma, rate, steps))
                 self._accountant.history = merged
-        record = {"epsilon": self.epsilon(), "delta": self.delta}
-        if ctx.epoch >= ctx.epochs:
-            # Training is over: detach Opacus' hooks and per-sample buffers from the caller's
-            # model (the GradSampleModule's state_dict still works for the final checkpoint).
-            self._module.to_standard_module()
-            for param in ctx.model.parameters():
-                if hasattr(param, "summed_grad"):
-                    del param.summed_grad
-        return record
+        return {"epsilon": self.epsilon(), "delta": self.delta}
+
+    def teardown(self, ctx: TrainContext) -> None:
+        """Detach Opacus' hooks and per-sample buffers from the caller's model, after the last
+        epoch or a failure (the wrapper's state_dict still works for a final checkpoint)."""
+        if self._module is None:  # setup did not get as far as wrapping the model
+            return
+        self._module.to_standard_module()
+        for param in self._module.parameters():
+            if hasattr(param, "summed_grad"):
+                del param.summed_grad
 
 
-REGULARISERS = (WeightDecay, GradClip, InputNoise, DPSGD)
+REGULARISERS = (WeightDecay, GradClip, InputNoise, DPSGD, LabelSmoothing, ConfidencePenalty)
 
 
 @hookimpl

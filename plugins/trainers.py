@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from typing import Any, Sequence
 
 import torch
@@ -16,7 +16,7 @@ from torch import nn
 
 from rsc_core import hookimpl
 from rsc_core.datasets import ImageData
-from rsc_core.errors import DivergenceError
+from rsc_core.errors import ConfigError, DivergenceError
 from rsc_core.evaluation import loss_and_accuracy
 from rsc_core.progress import EpochProgress
 from rsc_core.regularisers import Regulariser, TrainContext, iter_batches
@@ -40,6 +40,8 @@ class ErmTrainer(Trainer):
             on_epoch: EpochCallback | None = None, progress: bool = False,
             channels_last: bool = False) -> TrainState:
         device = torch.device(device)
+        for regulariser in regularisers:
+            regulariser.check_config(config)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model.to(device=device, memory_format=memory_format)
         x_all = train.images.to(device).contiguous(memory_format=memory_format)
@@ -52,8 +54,22 @@ class ErmTrainer(Trainer):
                                    adam_impl=_adam_impl(config.adam_impl, device))
         ctx = TrainContext(model, optimizer, device, len(train), config.batch_size,
                            config.epochs)
-        for regulariser in regularisers:
-            regulariser.setup(ctx)
+        with ExitStack() as teardowns:
+            for regulariser in regularisers:
+                # Registered first: a setup that raises half-way is torn down too. ExitStack
+                # runs every teardown, in reverse order, even if one of them raises.
+                teardowns.callback(regulariser.teardown, ctx)
+                regulariser.setup(ctx)
+            return self._epochs(ctx, x_all, y_all, test, config, regularisers, resume=resume,
+                                on_epoch=on_epoch, progress=progress)
+
+    def _epochs(self, ctx: TrainContext, x_all: torch.Tensor, y_all: torch.Tensor,
+                test: ImageData | None, config: TrainConfig,
+                regularisers: Sequence[Regulariser], *, resume: dict[str, Any] | None,
+                on_epoch: EpochCallback | None, progress: bool) -> TrainState:
+        """Train from the resume point (or epoch 1) to ``config.epochs``, evaluating and
+        calling ``on_epoch`` after each epoch."""
+        device = ctx.device
         milestones = config.milestones or reference_milestones(config.epochs)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(ctx.optimizer, list(milestones), 0.1)
         state = TrainState()
@@ -65,7 +81,7 @@ class ErmTrainer(Trainer):
         loss_fn = make_loss(config.loss)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                     if config.amp and device.type == "cuda" else nullcontext())
-        bar = EpochProgress(config.epochs, math.ceil(len(train) / config.batch_size),
+        bar = EpochProgress(config.epochs, math.ceil(ctx.num_train / config.batch_size),
                             enabled=progress, start_epoch=state.epoch)
         with bar:
             for epoch in range(state.epoch + 1, config.epochs + 1):
@@ -116,9 +132,11 @@ class ErmTrainer(Trainer):
                 x, y = regulariser.before_forward(x, y, ctx)
             ctx.optimizer.zero_grad(set_to_none=True)
             with autocast:
-                logits = model(x)
-                losses = loss_fn(logits.float(), y)
-            loss = losses.mean()
+                logits = model(x).float()
+                losses = loss_fn(logits, y)
+            for regulariser in regularisers:
+                losses = _checked(regulariser, regulariser.loss(logits, y, losses, ctx), y)
+            loss = losses.mean()  # what is optimised, and logged as train_loss
             if not any(regulariser.backward(losses, ctx) for regulariser in regularisers):
                 loss.backward()
             for regulariser in regularisers:
@@ -138,6 +156,16 @@ class ErmTrainer(Trainer):
                 f"{'NaN' if math.isnan(mean_loss) else 'infinite'}; try a lower learning rate "
                 f"(--lr, now {config.lr})")
         return mean_loss, total_correct.item() / max(seen, 1)
+
+
+def _checked(regulariser: Regulariser, losses: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A loss hook must keep one loss per example: a per-example backward (DP-SGD) and the
+    logged mean rely on it, and a scalar would otherwise broadcast silently."""
+    if losses.shape != y.shape:
+        raise ConfigError(f"regulariser {regulariser.name}'s loss hook returned shape "
+                          f"{tuple(losses.shape)} for a batch of {y.shape[0]} examples; it must "
+                          f"return one loss per example")
+    return losses
 
 
 def _adam_impl(requested: str, device: torch.device) -> str:

@@ -1,7 +1,8 @@
 """Regulariser plugins (PROTOCOL.md section 6): weight decay (coupled and decoupled), gradient
-clipping (value and norm), input noise and DP-SGD. Every test trains a tiny MLP on 1x4x4 images
-with the real ``erm`` trainer (or calls the hooks directly) and would fail if its hook were not
-applied. DP tests need Opacus (the ``dp`` extra) and are skipped without it."""
+clipping (value and norm), input noise and DP-SGD; the loss and teardown hooks with label
+smoothing and the confidence penalty; repeated keys and regularisers. Every test trains a
+tiny MLP on 1x4x4 images with the real ``erm`` trainer (or calls the hooks directly) and would
+fail if its hook were not applied. DP tests need Opacus (the ``dp`` extra) and are skipped without it."""
 from __future__ import annotations
 
 import copy
@@ -109,9 +110,10 @@ class Recorder(nn.Module):
 
 # --- registry, parameters, specs ------------------------------------------------------------
 
-def test_all_four_are_registered_with_descriptions():
+def test_all_built_ins_are_registered_with_descriptions():
     names = rsc_core.list_names("regularisers")
-    for name in ("weight-decay", "grad-clip", "input-noise", "dp-sgd"):
+    for name in ("weight-decay", "grad-clip", "input-noise", "dp-sgd", "label-smoothing",
+                 "confidence-penalty"):
         assert name in names
         entry = rsc_core.get("regularisers", name)
         assert entry.description and "\n" not in entry.description
@@ -175,6 +177,11 @@ def test_cli_shortcuts_build_the_same_specs():
      "sampling must be one of poisson, uniform"),
     ("dp-sgd", {"noise_multiplier": 1, "max_grad_norm": 1, "accountant": "gdp"},
      "accountant must be one of rdp, prv"),
+    ("label-smoothing", {}, "needs eps="),
+    ("label-smoothing", {"eps": 1}, "eps must be < 1"),
+    ("label-smoothing", {"eps": -0.1}, "eps must be >= 0"),
+    ("confidence-penalty", {"beta": -1}, "beta must be >= 0"),
+    ("confidence-penalty", {"beta": 0.1, "eps": 0.1}, "unknown parameter 'eps'"),
 ])
 def test_bad_parameters_are_one_line_config_errors(name, params, fragment):
     with pytest.raises(ConfigError) as info:
@@ -541,3 +548,319 @@ def test_dp_sgd_rejects_batch_norm_models():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
     with pytest.raises(ConfigError, match="batch norm"):
         dp_context(model)
+
+
+
+# --- repeated keys and repeated regularisers -------------------------------------------------
+
+@pytest.mark.parametrize("text, key", [
+    ("weight-decay:value=1e-4,value=2", "value"),
+    ("dp:max-grad-norm=1,max_grad_norm=2,noise_multiplier=1", "max_grad_norm"),
+    ("input-noise:sigma=0.1,clip=true,clip=false", "clip"),
+])
+def test_a_key_given_twice_is_an_error(text, key):
+    with pytest.raises(ConfigError) as info:
+        parse_regulariser_option(text)
+    message = str(info.value)
+    assert f"{key!r} is given twice" in message and text in message and "\n" not in message
+
+
+def cli_config(regularisers=(), **options):
+    values = dict(model_spec=None, arch="MLP", loss="ce", aug=None, optimizer="adam", lr=0.01,
+                  momentum=0.0, batch_size=16, epochs=1, train_seed=0, milestones=None,
+                  amp=False, weight_decay=None, grad_clip=None, input_noise=None)
+    return build_train_config(regularisers=tuple(regularisers), **{**values, **options})
+
+
+def test_weight_decay_twice_is_an_error_naming_both(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        cli_config(["weight-decay:value=1e-4"], weight_decay=1e-3)
+    message = str(info.value)
+    assert message.startswith("weight-decay is given twice") and "\n" not in message
+    assert "weight-decay:value=0.0001" in message and "weight-decay:value=0.001" in message
+    with pytest.raises(ConfigError, match=r"\(l2:value=0.0001 and weight-decay:value=0.001,"):
+        cli_config(["l2:value=1e-4", "weight-decay:value=1e-3,decoupled=true"])
+    with pytest.raises(ConfigError, match="weight-decay is given twice"):  # Python API too
+        train_run(SpuriousSpec("mnist"), TrainConfig(arch="MLP", regularisers=(
+            {"name": "weight-decay", "params": {"value": 1e-4}},
+            {"name": "weight-decay", "params": {"value": 1e-4, "decoupled": True}})),
+            runs_dir=tmp_path, dataset=tiny_spurious(), progress=False, device="cpu")
+
+
+@pytest.mark.parametrize("first, second", [
+    ("grad-clip:value=1", "grad-clip:value=2,mode=norm"),
+    ("input-noise:sigma=0.1", "gaussian-noise:sigma=0.2"),
+    ("dp-sgd:noise_multiplier=1,max_grad_norm=1", "dp:noise_multiplier=2,max_grad_norm=1"),
+    ("label-smoothing:eps=0.1", "label-smoothing:eps=0.2"),
+    ("confidence-penalty:beta=0.1", "confidence-penalty:beta=0.1"),
+])
+def test_no_built_in_regulariser_may_be_repeated(first, second):
+    with pytest.raises(ConfigError, match=f"given twice .{first}.* and {second}.; keep one"):
+        cli_config([first, second])
+
+
+def test_a_repeatable_regulariser_may_be_repeated(monkeypatch):
+    monkeypatch.setattr(type(reg("grad-clip", value=1)), "repeatable", True)
+    built = build_regularisers([{"name": "grad-clip", "params": {"value": 1}},
+                                {"name": "grad-clip", "params": {"value": 2, "mode": "norm"}}])
+    assert [r.spec()["params"] for r in built] == [{"value": 1.0},
+                                                   {"value": 2.0, "mode": "norm"}]
+
+
+# --- the loss hook, label smoothing, confidence penalty ---------------------------------------
+
+class LossSpy(Regulariser):
+    """Records each training batch (after earlier hooks) and what its loss hook sees."""
+
+    name = "loss-spy"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+        self.seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def before_forward(self, x, y, ctx):
+        self.inputs.append(x.detach().clone())
+        return x, y
+
+    def loss(self, logits, y, losses, ctx):
+        self.seen.append((logits.detach().clone(), y.clone(), losses.detach().clone()))
+        return losses
+
+
+class LogitPenalty(Regulariser):
+    """A logit regulariser: each example's loss plus weight * its squared logits."""
+
+    name = "logit-penalty"
+
+    def __init__(self, weight: float) -> None:
+        super().__init__(weight=weight)
+        self.weight = weight
+
+    def loss(self, logits, y, losses, ctx):
+        return losses + self.weight * logits.pow(2).sum(1)
+
+
+class MeanLoss(Regulariser):
+    """A broken loss hook: returns the batch mean instead of one loss per example."""
+
+    name = "mean-loss"
+
+    def loss(self, logits, y, losses, ctx):
+        return losses.mean()
+
+
+def test_the_loss_hook_changes_the_optimised_and_logged_loss():
+    """One batch of 16, plain SGD: the step and the logged train_loss are those of the mean of
+    cross-entropy + 0.5 * sum(logits^2), computed here by hand."""
+    data, lr = make_data(16), 0.1
+    spy, hooked, reference = LossSpy(), make_model(), make_model()
+    state = fit(hooked, [spy, LogitPenalty(0.5)], data, optimizer="sgd", lr=lr)
+    logits = reference(data.images)
+    losses = F.cross_entropy(logits, data.labels, reduction="none")
+    loss = (losses + 0.5 * logits.pow(2).sum(1)).mean()
+    loss.backward()
+    with torch.no_grad():
+        for param in reference.parameters():
+            param -= lr * param.grad
+    assert state.history[0]["train_loss"] == pytest.approx(loss.item(), rel=1e-6)
+    assert state.history[0]["train_loss"] > losses.mean().item() + 0.01  # the penalty counts
+    torch.testing.assert_close(flat(hooked.parameters()), flat(reference.parameters()),
+                               rtol=1e-5, atol=1e-7)
+    # the hook saw float32 logits and the base per-example cross-entropy
+    (seen_logits, seen_y, seen_losses), = spy.seen
+    assert seen_logits.dtype == torch.float32 and seen_losses.shape == seen_y.shape == (16,)
+    assert torch.equal(seen_losses, F.cross_entropy(seen_logits, seen_y, reduction="none"))
+
+
+def test_no_op_loss_and_teardown_hooks_leave_training_bit_for_bit_unchanged():
+    plain, hooked = make_model(), make_model()
+    a = fit(plain, [], make_data(), epochs=2)
+    b = fit(hooked, [LossSpy(), Lifecycle([], "x"), reg("label-smoothing", eps=0),
+                     reg("confidence-penalty", beta=0)], make_data(), epochs=2)
+    assert torch.equal(flat(plain.parameters()), flat(hooked.parameters()))
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+
+
+def test_a_loss_hook_must_return_one_loss_per_example():
+    with pytest.raises(ConfigError, match="mean-loss's loss hook returned shape \\(\\) for a "
+                                          "batch of 16 examples"):
+        fit(make_model(), [MeanLoss()], make_data())
+
+
+def replay(batches, loss_fn, lr: float = 0.01) -> nn.Module:
+    """Train a fresh model on recorded (x, y) batches with fused Adam, as the trainer does."""
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    for x, y in batches:
+        optimizer.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+    return model
+
+
+def test_label_smoothing_is_torchs_label_smoothing_per_batch():
+    eps, spy, model = 0.2, LossSpy(), make_model()
+    state = fit(model, [reg("label-smoothing", eps=eps), spy], make_data(64), epochs=2)
+    assert len(spy.seen) == 8
+    for logits, y, losses in spy.seen:
+        assert torch.equal(losses, F.cross_entropy(logits, y, reduction="none",
+                                                   label_smoothing=eps))
+        assert not torch.allclose(losses, F.cross_entropy(logits, y, reduction="none"))
+    for epoch, record in enumerate(state.history):  # train_loss is the smoothed loss
+        batches = spy.seen[4 * epoch:4 * epoch + 4]
+        assert record["train_loss"] == pytest.approx(
+            sum(losses.sum().item() for _, _, losses in batches) / 64, rel=1e-6)
+    # training follows the gradient of torch's smoothed cross-entropy
+    batches = list(zip(spy.inputs, (y for _, y, _ in spy.seen)))
+    smoothed = replay(batches, lambda out, y: F.cross_entropy(out, y, label_smoothing=eps))
+    torch.testing.assert_close(flat(model.parameters()), flat(smoothed.parameters()),
+                               rtol=1e-4, atol=1e-6)
+    plain = replay(batches, F.cross_entropy)
+    assert not torch.allclose(flat(model.parameters()), flat(plain.parameters()), atol=1e-4)
+
+
+def test_confidence_penalty_subtracts_beta_times_the_entropy():
+    beta, spy, model = 0.5, LossSpy(), make_model()
+    fit(model, [reg("confidence-penalty", beta=beta), spy], make_data(32))
+    for logits, y, losses in spy.seen:
+        entropy = torch.distributions.Categorical(logits=logits).entropy()
+        torch.testing.assert_close(
+            losses, F.cross_entropy(logits, y, reduction="none") - beta * entropy)
+    batches = list(zip(spy.inputs, (y for _, y, _ in spy.seen)))
+    expected = replay(batches, lambda out, y: (
+        F.cross_entropy(out, y, reduction="none")
+        - beta * torch.distributions.Categorical(logits=out).entropy()).mean())
+    torch.testing.assert_close(flat(model.parameters()), flat(expected.parameters()),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_loss_regularisers_compose_in_either_order():
+    runs = []
+    for names in (("label-smoothing", "confidence-penalty"),
+                  ("confidence-penalty", "label-smoothing")):
+        spy = LossSpy()
+        regs = [reg(name, **({"eps": 0.1} if name == "label-smoothing" else {"beta": 0.3}))
+                for name in names]
+        fit(make_model(), [*regs, spy], make_data(32))
+        runs.append(spy.seen[0])
+    (logits, y, first), (_, _, second) = runs
+    expected = (F.cross_entropy(logits, y, reduction="none", label_smoothing=0.1)
+                - 0.3 * torch.distributions.Categorical(logits=logits).entropy())
+    torch.testing.assert_close(first, expected)
+    torch.testing.assert_close(second, expected)
+
+
+@pytest.mark.parametrize("options", [{"loss": "mse"}, {"loss": "kld"},
+                                     {"model_spec": "mse-tor-MLP"}])
+def test_label_smoothing_needs_the_cross_entropy(options):
+    """Refused by the CLI before any data is loaded, and by the trainer before setup."""
+    with pytest.raises(ConfigError) as info:
+        cli_config(["label-smoothing:eps=0.1"], **options)
+    message = str(info.value)
+    assert message.startswith("label-smoothing smooths the cross-entropy, but this run's loss "
+                              "is ") and "use --loss ce" in message and "\n" not in message
+    log: list[str] = []
+    with pytest.raises(ConfigError, match="label-smoothing smooths the cross-entropy"):
+        fit(make_model(), [Lifecycle(log, "a"), reg("label-smoothing", eps=0.1)], make_data(),
+            loss="mse")
+    assert log == []  # nothing was set up, so nothing to tear down
+    fit(make_model(), [reg("confidence-penalty", beta=0.1)], make_data(), loss="mse")
+
+
+# --- teardown --------------------------------------------------------------------------------
+
+class Lifecycle(Regulariser):
+    """Logs setup and teardown into a shared list; may raise from one hook."""
+
+    name = "lifecycle"
+
+    def __init__(self, log: list[str], tag: str, fail_in: str = "") -> None:
+        super().__init__()
+        self.log, self.tag, self.fail_in = log, tag, fail_in
+
+    def _maybe_fail(self, hook: str) -> None:
+        if self.fail_in == hook:
+            raise RuntimeError(f"{self.tag} fails in {hook}")
+
+    def setup(self, ctx):
+        self.log.append(f"setup {self.tag}")
+        self._maybe_fail("setup")
+
+    def after_step(self, ctx):
+        self._maybe_fail("after_step")
+
+    def teardown(self, ctx):
+        self.log.append(f"teardown {self.tag}")
+        self._maybe_fail("teardown")
+
+
+def test_teardown_is_called_once_in_reverse_order_after_training():
+    log: list[str] = []
+    fit(make_model(), [Lifecycle(log, "a"), Lifecycle(log, "b")], make_data(), epochs=2)
+    assert log == ["setup a", "setup b", "teardown b", "teardown a"]
+
+
+def test_teardown_is_called_once_when_training_raises():
+    log: list[str] = []
+    with pytest.raises(RuntimeError, match="b fails in after_step"):
+        fit(make_model(), [Lifecycle(log, "a"), Lifecycle(log, "b", "after_step")], make_data())
+    assert log == ["setup a", "setup b", "teardown b", "teardown a"]
+
+
+def test_teardown_follows_a_failed_setup_and_a_failed_teardown():
+    log: list[str] = []
+    with pytest.raises(RuntimeError, match="b fails in setup"):
+        fit(make_model(), [Lifecycle(log, "a"), Lifecycle(log, "b", "setup"),
+                           Lifecycle(log, "c")], make_data())
+    assert log == ["setup a", "setup b", "teardown b", "teardown a"]  # c was never set up
+    log.clear()
+    with pytest.raises(RuntimeError, match="b fails in teardown"):
+        fit(make_model(), [Lifecycle(log, "a"), Lifecycle(log, "b", "teardown")], make_data())
+    assert log == ["setup a", "setup b", "teardown b", "teardown a"]  # a is still torn down
+
+
+# --- DP-SGD with the loss and teardown hooks -------------------------------------------------
+
+def test_dp_sgd_optimises_the_hooked_loss():
+    """No noise and a bound C no gradient reaches: DP-SGD's update is the plain mean gradient,
+    so DP + label smoothing trains like label smoothing alone, and unlike DP alone."""
+    pytest.importorskip("opacus")
+
+    def dp():
+        return reg("dp-sgd", noise_multiplier=0.0, max_grad_norm=1e6, sampling="uniform")
+
+    models, losses = {}, {}
+    for case, regs in {"dp+ls": [dp(), reg("label-smoothing", eps=0.3)],
+                       "ls": [reg("label-smoothing", eps=0.3)], "dp": [dp()]}.items():
+        models[case] = make_model()
+        state = fit(models[case], regs, make_data(64), optimizer="sgd", lr=0.5, epochs=2)
+        losses[case] = [r["train_loss"] for r in state.history]
+    torch.testing.assert_close(flat(models["dp+ls"].parameters()),
+                               flat(models["ls"].parameters()), rtol=1e-4, atol=1e-6)
+    assert losses["dp+ls"] == pytest.approx(losses["ls"], rel=1e-5)
+    assert not torch.allclose(flat(models["dp+ls"].parameters()),
+                              flat(models["dp"].parameters()), atol=1e-4)
+
+
+def test_dp_sgd_with_loss_regularisers_and_empty_poisson_batches():
+    pytest.importorskip("opacus")
+    spy = LossSpy()
+    state = fit(make_model(), [reg("dp-sgd", noise_multiplier=1.0, max_grad_norm=1.0),
+                               reg("label-smoothing", eps=0.1),
+                               reg("confidence-penalty", beta=0.1), spy],
+                make_data(16), batch_size=1, epochs=2)
+    assert 0 in [y.shape[0] for _, y, _ in spy.seen]
+    assert all(math.isfinite(r["train_loss"]) and r["epsilon"] > 0 for r in state.history)
+
+
+def test_dp_sgd_leaves_the_model_plain_when_training_fails():
+    pytest.importorskip("opacus")
+    model = make_model()
+    with pytest.raises(RuntimeError, match="fails in after_step"):
+        fit(model, [reg("dp-sgd", noise_multiplier=1.0, max_grad_norm=1.0),
+                    Lifecycle([], "x", "after_step")], make_data())
+    for module in model.modules():
+        assert not module._forward_hooks and not module._backward_hooks
+    for param in model.parameters():
+        assert not hasattr(param, "grad_sample") and not hasattr(param, "summed_grad")
