@@ -228,6 +228,8 @@ def train_run(spec: SpuriousSpec, config: TrainConfig, *, runs_dir: str | Path |
     trainer = registry("trainers").create(config.trainer)
     architecture = registry("architectures").create(config.arch)
     regularisers = build_regularisers(config.regularisers)
+    for regulariser in regularisers:
+        regulariser.check_config(config)
     torch_device = resolve_device(device)
     with RunLock(run.path, on_wait=on_wait):
         if not force and run.finished:

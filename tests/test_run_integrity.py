@@ -359,9 +359,19 @@ def test_train_cli_defaults_to_the_study_seed_protocol_and_offers_paired(tiny_da
     runner = CliRunner()
     study = runner.invoke(cli, common)
     assert study.exit_code == 0, study.output
-    assert Run(json.loads(study.output)["run"]).train_config.seed == 0
+    assert Run(json.loads(study.stdout)["run"]).train_config.seed == 0
     paired = runner.invoke(cli, common + ["--train-seed-equals-dataset-seed"])
     assert paired.exit_code == 0, paired.output
-    assert Run(json.loads(paired.output)["run"]).train_config.seed == 3
+    assert Run(json.loads(paired.stdout)["run"]).train_config.seed == 3
     both = runner.invoke(cli, common + ["--train-seed-equals-dataset-seed", "--train-seed", "0"])
     assert both.exit_code != 0 and "not both" in both.output
+
+
+def test_train_run_checks_regulariser_and_recipe_fit_before_loading_data(tmp_path):
+    """Label smoothing needs the cross-entropy: refused before any data is read."""
+    config = TrainConfig(arch="MLP", loss="mse",
+                         regularisers=({"name": "label-smoothing", "params": {"eps": 0.1}},))
+    with pytest.raises(ConfigError, match="label"):
+        train_run(SpuriousSpec.build("mnist"), config, runs_dir=tmp_path / "runs",
+                  data_dir=tmp_path / "no-data-here", progress=False, device="cpu")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
