@@ -2,7 +2,10 @@
 (the style of simonw/llm). A plugin module implements any subset with ``@rsc_core.hookimpl``.
 
 ``register(obj, name=None, aliases=(), description=None)`` adds one item; ``name`` and
-``description`` default to ``obj.name`` and the first line of ``obj``'s docstring.
+``description`` default to ``obj.name`` and the first line of ``obj``'s docstring. Items are
+added when the hook returns: a hook that raises adds nothing (the plugin's other hooks still
+run), and a name already taken by an earlier plugin is skipped with a warning. rsc calls the
+hooks itself, plugin by plugin in load order, so ``tryfirst``/``trylast`` have no effect.
 """
 from __future__ import annotations
 

@@ -59,6 +59,46 @@ class KindRegistry:
     _entries: dict[str, Entry] = field(default_factory=dict)
     _lookup: dict[str, str] = field(default_factory=dict)
 
+    def make_entry(
+        self,
+        obj: Any,
+        name: str | None = None,
+        aliases: Iterable[str] = (),
+        description: str | None = None,
+        source: str = "unknown",
+    ) -> Entry:
+        """The entry ``add`` would store, with name, aliases and description filled in from
+        ``obj`` where not given; registers nothing, so a plugin hook can be checked first."""
+        name = name or getattr(obj, "name", None) or getattr(obj, "__name__", None)
+        if not name:
+            raise ValueError(f"a {self.kind} item needs a name: set `name` on {obj!r} or pass "
+                             f"register(obj, name=...)")
+        aliases = tuple(aliases or getattr(obj, "aliases", ()) or ())
+        description = description or getattr(obj, "description", None) or _first_doc_line(obj)
+        return Entry(self.kind, name, obj, description, aliases, source)
+
+    def clash(self, entry: Entry) -> tuple[str, Entry] | None:
+        """The first of ``entry``'s name and aliases already taken, with the entry holding it."""
+        for key in (entry.name, *entry.aliases):
+            if key in self._lookup:
+                return key, self._entries[self._lookup[key]]
+        return None
+
+    def insert(self, entry: Entry) -> Entry:
+        """Store ``entry``; raises ``PluginConflictError`` if any of its names is taken."""
+        found = self.clash(entry)
+        if found is not None:
+            key, other = found
+            raise PluginConflictError(
+                f"{self.kind} name {key!r} is registered twice: by {other.source} "
+                f"({other.name}) and by {entry.source} ({entry.name}); uninstall or rename one "
+                f"of them"
+            )
+        self._entries[entry.name] = entry
+        for key in (entry.name, *entry.aliases):
+            self._lookup[key] = entry.name
+        return entry
+
     def add(
         self,
         obj: Any,
@@ -67,23 +107,9 @@ class KindRegistry:
         description: str | None = None,
         source: str = "unknown",
     ) -> Entry:
-        name = name or getattr(obj, "name", None) or getattr(obj, "__name__", None)
-        if not name:
-            raise ValueError(f"a {self.kind} item needs a name")
-        aliases = tuple(aliases or getattr(obj, "aliases", ()) or ())
-        description = description or getattr(obj, "description", None) or _first_doc_line(obj)
-        entry = Entry(self.kind, name, obj, description, aliases, source)
-        for key in (name, *aliases):
-            if key in self._lookup:
-                other = self._entries[self._lookup[key]]
-                raise PluginConflictError(
-                    f"{self.kind} name {key!r} is registered twice: by {other.source} "
-                    f"({other.name}) and by {source} ({name}); uninstall or rename one of them"
-                )
-        self._entries[name] = entry
-        for key in (name, *aliases):
-            self._lookup[key] = name
-        return entry
+        """Register ``obj``; a taken name or alias raises ``PluginConflictError``. (Plugin
+        discovery does not use this: there the first registration wins and a clash warns.)"""
+        return self.insert(self.make_entry(obj, name, aliases, description, source))
 
     def list(self) -> list[str]:
         """Canonical names, sorted."""

@@ -1,6 +1,8 @@
 """The plugin system: a real third-party distribution (the example from docs/plugins.md, given
 its own dist-info with an ``rsc`` entry point) is discovered, listed and usable by name; broken
-plugins are isolated; duplicate names are an error naming both sources."""
+plugins are isolated per hook; a name clash keeps the first registration (rsc's own first) and
+warns, or is an error under RSC_STRICT_PLUGINS; RSC_DISABLE_PLUGINS / RSC_LOAD_PLUGINS choose
+what loads; ``rsc plugins`` lists packages and, piped, prints plain untruncated lines."""
 from __future__ import annotations
 
 import json
@@ -47,7 +49,8 @@ def site(tmp_path, monkeypatch):
     folder = tmp_path / "site"
     folder.mkdir()
     monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.delenv("RSC_STRICT_PLUGINS", raising=False)
+    for variable in ("RSC_STRICT_PLUGINS", "RSC_DISABLE_PLUGINS", "RSC_LOAD_PLUGINS"):
+        monkeypatch.delenv(variable, raising=False)
     reset_plugins()
     yield folder
     for name in [m for m in sys.modules if m.startswith("rsc_test_") or m == "rsc_checkers"]:
@@ -163,18 +166,318 @@ class Mine(SquarePattern):
     \"\"\"Another v8.\"\"\"
     name = "v8"
 
+class Unique(SquarePattern):
+    \"\"\"A name nobody else uses.\"\"\"
+    name = "rsc-test-unique"
+
 @hookimpl
 def register_patterns(register):
     register(Mine)
+    register(Unique)
 """
 
 
-def test_duplicate_names_are_an_error_naming_both_sources(site):
+def clash_plugin(item: str) -> str:
+    """A plugin module registering one pattern called ``item``."""
+    return f"""
+from rsc_core import hookimpl
+from rsc_core.patterns import SquarePattern
+
+class Clash(SquarePattern):
+    \"\"\"Clashing pattern.\"\"\"
+    name = "zz-clash"
+
+@hookimpl
+def register_patterns(register):
+    register(Clash, description="{item}")
+"""
+
+
+def test_clash_with_a_builtin_keeps_the_builtin_and_warns(site, capsys):
+    # site comes first on sys.path, so without rsc's ordering rsc-dup would load first
     make_distribution(site, "rsc-dup", "rsc_test_dup", DUPLICATE, {"dup": "rsc_test_dup"})
+    reset_plugins()
+    state = load_plugins()
+    assert rsc_core.get("patterns", "v8").source == "rsc"
+    assert rsc_core.get("patterns", "rsc-test-unique").source == "rsc-dup"  # only v8 skipped
+    [conflict] = state.conflicts
+    assert (conflict.kind, conflict.name, conflict.kept_source, conflict.skipped_source) == (
+        "patterns", "v8", "rsc", "rsc-dup")
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("warning: ") and "rsc-dup" in line and "by both rsc (v8)" in line
+
+
+def test_clash_between_third_party_packages_first_by_name_wins(site, tmp_path, monkeypatch,
+                                                                capsys):
+    make_distribution(site, "rsc-alpha", "rsc_test_alpha", clash_plugin("from alpha"),
+                      {"alpha": "rsc_test_alpha"})
+    earlier = tmp_path / "earlier"  # before site on sys.path: sys.path order must not matter
+    earlier.mkdir()
+    monkeypatch.syspath_prepend(str(earlier))
+    make_distribution(earlier, "rsc-zeta", "rsc_test_zeta", clash_plugin("from zeta"),
+                      {"zeta": "rsc_test_zeta"})
+    reset_plugins()
+    state = load_plugins()
+    entry = rsc_core.get("patterns", "zz-clash")
+    assert (entry.source, entry.description) == ("rsc-alpha", "from alpha")
+    assert [(c.kept_source, c.skipped_source) for c in state.conflicts] == [
+        ("rsc-alpha", "rsc-zeta")]
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "rsc-alpha" in line and "rsc-zeta" in line
+
+
+def test_strict_mode_makes_a_clash_a_one_line_error(site, monkeypatch):
+    make_distribution(site, "rsc-dup", "rsc_test_dup", DUPLICATE, {"dup": "rsc_test_dup"})
+    monkeypatch.setenv("RSC_STRICT_PLUGINS", "1")
     reset_plugins()
     with pytest.raises(PluginConflictError) as info:
         load_plugins()
-    assert "rsc-dup" in str(info.value) and "by rsc " in str(info.value)
+    message = str(info.value)
+    assert "\n" not in message and "rsc-dup" in message and "rsc (v8)" in message
+
+
+def test_builtins_never_clash_in_strict_mode(site, monkeypatch):
+    """CI runs with RSC_STRICT_PLUGINS=1, so rsc's own plugins must load cleanly under it."""
+    monkeypatch.setenv("RSC_STRICT_PLUGINS", "1")
+    monkeypatch.setenv("RSC_LOAD_PLUGINS", "")
+    reset_plugins()
+    state = load_plugins()
+    assert not state.conflicts and not state.failures
+    assert [p.name for p in state.packages.values()] == ["rsc"]
+
+
+def test_a_clash_does_not_break_help_version_or_plugins(site):
+    make_distribution(site, "rsc-dup", "rsc_test_dup", DUPLICATE, {"dup": "rsc_test_dup"})
+    for args in (["--help"], ["--version"], ["plugins"]):
+        result = run_rsc(args, site)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "rsc-dup" in result.stderr and "by both rsc (v8)" in result.stderr
+    assert "patterns\tv8\trsc (v8)\trsc-dup (v8)" in result.stdout  # the conflicts section
+    report = json.loads(run_rsc(["plugins", "--json"], site).stdout)
+    assert [(c["name"], c["kept_source"], c["skipped_source"]) for c in report["conflicts"]] \
+        == [("v8", "rsc", "rsc-dup")]
+    strict = run_rsc(["--help"], site, RSC_STRICT_PLUGINS="1")
+    assert strict.returncode != 0 and "Traceback" not in strict.stderr
+    [line] = strict.stderr.strip().splitlines()
+    assert line.startswith("Error: ") and "rsc-dup" in line
+
+
+COMMAND_CLASH = """
+import click
+from rsc_core import hookimpl
+
+@hookimpl
+def register_commands(cli):
+    @cli.command("train")
+    def train():
+        \"\"\"Would replace rsc train.\"\"\"
+
+    @cli.command("rsc-test-extra")
+    def extra():
+        \"\"\"A new command.\"\"\"
+"""
+
+
+def test_a_plugin_command_cannot_replace_a_builtin_command(site):
+    import click
+
+    from rsc_core.plugins import add_commands
+
+    make_distribution(site, "rsc-cmd", "rsc_test_cmd", COMMAND_CLASH, {"cmd": "rsc_test_cmd"})
+    reset_plugins()
+    builtin = click.Command("train")
+    group = click.Group(commands={"train": builtin})
+    add_commands(group)
+    assert group.commands["train"] is builtin and "rsc-test-extra" in group.commands
+    state = load_plugins()
+    assert [(c.kind, c.name, c.kept_source) for c in state.conflicts] == [
+        ("commands", "train", "rsc")]
+    assert state.packages["rsc-cmd"].commands == ["rsc-test-extra"]
+
+
+PARTLY_BROKEN = """
+import click
+from rsc_core import hookimpl
+from rsc_core.architectures import Architecture
+from rsc_core.patterns import SquarePattern
+
+class Early(SquarePattern):
+    \"\"\"Registered just before the hook raises.\"\"\"
+    name = "rsc-test-early"
+
+class Net(Architecture):
+    \"\"\"Registered by a hook that works.\"\"\"
+    name = "RscTestNet"
+
+@hookimpl
+def register_patterns(register):
+    register(Early)
+    raise RuntimeError("patterns hook exploded")
+
+@hookimpl
+def register_architectures(register):
+    register(Net)
+
+@hookimpl
+def register_commands(cli):
+    @cli.command("rsc-test-partly")
+    def partly():
+        \"\"\"Still added.\"\"\"
+"""
+
+
+def test_isolation_is_per_hook(site):
+    """A raising hook registers nothing; the same plugin's other hooks still run."""
+    import click
+
+    from rsc_core.plugins import add_commands
+
+    make_distribution(site, "rsc-partly", "rsc_test_partly", PARTLY_BROKEN,
+                      {"partly": "rsc_test_partly"})
+    reset_plugins()
+    state = load_plugins()
+    assert [(f.source, f.stage) for f in state.failures] == [("rsc-partly", "register_patterns")]
+    assert "rsc-test-early" not in rsc_core.list_names("patterns")
+    assert rsc_core.get("architectures", "RscTestNet").source == "rsc-partly"
+    group = click.Group()
+    add_commands(group)
+    assert "rsc-test-partly" in group.commands
+
+
+def test_disable_plugins_skips_a_package_and_keeps_rsc(checkers, monkeypatch, capsys):
+    monkeypatch.setenv("RSC_DISABLE_PLUGINS", "rsc_checkers, rsc")  # any spelling pip accepts
+    reset_plugins()
+    state = load_plugins()
+    assert "checker" not in rsc_core.list_names("patterns")
+    assert "v8" in rsc_core.list_names("patterns")
+    package = state.packages["rsc-checkers"]
+    assert (package.status, package.reason) == ("disabled", "RSC_DISABLE_PLUGINS")
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "cannot disable rsc" in line
+
+
+def test_load_plugins_variable_loads_only_the_named_packages(checkers, monkeypatch, capsys):
+    make_distribution(checkers, "rsc-dup", "rsc_test_dup", DUPLICATE, {"dup": "rsc_test_dup"})
+    monkeypatch.setenv("RSC_LOAD_PLUGINS", "rsc-checkers")
+    reset_plugins()
+    state = load_plugins()
+    assert rsc_core.get("patterns", "checker").source == "rsc-checkers"
+    assert "rsc-test-unique" not in rsc_core.list_names("patterns") and not state.conflicts
+    assert state.packages["rsc-dup"].reason == "RSC_LOAD_PLUGINS"
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RSC_LOAD_PLUGINS", "")  # set but empty: rsc's own plugins only
+    reset_plugins()
+    assert {e.source for k in rsc_core.KINDS for e in rsc_core.registry(k).entries()} == {"rsc"}
+
+
+def test_unknown_names_in_the_variables_are_one_line_warnings(checkers, monkeypatch, capsys):
+    monkeypatch.setenv("RSC_DISABLE_PLUGINS", "rsc-nope,rsc-checkers")
+    monkeypatch.setenv("RSC_LOAD_PLUGINS", "rsc-missing")
+    reset_plugins()
+    load_plugins()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2
+    assert any(l.startswith("warning: ") and "RSC_LOAD_PLUGINS names rsc-missing," in l
+               for l in err)
+    assert any("RSC_DISABLE_PLUGINS names rsc-nope," in l and "rsc-checkers" in l for l in err)
+
+
+def test_packages_show_version_hooks_and_commands(checkers):
+    from click.testing import CliRunner
+
+    from rsc_cli.plugin_commands import plugins_command
+
+    report = json.loads(CliRunner().invoke(plugins_command, ["--json"]).stdout)
+    packages = {p["name"]: p for p in report["packages"]}
+    assert list(packages)[0] == "rsc" and packages["rsc"]["builtin"]
+    mine = packages["rsc-checkers"]
+    assert (mine["version"], mine["status"], mine["commands"]) == ("0.1.0", "loaded",
+                                                                   ["checkers"])
+    assert mine["hooks"] == ["register_patterns", "register_architectures",
+                             "register_commands"]
+    assert mine["entry_points"] == ["checkers = rsc_checkers"]
+    text = CliRunner().invoke(plugins_command, []).stdout
+    assert ("rsc-checkers\t0.1.0\tloaded\tregister_patterns, register_architectures, "
+            "register_commands\tcheckers") in text.splitlines()
+
+
+LONG_NAME = "rsc-test-" + "long" * 48 + "-end"  # 201 characters
+LONG = f"""
+from rsc_core import hookimpl
+from rsc_core.patterns import SquarePattern
+
+class Long(SquarePattern):
+    name = "{LONG_NAME}"
+    description = "A very long description " + "that goes on " * 20 + "DESCRIPTION-END"
+
+@hookimpl
+def register_patterns(register):
+    register(Long)
+"""
+
+
+def test_piped_listing_is_plain_and_never_truncated(site):
+    from click.testing import CliRunner
+
+    from rsc_cli.plugin_commands import plugins_command
+
+    make_distribution(site, "rsc-long", "rsc_test_long", LONG, {"long": "rsc_test_long"})
+    reset_plugins()
+    result = CliRunner().invoke(plugins_command, [])  # not a terminal, as under a pipe
+    assert result.exit_code == 0
+    [line] = [l for l in result.stdout.splitlines() if LONG_NAME in l]  # `grep LONGNAME`
+    assert line.startswith(f"patterns\t{LONG_NAME}\t-\trsc-long\tA very long")
+    assert line.endswith("DESCRIPTION-END") and "\x1b" not in result.stdout
+    assert not set("│┃─━") & set(result.stdout)  # no rich table borders
+
+
+def test_interfaces_doc_examples_run(tiny_data, tmp_path, monkeypatch):
+    """Every python block of docs/interfaces.md runs, in order, against a real tiny run."""
+    from rsc_core.runs import train_run
+    from rsc_core.spec import parse_spec
+    from rsc_core.training import TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RSC_DATA_DIR", str(tiny_data.root))
+    label = int(tiny_data["mnist"].train.labels[0])
+    run = train_run(parse_spec(f"mnistv8-1-{label}-0"), TrainConfig(epochs=1),
+                    runs_dir="runs", progress=False).run
+    text = (DOCS.parent / "interfaces.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 5
+    namespace: dict = {}
+    for number, block in enumerate(blocks):
+        code = block.replace("runs/<folder>", f"runs/{run.name}")
+        exec(compile(code, f"docs/interfaces.md python block {number + 1}", "exec"), namespace)
+    assert namespace["result"].pattern == "v8"
+
+
+def _documented_items() -> dict[str, set[str]]:
+    """Registered ``name`` -> the distinct class definitions using it, over docs/*.md."""
+    import ast
+
+    found: dict[str, set[str]] = {}
+    for doc in sorted(DOCS.parent.glob("*.md")):
+        for block in re.findall(r"```python\n(.*?)```", doc.read_text(), re.S):
+            for node in ast.walk(ast.parse(block)):
+                if not isinstance(node, ast.ClassDef):
+                    continue
+                for statement in node.body:
+                    if not isinstance(statement, ast.Assign):
+                        continue
+                    target, value = statement.targets[0], statement.value
+                    if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple):
+                        target, value = target.elts[0], value.elts[0]
+                    if getattr(target, "id", None) == "name" and isinstance(value, ast.Constant):
+                        found.setdefault(value.value, set()).add(ast.dump(node))
+    return found
+
+
+def test_docs_never_define_two_different_items_under_one_name():
+    """Two docs' examples installed together must not clash (e.g. two different TinyCNNs)."""
+    items = _documented_items()
+    assert "TinyCNN" in items and "checker" in items
+    assert {name for name, classes in items.items() if len(classes) > 1} == set()
 
 
 def test_unknown_name_lists_close_matches():
