@@ -9,7 +9,8 @@ from rich.table import Table
 
 from rsc_core import registry
 from rsc_core.datasets import load_dataset
-from rsc_core.plots import save_pattern_grid
+from rsc_core.plots import check_figure_path, save_pattern_grid
+from rsc_core.spec import MAX_SEED
 from rsc_core.spurious import plant
 
 from .options import data_options, spec_options
@@ -32,17 +33,20 @@ def patterns_list() -> None:
 @patterns_group.command("show")
 @click.argument("pattern")
 @click.option("--dataset", default="mnist", show_default=True, help="Dataset to draw images from.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Pattern seed (draws the noise image of random patterns).")
 @click.option("--count", type=click.IntRange(1, 16), default=6, show_default=True,
               help="How many images to show.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="pattern.png",
-              show_default=True, help="PNG file to write.")
+              show_default=True,
+              help="Figure to write; its extension picks the format (png, pdf, svg, ...).")
 @data_options
 def patterns_show(pattern: str, dataset: str, seed: int, count: int, output: str,
                   data_dir: str | None, download: bool | None) -> None:
-    """Write a PNG of a few clean training images above the same images with PATTERN."""
+    """Write a figure (PNG unless -o names another format) of a few clean training images
+    above the same images with PATTERN."""
     entry = registry("patterns").get(pattern)
+    check_figure_path(output)  # before loading data
     bundle = load_dataset(dataset, data_dir, download)
     clean = bundle.train.images[:count]
     patterned = entry.create().apply(clean, seed)

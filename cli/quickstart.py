@@ -8,8 +8,8 @@ from rich.console import Console
 
 from rsc_core import registry
 from rsc_core.compare import compare_runs
-from rsc_core.plots import save_comparison_plot
-from rsc_core.runs import train_run
+from rsc_core.plots import check_figure_path, save_comparison_plot
+from rsc_core.runs import resolve_device, train_run
 from rsc_core.spec import SpuriousSpec
 from rsc_core.training import TrainConfig
 
@@ -30,7 +30,8 @@ PAPER_EPOCHS = 70
 @click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
               help="Runs root (default: RSC_RUNS_DIR, else ./runs).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="quickstart.png",
-              show_default=True, help="PNG of score and accuracy against n.")
+              show_default=True,
+              help="Figure of score and accuracy against n; its extension picks the format.")
 @click.option("--executor", default="local", show_default=True,
               help="Executor that runs the training jobs.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
@@ -42,6 +43,9 @@ def quickstart_command(epochs, pattern, ns, target, seed, runs_dir, output, exec
 
     Finished runs are reused, so a second call only prints the table again.
     """
+    # Minutes of training must not end in an error a glance at the options could find.
+    check_figure_path(output)
+    resolve_device(device)
     console = Console()
     if epochs < PAPER_EPOCHS:
         console.print(f"[yellow]note:[/yellow] {epochs} epochs per run to finish in minutes on "

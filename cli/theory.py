@@ -10,6 +10,7 @@ Output design:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -36,6 +37,8 @@ def plot_study(curves: StudyCurves, output: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from rsc_core.atomic import write_file
+
     rows = [(key, title) for key, title in _ROWS if curves.families.get(key)]
     fig, axes = plt.subplots(len(rows), len(_METRICS), figsize=(4.4 * len(_METRICS),
                              3.6 * len(rows)), squeeze=False, constrained_layout=True)
@@ -54,21 +57,34 @@ def plot_study(curves: StudyCurves, output: Path) -> Path:
         p = curves.params
         fig.suptitle(f"Linear-model theory: x_inv = {p['x_inv']:g}, x_sp^2 = {p['x_sp2']:g}, "
                      f"base s_inv = {p['s_inv']:g}, s_sp = {p['s_sp']:g} (+ v with noise)")
-        fig.savefig(output, format="png", dpi=110)
+        # Atomically: a full disk leaves no half-written PNG behind.
+        write_file(output, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     finally:
         plt.close(fig)
     return output
 
 
 def _check_output(output: str) -> Path:
+    """Reject a bad ``-o`` before any work: a non-PNG name, a folder, a missing folder, a
+    file where the folder should be, or a folder this user may not write."""
     path = Path(output)
     if path.suffix.lower() != ".png":
         raise ConfigError(f"--output must name a .png file, got {output!r}")
     if path.is_dir():
         raise ConfigError(f"--output {output!r} is a directory; give a file name")
     parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"--output {output!r}: {str(parent)!r} is a file, not a directory; "
+                          f"choose another path")
     if not parent.is_dir():
+        component = next((p for p in parent.parents if p.exists() and not p.is_dir()), None)
+        if component is not None:
+            raise ConfigError(f"--output {output!r}: {str(component)!r} is a file, not a "
+                              f"directory; choose another path")
         raise ConfigError(f"--output directory {str(parent)!r} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output directory {str(parent)!r} is not writable; choose "
+                          f"another path")
     return path
 
 
@@ -118,13 +134,17 @@ def theory(ctx: click.Context, ridges: tuple[float, ...], noises: tuple[float, .
       rsc theory --ridge 0 --ridge 5 -o ridge.png
       rsc theory --json --points 6 > theory.json
     """
-    params = TheoryParams(x_inv=x_inv, x_sp2=x_sp2, s_inv=s_inv, s_sp=s_sp)
-    curves = study_curves(ridges=ridges or STUDY_RIDGES, noises=noises or STUDY_NOISES,
-                          g_max=g_max, points=points, params=params)
     explicit_output = (ctx.get_parameter_source("output")
                        is not click.core.ParameterSource.DEFAULT)
     write_png = explicit_output or not as_json
     path = _check_output(output) if write_png else None
+    params = TheoryParams(x_inv=x_inv, x_sp2=x_sp2, s_inv=s_inv, s_sp=s_sp)
+    try:
+        curves = study_curves(ridges=ridges or STUDY_RIDGES, noises=noises or STUDY_NOISES,
+                              g_max=g_max, points=points, params=params)
+    except OverflowError:
+        raise ConfigError("these parameters overflow double precision; use smaller "
+                          "--x-inv, --x-sp2, --s-inv, --s-sp, --ridge or --noise") from None
     if as_json:
         click.echo(json.dumps(curves.to_dict(), indent=1))
     if path is not None:

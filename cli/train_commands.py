@@ -117,6 +117,7 @@ def score_command(source, pattern, target, seed, threshold, exclude_target, arch
     score = fraction of test images whose target-class probability rises by more than the
     threshold when the pattern is added (PROTOCOL.md section 5).
     """
+    resolve_device(device)  # a bad --device fails before any work, even for a cached score
     path = Path(source)
     if path.is_dir():
         result = score_run(Run.open(path), pattern, target, seed, threshold, exclude_target,

@@ -1,5 +1,9 @@
 """Atomic file writes: write to a temporary file in the same folder, then rename, so a reader
-never sees a half-written file and an interrupted write leaves the old file intact."""
+never sees a half-written file and an interrupted write leaves the old file intact.
+
+A failed write (disk full, read-only folder, a file where a folder should be) removes its
+temporary file and raises an ``OSError`` that names the file being written, never the
+temporary name, so the user-facing message can say where the write failed."""
 from __future__ import annotations
 
 import json
@@ -11,18 +15,32 @@ from typing import Any, Callable
 import torch
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
+def write_file(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` to fill a temporary file beside ``path``, then rename it to ``path``.
+    Missing parent folders are created. Returns ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and (exc.filename is None or exc.filename == tmp
+                                         or _is_temporary(exc.filename, path)):
+            exc.filename = str(path)
+            exc.filename2 = None
         raise
+    return path
+
+
+def _is_temporary(filename: Any, path: Path) -> bool:
+    """Whether an error's file name is one of our temporary names for ``path``."""
+    name = os.path.basename(os.fsdecode(filename)) if isinstance(filename, (str, bytes)) else ""
+    return name.startswith(f".{path.name}.") and name.endswith(".tmp")
 
 
 def write_text(path: Path, text: str) -> None:
@@ -30,7 +48,7 @@ def write_text(path: Path, text: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
 
-    _atomic(path, write)
+    write_file(path, write)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -38,7 +56,33 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_torch(path: Path, obj: Any) -> None:
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` through a Python file object, so a full disk is the ``OSError`` (ENOSPC)
+    it really is. Given a file name, torch writes with its own C++ writer and reports a full
+    disk as a RuntimeError ("unexpected pos ..."); through a file object the OSError comes
+    first, but torch may still raise that RuntimeError while closing its zip archive."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            try:
+                torch.save(obj, fh)
+            except RuntimeError as exc:
+                os_error = _os_error_behind(exc)
+                if os_error is None:
+                    raise
+                raise os_error from None
+
+    write_file(path, write)
+
+
+def _os_error_behind(exc: BaseException) -> OSError | None:
+    """The OSError that ``exc`` was raised while handling (or caused by), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def write_numpy(path: Path, array: Any) -> None:
@@ -48,7 +92,7 @@ def write_numpy(path: Path, array: Any) -> None:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
 
-    _atomic(path, write)
+    write_file(path, write)
 
 
 def _jsonable(value: Any) -> Any:

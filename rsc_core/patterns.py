@@ -38,6 +38,9 @@ class Pattern(ABC):
                 f"{tuple(images.shape)}"
             )
         self.check_fits(tuple(images.shape[1:]))
+        if not 0 <= seed <= 2**32 - 1:  # numpy's RandomState range, as for spec seeds
+            raise PatternError(f"pattern seed must be an integer in [0, {2**32 - 1}], got "
+                               f"{seed}")
         return self._apply(images, seed)
 
     def check_fits(self, shape: tuple[int, ...]) -> None:

@@ -1,6 +1,12 @@
-"""Figures rsc writes (PNG via matplotlib's Agg backend, so no display is needed)."""
+"""Figures rsc writes, through matplotlib's Agg backend (no display needed), in any format
+matplotlib can write, chosen by the file's extension (PNG when there is none).
+
+``check_figure_path`` validates an output path before any work is done (a command that trains
+for minutes must not fail at its last step on a typo); figures are written atomically, so a
+full disk never leaves a half-written image."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -9,6 +15,41 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
+
+from .atomic import write_file  # noqa: E402
+from .errors import ConfigError  # noqa: E402
+
+
+def supported_formats() -> list[str]:
+    """The extensions matplotlib can write (png, pdf, svg, jpg, ...), sorted."""
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
+def figure_format(path: str | Path) -> str:
+    """The format a figure path asks for: its extension, lower-cased, or png without one."""
+    suffix = Path(path).suffix
+    return suffix[1:].lower() if suffix else "png"
+
+
+def check_figure_path(path: str | Path) -> Path:
+    """``path`` as a ``Path`` if a figure can be written there, else one ``ConfigError``:
+    an unsupported extension, a folder, a file where a folder is needed, or a folder this
+    user may not write. Missing folders are fine: they are created when the figure is saved."""
+    path = Path(path)
+    if figure_format(path) not in supported_formats():
+        raise ConfigError(f"cannot write a figure to {path}: unsupported extension "
+                          f"{path.suffix!r}; use one of {', '.join(supported_formats())}")
+    if path.is_dir():
+        raise ConfigError(f"cannot write a figure to {path}: it is a folder; give a file name")
+    folder = next(p for p in path.absolute().parents if p.exists())
+    if not folder.is_dir():
+        raise ConfigError(f"cannot write a figure to {path}: {folder} is a file, not a "
+                          f"folder; choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write a figure to {path}: folder {folder} is not writable; "
+                          f"choose another path with -o")
+    return path
 
 
 def _as_picture(image: torch.Tensor):
@@ -17,14 +58,20 @@ def _as_picture(image: torch.Tensor):
     return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
 
 
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
+    """Write ``fig`` atomically in the format its extension names, then close it."""
+    path = check_figure_path(path)
+    try:
+        return write_file(path, lambda tmp: fig.savefig(tmp, format=figure_format(path),
+                                                        **savefig_kwargs))
+    finally:
+        plt.close(fig)
+
+
 def _save(fig, title: str, path: str | Path) -> Path:
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def save_pattern_grid(clean: torch.Tensor, patterned: torch.Tensor, title: str,

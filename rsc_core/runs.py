@@ -111,9 +111,12 @@ def run_slug(spec: SpuriousSpec, config: TrainConfig) -> str:
 def _read_json(path: Path, what: str) -> Any:
     """A run file's JSON, or one clear error naming the file."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RscError(f"{path} is corrupt ({type(exc).__name__}); {what}") from None
+    if not isinstance(data, dict):  # valid JSON, but not the object rsc wrote
+        raise RscError(f"{path} is corrupt (not a JSON object); {what}")
+    return data
 
 
 @dataclass(frozen=True)
@@ -198,8 +201,12 @@ class Run:
 
     def log(self, line: str) -> None:
         stamp = _dt.datetime.now().isoformat(timespec="seconds")
-        with open(self.path / "log.txt", "a", encoding="utf-8") as fh:
-            fh.write(f"{stamp} {line}\n")
+        try:
+            with open(self.path / "log.txt", "a", encoding="utf-8") as fh:
+                fh.write(f"{stamp} {line}\n")
+        except OSError as exc:  # a failed write() names no file; say which (disk full?)
+            exc.filename = exc.filename or str(self.path / "log.txt")
+            raise
 
 
 @dataclass(frozen=True)

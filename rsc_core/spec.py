@@ -124,6 +124,25 @@ def _split_head(head: str) -> tuple[str, str | None]:
     raise SpecError(f"unknown dataset in {head!r}; datasets: {', '.join(datasets.list())}")
 
 
+#: More significant digits than any n, class or seed can have (seeds are below 2**32); also
+#: far below Python's int() limit of 4,300 digits, past which int() raises a ValueError.
+_MAX_DIGITS = 20
+
+
+def _parse_numbers(numbers: str) -> list[int]:
+    """``-3-0-0`` -> [3, 0, 0]. An absurdly long number is a ``SpecError``, not int()'s
+    ValueError; leading zeros are allowed (``003`` is 3)."""
+    values = []
+    for part in numbers.split("-")[1:]:
+        digits = part.lstrip("0")
+        if len(digits) > _MAX_DIGITS:
+            raise SpecError(f"dataset spec number {digits[:12]}... has {len(digits)} digits, "
+                            f"far too many for n, a class or a seed (seeds are at most "
+                            f"{MAX_SEED}); use e.g. mnistv8-3-0-0")
+        values.append(int(digits or "0"))
+    return values
+
+
 def parse_spec(text: str) -> SpuriousSpec:
     """Parse a reference-style dataset name. Raises ``SpecError`` on anything malformed."""
     if not isinstance(text, str):
@@ -135,7 +154,7 @@ def parse_spec(text: str) -> SpuriousSpec:
             f"{{dataset}}{{pattern}}-{{n}}-{{label}}-{{seed}} (e.g. mnistv8-3-0-0) or "
             f"twoclass{{dataset}}{{pattern}}-{{n}}-{{c1}}-{{c2}}-{{seed}}")
     dataset, pattern = _split_head(match["head"])
-    numbers = [int(v) for v in match["numbers"].split("-")[1:]]
+    numbers = _parse_numbers(match["numbers"])
     twoclass = bool(match["twoclass"])
     expected = 4 if twoclass else 3
     if not numbers and not twoclass and pattern is None:

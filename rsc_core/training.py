@@ -94,6 +94,9 @@ class TrainConfig:
         if not math.isfinite(self.lr) or not math.isfinite(self.momentum):
             raise ConfigError(f"learning rate and momentum must be finite numbers, got lr "
                               f"{self.lr!r}, momentum {self.momentum!r}")
+        if not 0 <= self.seed <= 2**63 - 1:  # torch.manual_seed overflows beyond
+            raise ConfigError(f"training seed must be an integer in [0, {2**63 - 1}], got "
+                              f"{self.seed}")
         if self.adam_impl not in ADAM_IMPLS:
             raise ConfigError(f"unknown Adam implementation {self.adam_impl!r}; use one of "
                               f"{', '.join(ADAM_IMPLS)}")
