@@ -40,18 +40,32 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):  # not a pickle at all: garbage
+            raise _corrupt(path, exc) from None
         raise CheckpointError(
             f"checkpoint {path} holds objects other than tensors and plain data, which rsc "
-            f"refuses to load because they could run code ({str(exc).splitlines()[0][:120]})"
+            f"refuses to load because they could run code ({_unsafe_global(exc)})"
         ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file "
-                              f"({type(exc).__name__}); re-create it (rsc train --force)") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
+            IndexError, TypeError, AttributeError) as exc:  # what torch raises on garbage
+        raise _corrupt(path, exc) from None
     if isinstance(data, dict) and "model_state_dict" in data:
         return data
     if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
         return {"model_state_dict": data}  # a bare state_dict
     raise CheckpointError(f"{path} is not a model checkpoint (no 'model_state_dict')")
+
+
+def _corrupt(path: Path, exc: BaseException) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file "
+                           f"({type(exc).__name__}); re-create it (rsc train --force)")
+
+
+def _unsafe_global(exc: BaseException) -> str:
+    """The line of torch's long message that names the refused global, or its first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported global" in line]
+    return (named or lines or ["refused"])[0][:160]
 
 
 def build_model_from_checkpoint(checkpoint: dict[str, Any], arch: str | None = None,

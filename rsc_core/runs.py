@@ -249,8 +249,9 @@ def train_run(spec: SpuriousSpec, config: TrainConfig, *, runs_dir: str | Path |
             return _train_locked(run, spec, config, data, trainer, architecture, regularisers,
                                  torch_device, force, progress, channels_last)
         except BaseException:
-            # An error before the first epoch's checkpoint leaves nothing worth resuming.
-            if created and not (run.path / "checkpoint.pt").exists():
+            # An error before the first epoch's checkpoint leaves nothing worth resuming; once
+            # there is a checkpoint (or a final model whose finish was cut short), keep it.
+            if created and not _has_weights(run):
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
 
@@ -281,10 +282,20 @@ def _train_locked(run: Run, spec: SpuriousSpec, config: TrainConfig, data: Spuri
     return TrainOutcome(run, reused=False, resumed_from=resume["epoch"] if resume else 0)
 
 
+def _has_weights(run: Run) -> bool:
+    return (run.path / "checkpoint.pt").exists() or (run.path / "model.pt").exists()
+
+
 def _resumable(run: Run, force: bool) -> dict[str, Any] | None:
-    path = run.path / "checkpoint.pt"
-    if force or not path.is_file():
+    """The checkpoint to continue from: the latest epoch's, or the final model of a run whose
+    finish was cut short (model.pt written, metrics.json not), which then only finishes."""
+    if force:
         return None
+    path = run.path / "checkpoint.pt"
+    if not path.is_file():
+        path = run.path / "model.pt"
+        if not path.is_file() or run.metrics is not None:
+            return None
     try:
         return read_checkpoint(path)
     except CheckpointError as exc:
@@ -295,8 +306,10 @@ def _resumable(run: Run, force: bool) -> dict[str, Any] | None:
 def _finish(run: Run, data: SpuriousDataset, model: nn.Module, state: Any) -> None:
     """Write the final model, its checksum, the score for the run's own pattern, then
     metrics.json. Cached scores of an earlier model (``--force``) are removed first."""
-    # The final model is the last epoch's checkpoint, renamed atomically.
-    (run.path / "checkpoint.pt").replace(run.path / "model.pt")
+    # The final model is the last epoch's checkpoint, renamed atomically (absent when a cut
+    # short finish is completed: model.pt already is that checkpoint).
+    if (run.path / "checkpoint.pt").exists():
+        (run.path / "checkpoint.pt").replace(run.path / "model.pt")
     shutil.rmtree(run.path / "scores", ignore_errors=True)
     model_file = {"sha256": file_digest(run.path / "model.pt"),
                   "bytes": (run.path / "model.pt").stat().st_size}

@@ -375,3 +375,31 @@ def test_train_run_checks_regulariser_and_recipe_fit_before_loading_data(tmp_pat
         train_run(SpuriousSpec.build("mnist"), config, runs_dir=tmp_path / "runs",
                   data_dir=tmp_path / "no-data-here", progress=False, device="cpu")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_finish_cut_short_keeps_the_trained_model_and_only_finishes(tiny_data, tmp_path,
+                                                                     monkeypatch):
+    """Disk full while writing metrics.json: the trained model stays, and training the run
+    again finishes it from model.pt without training any epoch again."""
+    import errno
+
+    from rsc_core import runs as runs_module
+
+    real_write_json = runs_module.write_json
+
+    def full_disk(path, data):
+        if Path(path).name == "metrics.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write_json(path, data)
+
+    monkeypatch.setattr(runs_module, "write_json", full_disk)
+    with pytest.raises(OSError):
+        train(tiny_data, tmp_path)
+    run_path = find_run(spec(tiny_data), RECIPE, tmp_path / "runs").path
+    assert (run_path / "model.pt").is_file() and not (run_path / "metrics.json").exists()
+    monkeypatch.setattr(runs_module, "write_json", real_write_json)
+    outcome = train_run(spec(tiny_data), RECIPE, runs_dir=tmp_path / "runs",
+                        data_dir=tiny_data.root, progress=False, device="cpu")
+    assert outcome.resumed_from == RECIPE.epochs and outcome.run.finished
+    assert [h["epoch"] for h in outcome.run.metrics["history"]] == [1, 2]
+    assert outcome.run.model_sha256()

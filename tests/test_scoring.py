@@ -124,6 +124,10 @@ def test_corrupt_and_missing_checkpoints(tmp_path):
     bad.write_bytes(b"\x00not a checkpoint" * 10)
     with pytest.raises(CheckpointError, match="corrupt"):
         read_checkpoint(bad)
+    text = tmp_path / "notes.txt"  # torch raises KeyError here; it is garbage, not unsafe code
+    text.write_text("hello world\n")
+    with pytest.raises(CheckpointError, match="corrupt or not a PyTorch file"):
+        read_checkpoint(text)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.pt")
 
