@@ -8,7 +8,7 @@ from typing import Any, Callable
 import click
 
 from rsc_core.errors import SpecError
-from rsc_core.spec import SpuriousSpec, parse_spec
+from rsc_core.spec import SpuriousSpec, expand_names, parse_spec
 
 
 def data_options(fn: Callable) -> Callable:
@@ -21,21 +21,36 @@ def data_options(fn: Callable) -> Callable:
     return fn
 
 
-def spec_options(fn: Callable) -> Callable:
+def spec_options(fn: Callable | None = None, *, many: bool = False) -> Callable:
     """A spec as ``--spec mnistv8-3-0-0`` or as ``--dataset/--pattern/--n-spurious/--target/
-    --seed``; the command receives one ``spec`` keyword (a ``SpuriousSpec``)."""
+    --seed``; the command receives one ``spec`` keyword (a ``SpuriousSpec``). With
+    ``many=True``, ``--spec`` is repeatable and takes braces (``mnistv20-3-0-{0..4}``), and the
+    command receives ``specs``, a list."""
+    if fn is None:
+        return functools.partial(spec_options, many=many)
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, spec: str | None, dataset: str | None, pattern: str | None,
+    def wrapper(*args: Any, spec: Any, dataset: str | None, pattern: str | None,
                 n_spurious: int | None, target: tuple[int, ...], dataset_seed: int,
                 **kwargs: Any) -> Any:
-        return fn(*args, spec=resolve_spec(spec, dataset, pattern, n_spurious, target,
-                                           dataset_seed), **kwargs)
+        if not many:
+            return fn(*args, spec=resolve_spec(spec, dataset, pattern, n_spurious, target,
+                                               dataset_seed), **kwargs)
+        if not spec:
+            return fn(*args, specs=[resolve_spec(None, dataset, pattern, n_spurious, target,
+                                                 dataset_seed)], **kwargs)
+        names = [name for text in spec for name in expand_names(text)]
+        return fn(*args, specs=[resolve_spec(name, dataset, pattern, n_spurious, target,
+                                             dataset_seed) for name in names], **kwargs)
 
+    spec_help = ("Reference-style name, e.g. mnistv8-3-0-0 ({dataset}{pattern}-{n}-{label}-"
+                 "{seed}) or plain mnist.")
+    if many:
+        spec_help += (" Repeatable; braces name several runs: 'mnistv20-3-0-{0..4}', "
+                      "'mnist{v8,v20}-3-0-0' (quote them).")
     for option in reversed((
-        click.option("--spec", "spec", default=None, metavar="NAME",
-                     help="Reference-style name, e.g. mnistv8-3-0-0 "
-                          "({dataset}{pattern}-{n}-{label}-{seed}) or plain mnist."),
+        click.option("--spec", "spec", default=None, metavar="NAME", multiple=many,
+                     help=spec_help),
         click.option("--dataset", default=None, help="Dataset name (instead of --spec)."),
         click.option("--pattern", default=None, help="Pattern name or alias, e.g. v8 or s3."),
         click.option("--n-spurious", "-n", type=int, default=None,

@@ -13,9 +13,12 @@ from rsc_core.checkpoints import build_model_from_checkpoint, read_checkpoint
 from rsc_core.compare import Comparison, compare_runs
 from rsc_core.datasets import load_dataset
 from rsc_core.errors import RscError
-from rsc_core.runs import Run, resolve_device, score_run, train_run
+from rsc_core.group_runs import (DEFAULT_GROUP_SIZE, RunRequest, RunResult, check_group_size,
+                                 train_runs)
+from rsc_core.runs import Run, TrainOutcome, resolve_device, score_run, train_run
 from rsc_core.scoring import DEFAULT_THRESHOLD, ScoreResult, resolve_target, score_model
-from rsc_core.spec import SpuriousSpec
+from rsc_core.spec import SpuriousSpec, parse_int_list
+from rsc_core.training import MAX_TRAIN_SEED
 
 from .options import data_options, spec_options
 from .train_options import build_train_config, split_train_kwargs, train_options
@@ -28,22 +31,26 @@ device_option = click.option(
 
 
 @click.command("train")
-@spec_options
+@spec_options(many=True)
 @train_options
 @data_options
 @runs_dir_option
 @device_option
 @click.option("--force", is_flag=True, help="Retrain even if this exact run has finished.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--channels-last", is_flag=True, help="channels-last memory format (CUDA).")
+@click.option("--channels-last", is_flag=True,
+              help="channels-last memory format (CUDA; single-model training only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's metrics as JSON.")
 @click.option("--train-seed-equals-dataset-seed", "paired_seeds", is_flag=True,
               help="Use the spec's dataset seed as the training seed (the paired protocol of "
                    "rsc's earlier tables). The study instead varies only the dataset seed and "
                    "trains every model with training seed 0, rsc's default.")
-def train_command(spec: SpuriousSpec, data_dir, download, runs_dir, device, force, quiet,
-                  channels_last, as_json, paired_seeds, **kwargs) -> None:
-    """Train a network on a (spurious) dataset and record the run.
+@click.option("--group-size", type=int, default=DEFAULT_GROUP_SIZE, show_default=True,
+              help="With several runs: how many compatible runs train at once, in lockstep, "
+                   "as one batched computation (1: one after another).")
+def train_command(specs: list[SpuriousSpec], data_dir, download, runs_dir, device, force, quiet,
+                  channels_last, as_json, paired_seeds, group_size, **kwargs) -> None:
+    """Train networks on (spurious) datasets and record each run.
 
     The run folder (under --runs-dir) is named by the spec, the recipe and a hash of the full
     configuration. An identical finished run is reused; an interrupted one resumes; a run
@@ -52,33 +59,101 @@ def train_command(spec: SpuriousSpec, data_dir, download, runs_dir, device, forc
     Seeds follow the study: the dataset seed (last number of the spec) picks the spurious
     images and the noise pattern; --train-seed (default 0) the initialisation and batch order.
 
+    Several runs in one call: repeat --spec, use braces ('mnistv20-3-0-{0..4}') or give
+    several training seeds (--train-seed 0-4). Compatible runs (same architecture and recipe)
+    train --group-size at a time in one process, each written exactly as a single run.
+
     Example: rsc train --spec mnistv8-3-0-0 --model ce-tor-LargeMLP --epochs 70
     """
     train_kwargs, _ = split_train_kwargs(kwargs)
+    check_group_size(group_size)
+    requests = _requests(specs, train_kwargs, paired_seeds)
+    on_wait = lambda line: click.echo(line, err=True)  # noqa: E731
+    if len(requests) == 1:
+        request = requests[0]
+        outcome = train_run(request.spec, request.config, runs_dir=runs_dir,
+                            data_dir=data_dir, download=download, force=force,
+                            progress=not quiet, device=device, channels_last=channels_last,
+                            on_wait=on_wait)
+        _print_outcome(outcome, as_json)
+        return
+    results = train_runs(requests, group_size=1 if channels_last else group_size,
+                         runs_dir=runs_dir, data_dir=data_dir, download=download, force=force,
+                         progress=not quiet, device=device, on_wait=on_wait)
+    _print_results(results, as_json)
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        raise RscError(f"{len(failed)} of {len(results)} runs failed: " + "; ".join(
+            f"{r.request.spec.name} (train seed {r.request.config.seed}): {r.error}"
+            for r in failed))
+
+
+def _requests(specs: list[SpuriousSpec], train_kwargs: dict,
+              paired_seeds: bool) -> list[RunRequest]:
+    """One request per (spec, training seed); the paired protocol takes each spec's seed."""
+    seeds_text = train_kwargs.pop("train_seed")
     if paired_seeds:
         source = click.get_current_context().get_parameter_source("train_seed")
         if source is not click.core.ParameterSource.DEFAULT:
             raise RscError("give either --train-seed or --train-seed-equals-dataset-seed, "
                            "not both")
-        train_kwargs["train_seed"] = spec.seed
-    config = build_train_config(**train_kwargs)
-    outcome = train_run(spec, config, runs_dir=runs_dir, data_dir=data_dir, download=download,
-                        force=force, progress=not quiet, device=device,
-                        channels_last=channels_last,
-                        on_wait=lambda line: click.echo(line, err=True))
+    seeds = parse_int_list(seeds_text, "training seeds", MAX_TRAIN_SEED)
+    requests = []
+    for spec in specs:
+        for seed in ([spec.seed] if paired_seeds else seeds):
+            requests.append(RunRequest(spec, build_train_config(train_seed=seed,
+                                                                **train_kwargs)))
+    return requests
+
+
+def _print_outcome(outcome: TrainOutcome, as_json: bool) -> None:
     metrics = outcome.run.metrics or {}
     if as_json:
         click.echo(json.dumps({"run": str(outcome.run.path), "reused": outcome.reused,
                                **metrics}, indent=2))
         return
-    state = ("reused finished run" if outcome.reused else
-             f"resumed from epoch {outcome.resumed_from}" if outcome.resumed_from else "trained")
-    click.echo(f"{state}: {outcome.run.path}")
+    click.echo(f"{_state(outcome)}: {outcome.run.path}")
     click.echo(f"clean test accuracy {metrics.get('clean_accuracy'):.4f}")
     if metrics.get("score"):
         score = metrics["score"]
         click.echo(f"spurious score ({score['pattern']}, target {score['target']}, seed "
                    f"{score['seed']}): {score['score']:.4f}")
+
+
+def _state(outcome: TrainOutcome) -> str:
+    return ("reused finished run" if outcome.reused else
+            f"resumed from epoch {outcome.resumed_from}" if outcome.resumed_from else "trained")
+
+
+def _print_results(results: list[RunResult], as_json: bool) -> None:
+    if as_json:
+        rows = []
+        for r in results:
+            row = {"spec": r.request.spec.as_dict(), "train_seed": r.request.config.seed,
+                   "group_size": r.group_size}
+            if r.outcome is not None:
+                metrics = dict(r.outcome.run.metrics or {})
+                metrics.pop("spec", None)  # the same as the request's
+                row.update({"run": str(r.outcome.run.path), "reused": r.outcome.reused,
+                            **metrics})
+            else:
+                row["error"] = str(r.error)
+            rows.append(row)
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("spec", "train seed", "state", "group", "clean acc", "spurious score", "run",
+                  title=f"{len(results)} runs")
+    for r in results:
+        if r.outcome is None:
+            table.add_row(r.request.spec.name, str(r.request.config.seed), "FAILED",
+                          str(r.group_size), "", "", str(r.error))
+            continue
+        metrics = r.outcome.run.metrics or {}
+        score = (metrics.get("score") or {}).get("score")
+        table.add_row(r.request.spec.name, str(r.request.config.seed), _state(r.outcome),
+                      str(r.group_size), f"{metrics.get('clean_accuracy', float('nan')):.4f}",
+                      "" if score is None else f"{score:.4f}", r.outcome.run.name)
+    Console(width=200 if not Console().is_terminal else None).print(table)
 
 
 def _print_score(result: ScoreResult, source: str, as_json: bool) -> None:

@@ -30,10 +30,11 @@ def _option_list() -> list[Callable]:
                      help="Batch size."),
         click.option("--epochs", type=int, default=70, show_default=True,
                      help="Epochs (the paper uses 70)."),
-        click.option("--train-seed", type=int, default=0, show_default=True,
+        click.option("--train-seed", default="0", show_default=True, metavar="SEEDS",
                      help="Seed of initialisation and batch order (the reference's "
                           "--random_seed; the study trains every model with 0 and varies "
-                          "only the dataset seed)."),
+                          "only the dataset seed). `rsc train` also takes several: 0-4 or "
+                          "0,2,5."),
         click.option("--milestones", default=None, metavar="E1,E2,...",
                      help="LR milestones (gamma 0.1); default: the reference's table."),
         click.option("--regulariser", "-r", "regularisers", multiple=True,

@@ -21,12 +21,23 @@ FORMAT = "rsc-checkpoint/1"
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     scheduler: Any, epoch: int, history: list[dict], meta: dict) -> None:
     """Write atomically: an interrupted save leaves the previous checkpoint intact."""
+    save_checkpoint_states(path, model.state_dict(),
+                           optimizer.state_dict() if optimizer is not None else None,
+                           scheduler.state_dict() if scheduler is not None else None,
+                           epoch, history, meta)
+
+
+def save_checkpoint_states(path: str | Path, model_state: dict, optimizer_state: dict | None,
+                           scheduler_state: dict | None, epoch: int, history: list[dict],
+                           meta: dict) -> None:
+    """``save_checkpoint`` from state dicts (a multi-model trainer has no per-member optimizer
+    object, only each member's slice of the group's state)."""
     write_torch(Path(path), {
         "format": FORMAT,
         "epoch": epoch,
-        "model_state_dict": model.state_dict(),
-        "optimizer_state_dict": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler_state_dict": scheduler.state_dict() if scheduler is not None else None,
+        "model_state_dict": model_state,
+        "optimizer_state_dict": optimizer_state,
+        "scheduler_state_dict": scheduler_state,
         "history": history,
         "meta": meta,
     })

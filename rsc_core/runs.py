@@ -251,7 +251,7 @@ def train_run(spec: SpuriousSpec, config: TrainConfig, *, runs_dir: str | Path |
         except BaseException:
             # An error before the first epoch's checkpoint leaves nothing worth resuming; once
             # there is a checkpoint (or a final model whose finish was cut short), keep it.
-            if created and not _has_weights(run):
+            if created and not has_weights(run):
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
 
@@ -263,10 +263,8 @@ def _train_locked(run: Run, spec: SpuriousSpec, config: TrainConfig, data: Spuri
     write_json(run.path / "config.json", run_config(spec, config))
     torch.manual_seed(config.seed)
     model = architecture.build(data.input_shape, data.num_classes)
-    meta = {"arch": config.arch, "input_shape": list(data.input_shape),
-            "num_classes": data.num_classes, "spec": spec.as_dict(),
-            "config": config.as_dict(), "classes": list(data.classes)}
-    resume = _resumable(run, force)
+    meta = checkpoint_meta(spec, config, data)
+    resume = resumable(run, force)
     run.log(f"{'resume from epoch ' + str(resume['epoch']) if resume else 'start'} "
             f"on {device} (pid {os.getpid()})")
 
@@ -278,15 +276,22 @@ def _train_locked(run: Run, spec: SpuriousSpec, config: TrainConfig, data: Spuri
     state = trainer.fit(model, data.train, data.test, config, regularisers, device=device,
                         resume=resume, on_epoch=on_epoch, progress=progress,
                         channels_last=channels_last)
-    _finish(run, data, model, state)
+    finish_run(run, data.spec, data.test, data.spurious_indices, model, state)
     return TrainOutcome(run, reused=False, resumed_from=resume["epoch"] if resume else 0)
 
 
-def _has_weights(run: Run) -> bool:
+def checkpoint_meta(spec: SpuriousSpec, config: TrainConfig, data: Any) -> dict[str, Any]:
+    """What a checkpoint records so it loads without arguments (``data``: a dataset bundle)."""
+    return {"arch": config.arch, "input_shape": list(data.input_shape),
+            "num_classes": data.num_classes, "spec": spec.as_dict(),
+            "config": config.as_dict(), "classes": list(data.classes)}
+
+
+def has_weights(run: Run) -> bool:
     return (run.path / "checkpoint.pt").exists() or (run.path / "model.pt").exists()
 
 
-def _resumable(run: Run, force: bool) -> dict[str, Any] | None:
+def resumable(run: Run, force: bool) -> dict[str, Any] | None:
     """The checkpoint to continue from: the latest epoch's, or the final model of a run whose
     finish was cut short (model.pt written, metrics.json not), which then only finishes."""
     if force:
@@ -303,7 +308,8 @@ def _resumable(run: Run, force: bool) -> dict[str, Any] | None:
         return None
 
 
-def _finish(run: Run, data: SpuriousDataset, model: nn.Module, state: Any) -> None:
+def finish_run(run: Run, spec: SpuriousSpec, test: ImageData, spurious_indices: np.ndarray,
+               model: nn.Module, state: Any) -> None:
     """Write the final model, its checksum, the score for the run's own pattern, then
     metrics.json. Cached scores of an earlier model (``--force``) are removed first."""
     # The final model is the last epoch's checkpoint, renamed atomically (absent when a cut
@@ -315,22 +321,21 @@ def _finish(run: Run, data: SpuriousDataset, model: nn.Module, state: Any) -> No
                   "bytes": (run.path / "model.pt").stat().st_size}
     model = model.cpu()
     score = None
-    if not data.spec.is_clean:
-        result = score_model(model, data.test, data.spec.pattern, data.spec.target,
-                             data.spec.seed)
+    if not spec.is_clean:
+        result = score_model(model, test, spec.pattern, spec.target, spec.seed)
         _store_score(run, model_file["sha256"], result)
         score = result.as_dict()
     last = state.history[-1] if state.history else {}
     write_json(run.path / "metrics.json", {
         "status": "finished",
         "finished_at": _dt.datetime.now().isoformat(timespec="seconds"),
-        "spec": data.spec.as_dict(),
+        "spec": spec.as_dict(),
         "epochs": state.epoch,
         "clean_accuracy": last.get("test_accuracy"),
         "train_accuracy": last.get("train_accuracy"),
         "score": score,
         "model_file": model_file,
-        "spurious_indices": data.spurious_indices.tolist(),
+        "spurious_indices": spurious_indices.tolist(),
         "history": state.history,
     })
     run.log("finished")

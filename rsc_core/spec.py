@@ -165,3 +165,55 @@ def parse_spec(text: str) -> SpuriousSpec:
                         f"got {len(numbers)}")
     n, *targets, seed = numbers
     return SpuriousSpec.build(dataset, pattern, n, tuple(targets), seed)
+
+
+_BRACE = re.compile(r"\{([^{}]*)\}")
+MAX_EXPANSION = 10_000
+
+
+def expand_names(text: str) -> list[str]:
+    """Shell-style braces in a spec name: ``mnistv20-3-0-{0..4}`` is five names and
+    ``mnist{v8,v20}-{3,10}-0-0`` four (the first brace varies slowest). Lets one quoted
+    argument name a set of runs, in any shell."""
+    match = _BRACE.search(text)
+    if match is None:
+        if "{" in text or "}" in text:
+            raise SpecError(f"unbalanced braces in {text!r}; write e.g. mnistv20-3-0-{{0..4}}")
+        return [text]
+    head, tail = text[:match.start()], text[match.end():]
+    names = [head + choice + rest for choice in _brace_choices(match.group(1), text)
+             for rest in expand_names(tail)]
+    if len(names) > MAX_EXPANSION:
+        raise SpecError(f"{text!r} expands to {len(names)} names, more than {MAX_EXPANSION}")
+    return names
+
+
+def _brace_choices(body: str, text: str) -> list[str]:
+    numeric = re.fullmatch(r"(\d{1,9})\.\.(\d{1,9})", body)
+    if numeric:
+        low, high = int(numeric.group(1)), int(numeric.group(2))
+        if high < low or high - low >= MAX_EXPANSION:
+            raise SpecError(f"bad range {{{body}}} in {text!r}; use {{LOW..HIGH}} with "
+                            f"LOW <= HIGH")
+        return [str(v) for v in range(low, high + 1)]
+    choices = body.split(",")
+    if len(choices) < 2 or any(not c for c in choices):
+        raise SpecError(f"bad braces {{{body}}} in {text!r}; use {{A,B,...}} or {{LOW..HIGH}}")
+    return choices
+
+
+def parse_int_list(text: str, what: str = "seeds", maximum: int = MAX_SEED) -> list[int]:
+    """``0-4,7`` -> [0, 1, 2, 3, 4, 7]: ranges and single values, in order, no repeats."""
+    values: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d{1,20})(?:-(\d{1,20}))?", part)
+        if match is None:
+            raise SpecError(f"bad {what} {text!r}; give numbers and ranges, e.g. 0-4 or 0,2,5")
+        low = int(match.group(1))
+        high = int(match.group(2)) if match.group(2) else low
+        if high < low or high > maximum or high - low >= MAX_EXPANSION:
+            raise SpecError(f"bad {what} range {part!r} in {text!r}; use LOW-HIGH with "
+                            f"0 <= LOW <= HIGH <= {maximum}")
+        values.extend(range(low, high + 1))
+    return list(dict.fromkeys(values))

@@ -51,14 +51,15 @@ def select_spurious_indices(labels: np.ndarray, label: int, n: int,
     return random_state.choice(candidates, size=n, replace=False).astype(np.int64)
 
 
-def plant(bundle: DatasetBundle, spec: SpuriousSpec) -> SpuriousDataset:
-    """Apply ``spec`` to a loaded clean dataset. The input bundle is not modified."""
+def patched_rows(bundle: DatasetBundle, spec: SpuriousSpec) -> tuple[np.ndarray, torch.Tensor]:
+    """The training indices ``spec`` plants its pattern on (in the reference's draw order) and
+    those images with the pattern applied. Everything else of the training set is unchanged,
+    so many specs on one base dataset need only these rows each (multi-model training)."""
     from . import registry
 
     empty = np.empty(0, dtype=np.int64)
     if spec.is_clean:
-        return SpuriousDataset(bundle.name, bundle.train, bundle.test, bundle.classes, spec,
-                               empty)
+        return empty, bundle.train.images[:0].clone()
     for target in spec.targets:
         if target >= bundle.num_classes:
             raise SpecError(f"target class {target} is out of range: {spec.dataset} has "
@@ -66,17 +67,28 @@ def plant(bundle: DatasetBundle, spec: SpuriousSpec) -> SpuriousDataset:
     pattern = registry("patterns").create(spec.pattern)
     labels = bundle.train.labels.numpy()
     random_state = np.random.RandomState(spec.seed)
-    images = bundle.train.images.clone()
-    drawn = []
+    drawn, rows = [], []
     for target in spec.targets:  # twoclass: drawn in order from ONE RandomState, applied in turn
         indices = select_spurious_indices(labels, target, spec.n, random_state)
         if indices.size:
-            index = torch.from_numpy(indices)
-            images[index] = pattern.apply(images[index], spec.seed)
+            rows.append(pattern.apply(bundle.train.images[torch.from_numpy(indices)], spec.seed))
         drawn.append(indices)
+    indices = np.concatenate(drawn) if drawn else empty
+    images = torch.cat(rows) if rows else bundle.train.images[:0].clone()
+    return indices, images
+
+
+def plant(bundle: DatasetBundle, spec: SpuriousSpec) -> SpuriousDataset:
+    """Apply ``spec`` to a loaded clean dataset. The input bundle is not modified."""
+    indices, rows = patched_rows(bundle, spec)
+    if spec.is_clean:
+        return SpuriousDataset(bundle.name, bundle.train, bundle.test, bundle.classes, spec,
+                               indices)
+    images = bundle.train.images.clone()
+    if indices.size:
+        images[torch.from_numpy(indices)] = rows
     train = ImageData(images, bundle.train.labels)
-    return SpuriousDataset(bundle.name, train, bundle.test, bundle.classes, spec,
-                           np.concatenate(drawn))
+    return SpuriousDataset(bundle.name, train, bundle.test, bundle.classes, spec, indices)
 
 
 def build_spurious_dataset(spec: SpuriousSpec | str, data_dir: str | Path | None = None,

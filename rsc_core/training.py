@@ -23,6 +23,7 @@ AUGMENTATIONS = ("aug01",)
 #: ``foreach`` path, and its per-parameter ``single`` loop (torch's own default on CPU). They
 #: compute the same update and differ only in floating-point rounding.
 ADAM_IMPLS = ("fused", "foreach", "single")
+MAX_TRAIN_SEED = 2**63 - 1  # torch.manual_seed's limit
 _MODEL_SPEC = re.compile(r"(?:(?P<aug>[a-z0-9]+)-)?(?P<loss>[a-z]+)-tor-(?P<arch>[A-Za-z0-9_]+)")
 
 
@@ -94,8 +95,8 @@ class TrainConfig:
         if not math.isfinite(self.lr) or not math.isfinite(self.momentum):
             raise ConfigError(f"learning rate and momentum must be finite numbers, got lr "
                               f"{self.lr!r}, momentum {self.momentum!r}")
-        if not 0 <= self.seed <= 2**63 - 1:  # torch.manual_seed overflows beyond
-            raise ConfigError(f"training seed must be an integer in [0, {2**63 - 1}], got "
+        if not 0 <= self.seed <= MAX_TRAIN_SEED:  # torch.manual_seed overflows beyond
+            raise ConfigError(f"training seed must be an integer in [0, {MAX_TRAIN_SEED}], got "
                               f"{self.seed}")
         if self.adam_impl not in ADAM_IMPLS:
             raise ConfigError(f"unknown Adam implementation {self.adam_impl!r}; use one of "

@@ -14,10 +14,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from rsc_core import hookimpl
 from rsc_core.datasets import ImageData
 from rsc_core.errors import ConfigError, DivergenceError
 from rsc_core.evaluation import loss_and_accuracy
+from rsc_core.group_training import GroupTrainer
 from rsc_core.progress import EpochProgress
 from rsc_core.regularisers import Regulariser, TrainContext, iter_batches
 from rsc_core.training import (AUGMENT, EpochCallback, Trainer, TrainConfig, TrainState,
@@ -29,10 +29,23 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919) % (2**63 - 1)
 
 
-class ErmTrainer(Trainer):
+class ErmTrainer(Trainer, GroupTrainer):
     """Empirical risk minimisation with the reference's optimizers, losses and LR schedule."""
 
     name = "erm"
+
+    def group_key(self, config: TrainConfig) -> Any:
+        from .erm_group import group_key
+
+        return group_key(config)
+
+    def fit_group(self, models, base, members, test, *, device="cpu", resume=None,
+                  on_epoch=None, progress=False):
+        """K compatible runs in lockstep (``erm_group.py``)."""
+        from .erm_group import fit_group
+
+        return fit_group(models, base, members, test, device=torch.device(device),
+                         resume=resume, on_epoch=on_epoch, progress=progress)
 
     def fit(self, model: nn.Module, train: ImageData, test: ImageData | None,
             config: TrainConfig, regularisers: Sequence[Regulariser] = (), *,
@@ -51,7 +64,7 @@ class ErmTrainer(Trainer):
             options = regulariser.optimizer_options(options)
         optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr,
                                    config.momentum, options["weight_decay"],
-                                   adam_impl=_adam_impl(config.adam_impl, device))
+                                   adam_impl=adam_impl(config.adam_impl, device))
         ctx = TrainContext(model, optimizer, device, len(train), config.batch_size,
                            config.epochs)
         with ExitStack() as teardowns:
@@ -168,7 +181,7 @@ def _checked(regulariser: Regulariser, losses: torch.Tensor, y: torch.Tensor) ->
     return losses
 
 
-def _adam_impl(requested: str, device: torch.device) -> str:
+def adam_impl(requested: str, device: torch.device) -> str:
     """torch has fused Adam kernels for CPU and CUDA only; elsewhere (mps, xpu) the recorded
     ``fused`` falls back to ``foreach``."""
     if requested == "fused" and device.type not in ("cpu", "cuda"):
@@ -176,6 +189,3 @@ def _adam_impl(requested: str, device: torch.device) -> str:
     return requested
 
 
-@hookimpl
-def register_trainers(register) -> None:
-    register(ErmTrainer)

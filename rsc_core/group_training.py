@@ -1,0 +1,55 @@
+"""The multi-model (group) training interface: K runs that share an architecture and a recipe
+train in one process, in lockstep, as one batched computation. A trainer plugin offers it by
+subclassing ``GroupTrainer`` next to ``Trainer``; ``rsc_core.group_runs`` decides which runs
+can share a group and writes each member's run folder exactly as a single run.
+
+Faithfulness is the contract: member k starts from the weights its own seed draws and sees the
+batch sequence its own seed orders, on its own patterned rows, so it ends where the single run
+with its seeds ends, up to the rounding of a batched computation."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .datasets import ImageData
+from .training import TrainConfig, TrainState
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """One run of a group: its configuration (seeds, regulariser values) and the training rows
+    its spec replaces in the shared base set. The base set is held once for the whole group;
+    a member only adds its few patterned rows, never a copy of the data."""
+
+    config: TrainConfig
+    patched_index: torch.Tensor  # int64 indices into the base training set
+    patched_images: torch.Tensor  # the rows that replace them (pattern applied)
+
+
+#: ``on_epoch(k, state, model_state, optimizer_state, scheduler_state)`` after every epoch for
+#: member k, with state dicts in the single-model format (so a single run can resume them).
+GroupEpochCallback = Callable[[int, TrainState, dict, dict, dict], None]
+
+
+class GroupTrainer(ABC):
+    """A trainer that can train several compatible runs at once."""
+
+    @abstractmethod
+    def group_key(self, config: TrainConfig) -> Any:
+        """What runs must share to train in one group (hashable), or None when ``config``
+        cannot be trained in a group (it is then trained alone, e.g. DP-SGD)."""
+
+    @abstractmethod
+    def fit_group(self, models: Sequence[nn.Module], base: ImageData,
+                  members: Sequence[GroupMember], test: ImageData | None, *,
+                  device: torch.device | str = "cpu",
+                  resume: Sequence[dict[str, Any] | None] | None = None,
+                  on_epoch: GroupEpochCallback | None = None,
+                  progress: bool = False) -> list[TrainState | BaseException]:
+        """Train ``models[k]`` as ``members[k]`` describes; return each member's final state,
+        or the exception that stopped that member alone (e.g. its loss diverged). ``resume``
+        holds each member's checkpoint dict (all at one epoch) or None."""
