@@ -75,7 +75,10 @@ def test_members_match_single_runs_with_sgd(data, tmp_path):
 def test_members_match_single_runs_with_adam_and_per_member_regularisers(data, tmp_path):
     root, target = data
     requests = []
-    for seed, (decay, sigma, clip) in enumerate(((0.0, 0.0, 0.5), (1e-2, 0.1, 0.05),
+    # Clipping to a norm of 0.05 here makes training chaotic: a single run whose initial
+    # weights are scaled by 1 + 1e-7 ends 0.06 away after two epochs (measured), so no
+    # tolerance could tell rounding from a bug. These values keep the dynamics well-posed.
+    for seed, (decay, sigma, clip) in enumerate(((0.0, 0.0, 0.5), (1e-2, 0.1, 0.3),
                                                  (1e-1, 0.3, 1.0))):
         regularisers = ({"name": "weight-decay", "params": {"value": decay}},
                         {"name": "input-noise", "params": {"sigma": sigma, "clip": False}},
