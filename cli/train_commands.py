@@ -233,7 +233,8 @@ def print_comparison(comparison: Comparison, console: Console | None = None) -> 
         return f"{mean:.4f}" + ("" if sem != sem else f" ± {sem:.4f}")
 
     for row in comparison.rows:
-        p = "baseline" if row.p_value is None else f"{row.p_value:.3g}"
+        p = ("baseline" if row.n == 0 else "no baseline" if row.p_value is None
+             else f"{row.p_value:.3g}")
         table.add_row(str(row.n), str(row.runs), cell(row.score_mean, row.score_sem),
                       cell(row.clean_accuracy_mean, row.clean_accuracy_sem),
                       cell(row.patterned_accuracy_mean, row.patterned_accuracy_sem), p)

@@ -403,3 +403,22 @@ def test_a_finish_cut_short_keeps_the_trained_model_and_only_finishes(tiny_data,
     assert outcome.resumed_from == RECIPE.epochs and outcome.run.finished
     assert [h["epoch"] for h in outcome.run.metrics["history"]] == [1, 2]
     assert outcome.run.model_sha256()
+
+
+@pytest.mark.parametrize("lr, optimizer", [(1e308, "sgd"), (1e39, "adam")])
+def test_a_learning_rate_beyond_float32_is_refused_up_front(lr, optimizer):
+    """SGD passes lr to a float32 kernel: 1e308 overflowed there with a RuntimeError."""
+    with pytest.raises(ConfigError, match="larger than the largest float32"):
+        TrainConfig(lr=lr, optimizer=optimizer)
+
+
+def test_compare_without_baseline_does_not_label_rows_baseline(tiny_data, tmp_path):
+    from click.testing import CliRunner
+
+    from rsc_cli.main import cli
+
+    run = train(tiny_data, tmp_path)
+    result = CliRunner().invoke(cli, ["compare", str(run.path), "--data-dir",
+                                      str(tiny_data.root), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "no baseline" in result.stdout and "│ baseline" not in result.stdout
