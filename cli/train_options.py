@@ -7,6 +7,7 @@ from typing import Any, Callable
 import click
 
 from rsc_core.errors import ConfigError
+from rsc_core.hardware import PRECISIONS
 from rsc_core.regularisers import build_regularisers, parse_regulariser_option
 from rsc_core.training import ADAM_IMPLS, LOSSES, OPTIMIZERS, TrainConfig
 
@@ -50,7 +51,13 @@ def _option_list() -> list[Callable]:
         click.option("--input-noise", type=float, default=None,
                      help="Shortcut for -r input-noise:sigma=X (Gaussian noise on training "
                           "inputs)."),
-        click.option("--amp", is_flag=True, help="bfloat16 autocast on CUDA."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+                     help="Arithmetic of forward + loss: fp32 (default) or bf16 (bfloat16 "
+                          "autocast, CPU or CUDA; on a CPU only with AVX512-BF16/AMX-BF16, else "
+                          "set RSC_ALLOW_EMULATED_BF16=1). Recorded in the run; see "
+                          "docs/usage.md."),
+        click.option("--amp", is_flag=True,
+                     help="Deprecated: the same as --precision bf16."),
         click.option("--adam-impl", type=click.Choice(ADAM_IMPLS), default="fused",
                      show_default=True,
                      help="torch's Adam kernel: fused (fastest), foreach, or single (torch's "
@@ -70,7 +77,8 @@ def build_train_config(model_spec: str | None, arch: str, loss: str, aug: str | 
                        epochs: int, train_seed: int, milestones: str | None,
                        regularisers: tuple[str, ...], weight_decay: float | None,
                        grad_clip: float | None, input_noise: float | None,
-                       amp: bool, adam_impl: str = "fused") -> TrainConfig:
+                       amp: bool, adam_impl: str = "fused",
+                       precision: str | None = None) -> TrainConfig:
     """A validated ``TrainConfig`` from the command-line values: regulariser parameters, repeats
     and combinations are checked here, before any data is loaded."""
     specs = [parse_regulariser_option(text) for text in regularisers]
@@ -83,12 +91,20 @@ def build_train_config(model_spec: str | None, arch: str, loss: str, aug: str | 
     config = TrainConfig(arch=arch, loss=loss, aug=aug, optimizer=optimizer, lr=lr,
                          momentum=momentum, batch_size=batch_size, epochs=epochs,
                          seed=train_seed, milestones=_milestones(milestones),
-                         regularisers=tuple(reg.spec() for reg in built), amp=amp,
-                         adam_impl=adam_impl)
+                         regularisers=tuple(reg.spec() for reg in built),
+                         precision=_precision(precision, amp), adam_impl=adam_impl)
     config = config.with_model_spec(model_spec) if model_spec else config
     for regulariser in built:
         regulariser.check_config(config)  # e.g. label-smoothing needs loss ce
     return config
+
+
+def _precision(precision: str | None, amp: bool) -> str:
+    """``--amp`` is the old spelling of ``--precision bf16``; both at odds is an error."""
+    if amp and precision == "fp32":
+        raise ConfigError("--amp means --precision bf16; give one of them, not --amp with "
+                          "--precision fp32")
+    return "bf16" if amp else precision or "fp32"
 
 
 def _milestones(text: str | None) -> tuple[int, ...] | None:
@@ -104,6 +120,6 @@ def split_train_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str
     """Separate the training options from a command's other keyword arguments."""
     names = {"model_spec", "arch", "loss", "aug", "optimizer", "lr", "momentum", "batch_size",
              "epochs", "train_seed", "milestones", "regularisers", "weight_decay", "grad_clip",
-             "input_noise", "amp", "adam_impl"}
+             "input_noise", "amp", "adam_impl", "precision"}
     return ({k: v for k, v in kwargs.items() if k in names},
             {k: v for k, v in kwargs.items() if k not in names})

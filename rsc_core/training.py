@@ -15,6 +15,7 @@ from torch import nn
 
 from .datasets import ImageData
 from .errors import ConfigError
+from .hardware import PRECISIONS
 
 OPTIMIZERS = ("sgd", "adam", "adagrad", "rms")
 LOSSES = ("ce", "mse", "kld")
@@ -24,6 +25,7 @@ AUGMENTATIONS = ("aug01",)
 #: compute the same update and differ only in floating-point rounding.
 ADAM_IMPLS = ("fused", "foreach", "single")
 MAX_TRAIN_SEED = 2**63 - 1  # torch.manual_seed's limit
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _MODEL_SPEC = re.compile(r"(?:(?P<aug>[a-z0-9]+)-)?(?P<loss>[a-z]+)-tor-(?P<arch>[A-Za-z0-9_]+)")
 
 
@@ -64,7 +66,7 @@ class TrainConfig:
     milestones: tuple[int, ...] | None = None  # None: the reference's table
     regularisers: tuple[dict, ...] = ()  # ({"name": ..., "params": {...}}, ...)
     trainer: str = "erm"
-    amp: bool = False  # CUDA only: bfloat16 autocast (changes numerics, so part of the config)
+    precision: str = "fp32"  # or "bf16": autocast of forward + loss (changes numerics)
     adam_impl: str = "fused"  # which of torch's Adam kernels (rounding differs, so recorded)
 
     def __post_init__(self) -> None:
@@ -95,6 +97,10 @@ class TrainConfig:
         if not math.isfinite(self.lr) or not math.isfinite(self.momentum):
             raise ConfigError(f"learning rate and momentum must be finite numbers, got lr "
                               f"{self.lr!r}, momentum {self.momentum!r}")
+        for value, what in ((self.lr, "learning rate"), (self.momentum, "momentum")):
+            if value > FLOAT32_MAX:  # optimizers pass it to float32 kernels, which overflow
+                raise ConfigError(f"{what} {value!r} is larger than the largest float32 "
+                                  f"({FLOAT32_MAX:.4g}), which PyTorch's optimizers cannot use")
         if not 0 <= self.seed <= MAX_TRAIN_SEED:  # torch.manual_seed overflows beyond
             raise ConfigError(f"training seed must be an integer in [0, {MAX_TRAIN_SEED}], got "
                               f"{self.seed}")
@@ -104,6 +110,9 @@ class TrainConfig:
         if self.optimizer != "adam" and self.adam_impl != "fused":
             raise ConfigError(f"--adam-impl applies to Adam only; this run uses "
                               f"{self.optimizer}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; use one of "
+                              f"{', '.join(PRECISIONS)}")
         if self.milestones is not None:
             _check_milestones(self.milestones)
 
@@ -115,6 +124,12 @@ class TrainConfig:
         data = asdict(self)
         data["milestones"] = list(self.milestones) if self.milestones is not None else None
         data["regularisers"] = [dict(r) for r in self.regularisers]
+        # fp32 is written as the field it replaced, ``"amp": false``, so that runs trained
+        # before ``precision`` existed keep their hash (and folder): they are fp32 runs.
+        if data.pop("precision") == "fp32":
+            data["amp"] = False
+        else:
+            data["precision"] = self.precision
         return data
 
     @classmethod
@@ -123,6 +138,8 @@ class TrainConfig:
         if data.get("milestones") is not None:
             data["milestones"] = tuple(data["milestones"])
         data["regularisers"] = tuple(data.get("regularisers") or ())
+        amp = data.pop("amp", False)  # configs before ``precision``: amp meant bf16 autocast
+        data.setdefault("precision", "bf16" if amp else "fp32")
         return cls(**data)
 
     def with_model_spec(self, text: str) -> "TrainConfig":

@@ -249,3 +249,18 @@ def test_rsc_train_takes_several_specs_and_seeds(data, tmp_path):
     checkpoint = read_checkpoint(Path(rows[0]["run"]) / "model.pt")
     assert checkpoint["optimizer_state_dict"]["state"][0]["exp_avg"].shape == \
         checkpoint["model_state_dict"]["hidden.weight"].shape
+
+
+def test_a_group_larger_than_memory_is_refused_before_training(data, tmp_path, monkeypatch):
+    from rsc_plugins.trainers import erm_group
+
+    root, target = data
+    monkeypatch.setattr(erm_group, "free_memory", lambda device: 1024)
+    requests = [RunRequest(SpuriousSpec.build("mnist", "v8", 1, target, seed),
+                           TrainConfig(arch="MLP", epochs=1, batch_size=16, seed=seed))
+                for seed in (0, 1)]
+    with pytest.raises(ConfigError, match=r"group of 2 runs needs at least .* smaller "
+                                          r"--group-size"):
+        train_runs(requests, runs_dir=tmp_path / "runs", data_dir=root, progress=False,
+                   device="cpu")
+    assert not any((tmp_path / "runs").glob("mnist*"))  # no half-created run folders

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from typing import Any, Sequence
 
 import torch
@@ -18,6 +18,7 @@ from rsc_core.datasets import ImageData
 from rsc_core.errors import ConfigError, DivergenceError
 from rsc_core.evaluation import loss_and_accuracy
 from rsc_core.group_training import GroupTrainer
+from rsc_core.hardware import precision_autocast
 from rsc_core.progress import EpochProgress
 from rsc_core.regularisers import Regulariser, TrainContext, iter_batches
 from rsc_core.training import (AUGMENT, EpochCallback, Trainer, TrainConfig, TrainState,
@@ -92,8 +93,7 @@ class ErmTrainer(Trainer, GroupTrainer):
             scheduler.load_state_dict(resume["scheduler_state_dict"])
             state = TrainState(resume["epoch"], list(resume.get("history", [])))
         loss_fn = make_loss(config.loss)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                    if config.amp and device.type == "cuda" else nullcontext())
+        autocast = precision_autocast(config.precision, device)  # checks bf16 on this CPU
         bar = EpochProgress(config.epochs, math.ceil(ctx.num_train / config.batch_size),
                             enabled=progress, start_epoch=state.epoch)
         with bar:

@@ -27,6 +27,7 @@ from torch.func import functional_call, vmap
 from rsc_core.datasets import ImageData
 from rsc_core.errors import ConfigError, DivergenceError
 from rsc_core.group_training import GroupEpochCallback, GroupMember
+from rsc_core.hardware import precision_autocast
 from rsc_core.progress import EpochProgress
 from rsc_core.regularisers import iter_batches
 from rsc_core.training import (AUGMENT, TrainConfig, TrainState, make_loss, make_optimizer,
@@ -48,11 +49,9 @@ def group_key(config: TrainConfig) -> Any:
             return None
         shared = tuple(sorted((k, v) for k, v in reg.get("params", {}).items() if k != value_key))
         regularisers.append((reg["name"], shared))
-    if config.amp:
-        return None
     return (config.arch, config.loss, config.aug, config.optimizer, config.lr, config.momentum,
             config.batch_size, config.epochs, config.milestones, config.trainer,
-            config.adam_impl, tuple(regularisers))
+            config.adam_impl, config.precision, tuple(regularisers))
 
 
 def has_dropout(model: nn.Module) -> bool:
@@ -88,8 +87,12 @@ class _Stack:
                         .to(device) for name in self.buffer_names}
 
     def forward(self, x: torch.Tensor, train: bool) -> torch.Tensor:
-        """Logits (K, B, C) for inputs (K, B, ...)."""
+        """Logits (K, B, C) for inputs (K, B, ...): the model's own ``forward_stacked`` when it
+        has one (a specialised batched path, e.g. MLPs), else the generic ``vmap`` path."""
         self.skeleton.train(train)
+        stacked = getattr(self.skeleton, "forward_stacked", None)
+        if stacked is not None and not self.buffers:
+            return stacked(self.params, x)
 
         def one(params: dict, buffers: dict, inputs: torch.Tensor) -> torch.Tensor:
             return functional_call(self.skeleton, (params, buffers), (inputs,))
@@ -154,8 +157,42 @@ def fit_group(models: Sequence[nn.Module], base: ImageData, members: Sequence[Gr
     if has_dropout(models[0]):
         raise ConfigError(f"{config.arch} uses dropout, whose draws a group cannot reproduce "
                           f"per member; train its runs one at a time")
+    check_memory(models[0], len(members), config.batch_size, base, device)
     engine = _GroupEngine(models, base, members, device)
-    return engine.run(test, resume, on_epoch, progress)
+    try:
+        return engine.run(test, resume, on_epoch, progress)
+    except torch.OutOfMemoryError:
+        raise ConfigError(f"a group of {len(members)} runs ran out of memory on {device}; "
+                          f"use a smaller --group-size") from None
+
+
+def check_memory(model: nn.Module, k: int, batch_size: int, base: ImageData,
+                 device: torch.device) -> None:
+    """Refuse a group that cannot fit before it starts: K copies of the weights, their
+    gradients and two optimizer moments, plus K batches of inputs, against the memory the
+    device has free (a lower bound: activations come on top)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    sample = base.images[:1]
+    need = k * (4 * weights + batch_size * sample.numel() * sample.element_size())
+    free = free_memory(device)
+    if free is not None and need > free:
+        raise ConfigError(f"a group of {k} runs needs at least {need / 2**30:.1f} GiB but "
+                          f"{device} has {free / 2**30:.1f} GiB free; use a smaller "
+                          f"--group-size")
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` (CUDA: the driver's count; CPU: MemAvailable), or None."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 class _GroupEngine:
@@ -170,6 +207,7 @@ class _GroupEngine:
         self.stack = _Stack(models, device)
         self.data = _Batches(base, members, device)
         self.loss_fn = make_loss(self.config.loss)
+        self.autocast = precision_autocast(self.config.precision, device)  # as the single run
         params = [self.stack.params[name] for name in self.stack.param_names]
         weight_decays = [_value(m.config, "weight-decay") for m in members]
         self.decoupled = bool(_param(self.config, "weight-decay", "decoupled", False))
@@ -245,7 +283,8 @@ class _GroupEngine:
             x, y = self.data.gather(index)
             x = self._member_inputs(x, generators, augment)
             self.optimizer.zero_grad(set_to_none=True)
-            logits = self.stack.forward(x, train=True).float()
+            with self.autocast:  # bf16 forward (if asked); the loss in float32, as erm's
+                logits = self.stack.forward(x, train=True).float()
             per_example = self.loss_fn(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
             loss = per_example.view(self.k, -1).mean(1)
             loss.sum().backward()  # members share no weights: each gets its own gradient
