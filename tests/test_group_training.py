@@ -132,26 +132,34 @@ def test_members_see_only_their_own_patched_rows_and_the_data_is_held_once(data)
         assert torch.equal(y[k], dataset.train.labels)
 
 
-def test_group_runs_are_reused_and_resumed_like_single_runs(data, tmp_path, monkeypatch):
+def two_members(target: int) -> list[RunRequest]:
+    return [RunRequest(SpuriousSpec.build("mnist", "v8", 1, target, seed),
+                       TrainConfig(arch="MLP", epochs=3, batch_size=16, seed=seed))
+            for seed in (0, 1)]
+
+
+def interrupt_group_after(epoch: int, requests, root: Path, runs: Path, monkeypatch) -> None:
+    """Train the group until both members have saved ``epoch``, then interrupt it."""
     from rsc_core import group_runs
 
-    root, target = data
-    requests = [RunRequest(SpuriousSpec.build("mnist", "v8", 1, target, seed),
-                           TrainConfig(arch="MLP", epochs=3, batch_size=16, seed=seed))
-                for seed in (0, 1)]
-    uninterrupted = group(requests, root, tmp_path / "a")
     real_save = group_runs.save_checkpoint_states
 
     def save_then_crash(path, *args):
         real_save(path, *args)
-        if args[3] == 2 and "-1_" in str(path):  # both members saved epoch 2
+        if args[3] == epoch and "-1_" in str(path):  # the second member saved it too
             raise KeyboardInterrupt
 
     monkeypatch.setattr(group_runs, "save_checkpoint_states", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        train_runs(requests, runs_dir=tmp_path / "b", data_dir=root, progress=False,
-                   device="cpu")
+        train_runs(requests, runs_dir=runs, data_dir=root, progress=False, device="cpu")
     monkeypatch.setattr(group_runs, "save_checkpoint_states", real_save)
+
+
+def test_group_runs_are_reused_and_resumed_like_single_runs(data, tmp_path, monkeypatch):
+    root, target = data
+    requests = two_members(target)
+    uninterrupted = group(requests, root, tmp_path / "a")
+    interrupt_group_after(2, requests, root, tmp_path / "b", monkeypatch)
     resumed = group(requests, root, tmp_path / "b")
     for before, after in zip(uninterrupted, resumed):
         assert after.outcome.resumed_from == 2 and after.group_size == 2
@@ -162,24 +170,9 @@ def test_group_runs_are_reused_and_resumed_like_single_runs(data, tmp_path, monk
 
 def test_a_single_run_resumes_a_group_members_checkpoint(data, tmp_path, monkeypatch):
     """The member checkpoints are in the single-model format: train_run can continue one."""
-    from rsc_core import group_runs
-
     root, target = data
-    requests = [RunRequest(SpuriousSpec.build("mnist", "v8", 1, target, seed),
-                           TrainConfig(arch="MLP", epochs=3, batch_size=16, seed=seed))
-                for seed in (0, 1)]
-    real_save = group_runs.save_checkpoint_states
-
-    def crash_after_epoch_1(path, *args):
-        real_save(path, *args)
-        if args[3] == 1 and "-1_" in str(path):
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(group_runs, "save_checkpoint_states", crash_after_epoch_1)
-    with pytest.raises(KeyboardInterrupt):
-        train_runs(requests, runs_dir=tmp_path / "runs", data_dir=root, progress=False,
-                   device="cpu")
-    monkeypatch.setattr(group_runs, "save_checkpoint_states", real_save)
+    requests = two_members(target)
+    interrupt_group_after(1, requests, root, tmp_path / "runs", monkeypatch)
     outcome = train_run(requests[0].spec, requests[0].config, runs_dir=tmp_path / "runs",
                         data_dir=root, progress=False, device="cpu")
     assert outcome.resumed_from == 1
