@@ -18,6 +18,7 @@ import torch
 
 import rsc_core
 from rsc_core.dataset_cache import CachedProvider, RawSplits, first_line, torchvision_class
+from rsc_core.datasets import DatasetProvider
 from rsc_core.errors import DatasetCorruptError
 
 # ---------------------------------------------------------------------------------------------

@@ -20,14 +20,14 @@ import torch
 
 from . import registry
 from .atomic import write_json
-from .checkpoints import save_checkpoint_states
+from .checkpoints import read_checkpoint, save_checkpoint_states
 from .datasets import DatasetBundle, load_dataset
-from .errors import ConfigError, RscError
+from .errors import CheckpointError, ConfigError, RscError
 from .group_training import GroupMember, GroupTrainer
 from .regularisers import build_regularisers
 from .run_lock import RunLock
-from .runs import (Run, TrainOutcome, checkpoint_meta, config_hash, find_run, finish_run, has_weights,
-                   resolve_device, resumable, run_config, train_run)
+from .runs import (Run, TrainOutcome, checkpoint_meta, config_hash, find_run, finish_run,
+                   has_weights, resolve_device, resumable, run_config, train_run)
 from .spec import SpuriousSpec
 from .spurious import patched_rows
 from .training import TrainConfig
@@ -142,9 +142,6 @@ def _group_key(request: RunRequest, runs_dir: str | Path | None, force: bool) ->
 
 
 def _checkpoint_epoch(path: Path) -> int | None:
-    from .checkpoints import read_checkpoint
-    from .errors import CheckpointError
-
     try:
         return int(read_checkpoint(path).get("epoch", 0))
     except CheckpointError:
@@ -239,8 +236,6 @@ def _fit_loaded(todo, bundle: DatasetBundle, force: bool, progress: bool,
             continue
         model = registry("architectures").create(request.config.arch).build(
             bundle.input_shape, bundle.num_classes)
-        from .checkpoints import read_checkpoint
-
         model.load_state_dict(read_checkpoint(run.path / "checkpoint.pt")["model_state_dict"])
         finish_run(run, request.spec, bundle.test, planted[k], model, state)
         resumed = resumes[k]["epoch"] if resumes[k] else 0

@@ -198,7 +198,8 @@ def _kld_loss(logits: torch.Tensor, y: torch.Tensor, eps: float = 1e-6) -> torch
 
 
 def make_optimizer(name: str, params: Any, lr: float, momentum: float = 0.0,
-                   weight_decay: float = 0.0, *, adam_impl: str = "single") -> torch.optim.Optimizer:
+                   weight_decay: float = 0.0, *,
+                   adam_impl: str = "single") -> torch.optim.Optimizer:
     """The reference's optimizers; weight decay is the optimizer's coupled L2 term. Adam and
     Adagrad have no momentum argument (the reference passed it to Adagrad, which fails).
 

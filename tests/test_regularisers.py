@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import rsc_core
-from rsc_core.checkpoints import build_model_from_checkpoint, read_checkpoint, save_checkpoint
+from rsc_core.checkpoints import read_checkpoint
 from rsc_core.datasets import ImageData
 from rsc_core.errors import ConfigError, OptionalDependencyError, UnknownNameError
 from rsc_core.regularisers import (Regulariser, TrainContext, build_regularisers,

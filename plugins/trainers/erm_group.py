@@ -295,7 +295,8 @@ class _GroupEngine:
                 total_correct += (logits.argmax(-1) == y).sum(1)
             seen += y.shape[1]
             bar.advance()
-        return (total_loss / max(seen, 1)).tolist(), (total_correct.double() / max(seen, 1)).tolist()
+        count = max(seen, 1)
+        return (total_loss / count).tolist(), (total_correct.double() / count).tolist()
 
     def _member_inputs(self, x: torch.Tensor, generators: list[torch.Generator],
                        augment: Any) -> torch.Tensor:
