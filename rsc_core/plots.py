@@ -93,10 +93,15 @@ def save_pattern_grid(clean: torch.Tensor, patterned: torch.Tensor, title: str,
 
 
 def save_comparison_plot(rows: Sequence[dict], title: str, path: str | Path) -> Path:
-    """Spurious score and clean accuracy against n (error bars: SEM where available)."""
+    """Spurious score and clean accuracy against n (error bars: SEM where available), on the
+    fixed 0-1 axes both quantities live on, so a small difference never looks large; the
+    title says how many runs each point pools."""
     import math
 
     ns = [row["n"] for row in rows]
+    counts = sorted({int(row.get("runs", 1)) for row in rows})
+    runs = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    title = f"{title}, {runs} run(s) per point"
     positions = list(range(len(ns)))
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.4))
     for axis, key, label in ((left, "score", "spurious score"),
@@ -107,5 +112,6 @@ def save_comparison_plot(rows: Sequence[dict], title: str, path: str | Path) -> 
         axis.set_xticks(positions, [str(n) for n in ns])
         axis.set_xlabel("number of spurious examples n")
         axis.set_ylabel(label)
+        axis.set_ylim(0, 1)
         axis.grid(alpha=0.3)
     return _save(fig, title, path)

@@ -422,3 +422,19 @@ def test_compare_without_baseline_does_not_label_rows_baseline(tiny_data, tmp_pa
                                       str(tiny_data.root), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "no baseline" in result.stdout and "│ baseline" not in result.stdout
+
+
+def test_comparison_figure_uses_fixed_axes_and_says_how_many_runs(monkeypatch, tmp_path):
+    """Figures are evidence: scores and accuracies on 0-1 axes, run counts in the title."""
+    from rsc_core import plots
+
+    captured = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, title, path: captured.update(
+        fig=fig, title=title) or Path(path))
+    rows = [{"n": 0, "runs": 1, "score_mean": 0.005, "score_sem": float("nan"),
+             "clean_accuracy_mean": 0.967, "clean_accuracy_sem": float("nan")},
+            {"n": 3, "runs": 5, "score_mean": 0.025, "score_sem": 0.01,
+             "clean_accuracy_mean": 0.966, "clean_accuracy_sem": 0.001}]
+    plots.save_comparison_plot(rows, "MNIST, 10 epochs", tmp_path / "f.png")
+    assert [axis.get_ylim() for axis in captured["fig"].axes] == [(0.0, 1.0), (0.0, 1.0)]
+    assert captured["title"] == "MNIST, 10 epochs, 1-5 run(s) per point"
