@@ -9,6 +9,9 @@ a throwaway copy of the model; the median is extrapolated to a full epoch (469 b
 Effect: ``train_run`` of each ``--spec`` for ``--epochs`` epochs in fp32 and in bf16 (training
 seed 0, otherwise the defaults above) in a temporary runs folder; reports each run's clean test
 accuracy, spurious score and seconds per epoch (training + evaluation, from its history).
+With ``--rounding-control`` each spec is also trained in fp32 with Adam's ``foreach`` kernel,
+which changes nothing but rounding: how far its scores move from fp32's is the yardstick for
+bf16's (a few memorised examples are sensitive to any rounding change).
 
 On a CPU without bfloat16 matrix instructions bf16 is emulated; the script then sets
 RSC_ALLOW_EMULATED_BF16=1 for itself (that is what it measures) and says so.
@@ -24,6 +27,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 from typing import Any
@@ -54,9 +58,14 @@ def machine() -> dict[str, Any]:
             **hardware.hardware_report()}
 
 
-def config(precision: str, epochs: int = 1) -> TrainConfig:
+def progress(line: str) -> None:
+    """Each measurement as it is taken (stderr), so a long run that is cut short keeps them."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def config(precision: str, epochs: int = 1, adam_impl: str = "fused") -> TrainConfig:
     return TrainConfig(arch="LargeMLP", optimizer="adam", lr=0.01, batch_size=BATCH_SIZE,
-                       epochs=epochs, precision=precision)
+                       epochs=epochs, precision=precision, adam_impl=adam_impl)
 
 
 def time_batches(x: torch.Tensor, y: torch.Tensor, precision: str, warmup: int) -> float:
@@ -82,6 +91,7 @@ def measure_speed(data_dir: str | None, batches: int, repeats: int,
         order = PRECISIONS if repeat % 2 == 0 else PRECISIONS[::-1]
         for precision in order:
             samples[precision].append(time_batches(x, y, precision, warmup))
+            progress(f"{precision}: {samples[precision][-1]:.3f} s for {batches} batches")
     result = {p: {"seconds_per_batches": s, "median_epoch_seconds":
                   statistics.median(s) * per_epoch} for p, s in samples.items()}
     result["bf16_over_fp32"] = (result["bf16"]["median_epoch_seconds"]
@@ -89,19 +99,24 @@ def measure_speed(data_dir: str | None, batches: int, repeats: int,
     return {"batches": batches, "repeats": repeats, **result}
 
 
-def measure_effect(specs: list[str], epochs: int, data_dir: str | None) -> list[dict]:
+def measure_effect(specs: list[str], epochs: int, data_dir: str | None,
+                   rounding_control: bool) -> list[dict]:
+    variants = [(p, "fused") for p in PRECISIONS]
+    variants += [("fp32", "foreach")] if rounding_control else []
     rows = []
     with tempfile.TemporaryDirectory(prefix="rsc-precision-") as runs_dir:
         for name in specs:
-            for precision in PRECISIONS:
-                run = train_run(parse_spec(name), config(precision, epochs), runs_dir=runs_dir,
-                                data_dir=data_dir, progress=False, device="cpu").run
+            for precision, adam_impl in variants:
+                run = train_run(parse_spec(name), config(precision, epochs, adam_impl),
+                                runs_dir=runs_dir, data_dir=data_dir, progress=False,
+                                device="cpu").run
                 metrics = run.metrics or {}
-                rows.append({"spec": name, "precision": precision,
+                rows.append({"spec": name, "precision": precision, "adam_impl": adam_impl,
                              "clean_accuracy": metrics["clean_accuracy"],
                              "score": (metrics.get("score") or {}).get("score"),
                              "epoch_seconds": statistics.median(
                                  h["seconds"] for h in metrics["history"])})
+                progress(json.dumps(rows[-1]))
     return rows
 
 
@@ -119,7 +134,7 @@ def report(result: dict[str, Any]) -> None:
               f"{s['bf16']['median_epoch_seconds']:.2f} s ({s['bf16_over_fp32']:.2f}x)")
     for row in result.get("effect", []):
         score = "-" if row["score"] is None else f"{row['score']:.4f}"
-        print(f"{row['spec']} {row['precision']}: clean accuracy {row['clean_accuracy']:.4f}, "
+        print(f"{row['spec']} {row['precision']} ({row['adam_impl']} Adam): clean accuracy {row['clean_accuracy']:.4f}, "
               f"score {score}, {row['epoch_seconds']:.2f} s per epoch (with evaluation)")
 
 
@@ -132,6 +147,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="of each effect run")
     parser.add_argument("--spec", action="append", default=None,
                         help="spec of an effect run (repeatable; default mnistv20-3-0-0)")
+    parser.add_argument("--rounding-control", action="store_true",
+                        help="also train each spec in fp32 with Adam's foreach kernel")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-effect", action="store_true")
     parser.add_argument("--json", action="store_true")
@@ -145,7 +162,7 @@ def main() -> None:
                                         args.warmup_batches)
     if not args.skip_effect:
         result["effect"] = measure_effect(args.spec or ["mnistv20-3-0-0"], args.epochs,
-                                          args.data_dir)
+                                          args.data_dir, args.rounding_control)
     result["load_average_at_end"] = os.getloadavg()
     if args.json:
         print(json.dumps(result, indent=2))
