@@ -24,6 +24,7 @@ from .checkpoints import read_checkpoint, save_checkpoint_states
 from .datasets import DatasetBundle, load_dataset
 from .errors import CheckpointError, ConfigError, RscError
 from .group_training import GroupMember, GroupTrainer
+from .hardware import check_precision
 from .regularisers import build_regularisers
 from .run_lock import RunLock
 from .runs import (Run, TrainOutcome, checkpoint_meta, config_hash, find_run, finish_run,
@@ -74,6 +75,7 @@ def train_runs(requests: Sequence[RunRequest], *, group_size: int = DEFAULT_GROU
     torch_device = resolve_device(device)
     for request in requests:
         _validate(request)
+        check_precision(request.config.precision, torch_device)
     results: dict[int, RunResult] = {}
     pending: list[int] = []
     for i, request in enumerate(requests):

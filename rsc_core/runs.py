@@ -33,6 +33,7 @@ from .atomic import write_json, write_numpy
 from .checkpoints import build_model_from_checkpoint, read_checkpoint, save_checkpoint
 from .digests import file_digest
 from .errors import CheckpointError, RscError
+from .hardware import check_precision
 from .paths import runs_dir as resolve_runs_dir
 from .regularisers import build_regularisers
 from .run_lock import RunLock
@@ -238,6 +239,7 @@ def train_run(spec: SpuriousSpec, config: TrainConfig, *, runs_dir: str | Path |
     for regulariser in regularisers:
         regulariser.check_config(config)
     torch_device = resolve_device(device)
+    check_precision(config.precision, torch_device)  # before any data is loaded
     with RunLock(run.path, on_wait=on_wait):
         if not force and run.finished:
             run.model_sha256()

@@ -215,3 +215,23 @@ def test_rsc_train_refuses_emulated_bf16_in_one_line(plain_cpu, data, tmp_path):
         assert not any(Path(tmp_path / "runs").glob("*/model.pt"))
     help_text = CliRunner().invoke(cli, ["train", "--help"]).output
     assert "--precision" in help_text and "Deprecated" in help_text
+
+
+def test_emulated_bf16_is_refused_before_any_data_is_loaded(tmp_path, monkeypatch):
+    """The refusal comes before the dataset is read: a missing data root is never reached."""
+    from rsc_core import hardware
+    from rsc_core.errors import ConfigError
+    from rsc_core.group_runs import RunRequest, train_runs
+    from rsc_core.runs import train_run
+    from rsc_core.spec import SpuriousSpec
+    from rsc_core.training import TrainConfig
+
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
+    monkeypatch.delenv(hardware.ALLOW_EMULATED_ENV, raising=False)
+    config = TrainConfig(arch="MLP", epochs=1, precision="bf16")
+    with pytest.raises(ConfigError):
+        train_run(SpuriousSpec.build("mnist"), config, runs_dir=tmp_path / "runs",
+                  data_dir=tmp_path / "absent", progress=False, device="cpu")
+    with pytest.raises(ConfigError):
+        train_runs([RunRequest(SpuriousSpec.build("mnist"), config)], runs_dir=tmp_path / "r",
+                   data_dir=tmp_path / "absent", progress=False, device="cpu")
