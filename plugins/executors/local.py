@@ -1,10 +1,9 @@
-"""Built-in executors: ``local`` runs jobs one after another in this process (the right choice
+"""The ``local`` executor: runs jobs one after another in this process (the right choice
 on a single GPU or a small CPU, where parallel runs would only compete for the same cores)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Sequence
 
-from rsc_core import hookimpl
 from rsc_core.executors import Executor
 
 
@@ -16,8 +15,3 @@ class LocalExecutor(Executor):
 
     def map(self, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> Sequence[Any]:
         return [fn(job) for job in jobs]
-
-
-@hookimpl
-def register_executors(register) -> None:
-    register(LocalExecutor)
