@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from . import registry
@@ -31,6 +32,7 @@ from .runs import (Run, TrainOutcome, checkpoint_meta, config_hash, find_run, fi
                    has_weights, resolve_device, resumable, run_config, train_run)
 from .spec import SpuriousSpec
 from .spurious import patched_rows
+from .subsets import TrainSubset
 from .training import TrainConfig
 
 DEFAULT_GROUP_SIZE = 8
@@ -38,10 +40,11 @@ DEFAULT_GROUP_SIZE = 8
 
 @dataclass(frozen=True)
 class RunRequest:
-    """One run to train: a dataset spec and a recipe."""
+    """One run to train: a dataset spec, a recipe, and optionally the training rows it keeps."""
 
     spec: SpuriousSpec
     config: TrainConfig
+    subset: TrainSubset | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def train_runs(requests: Sequence[RunRequest], *, group_size: int = DEFAULT_GROU
     results: dict[int, RunResult] = {}
     pending: list[int] = []
     for i, request in enumerate(requests):
-        run = find_run(request.spec, request.config, runs_dir)
+        run = find_run(request.spec, request.config, runs_dir, request.subset)
         if not force and run.finished:
             run.model_sha256()
             results[i] = RunResult(request, TrainOutcome(run, reused=True))
@@ -99,7 +102,7 @@ def train_runs(requests: Sequence[RunRequest], *, group_size: int = DEFAULT_GROU
 def _unique(requests: Sequence[RunRequest]) -> list[RunRequest]:
     seen, unique = set(), []
     for request in requests:
-        key = config_hash(run_config(request.spec, request.config))
+        key = config_hash(run_config(request.spec, request.config, request.subset))
         if key not in seen:
             seen.add(key)
             unique.append(request)
@@ -133,14 +136,15 @@ def _group_key(request: RunRequest, runs_dir: str | Path | None, force: bool) ->
     key = trainer.group_key(request.config)
     if key is None:
         return None
-    path = find_run(request.spec, request.config, runs_dir).path
+    path = find_run(request.spec, request.config, runs_dir, request.subset).path
     if not force and (path / "model.pt").exists() and not (path / "metrics.json").exists():
         return None  # a finish cut short: train_run completes it alone
     checkpoint = path / "checkpoint.pt"
     epoch = _checkpoint_epoch(checkpoint) if not force and checkpoint.is_file() else 0
     if epoch is None:
         return None
-    return (key, request.spec.dataset, epoch)
+    rows = request.subset.size_key() if request.subset is not None else None
+    return (key, request.spec.dataset, rows, epoch)
 
 
 def _checkpoint_epoch(path: Path) -> int | None:
@@ -155,7 +159,7 @@ def _train_alone(request: RunRequest, runs_dir, data_dir, download, force, progr
     try:
         outcome = train_run(request.spec, request.config, runs_dir=runs_dir, data_dir=data_dir,
                             download=download, force=force, progress=progress, device=device,
-                            on_wait=on_wait)
+                            on_wait=on_wait, subset=request.subset)
     except (RscError, OSError) as exc:
         return RunResult(request, error=exc)
     return RunResult(request, outcome)
@@ -164,7 +168,7 @@ def _train_alone(request: RunRequest, runs_dir, data_dir, download, force, progr
 def _train_group(requests: list[RunRequest], indices: list[int], runs_dir, data_dir, download,
                  force: bool, progress: bool, device: torch.device,
                  on_wait) -> dict[int, RunResult]:
-    runs = [find_run(r.spec, r.config, runs_dir) for r in requests]
+    runs = [find_run(r.spec, r.config, runs_dir, r.subset) for r in requests]
     with ExitStack() as locks:
         for run in runs:
             locks.enter_context(RunLock(run.path, on_wait=on_wait))
@@ -201,16 +205,35 @@ def _fit_members(todo: list[tuple[int, RunRequest, Run]], data_dir, download, fo
         raise
 
 
+def _kept_rows(todo, bundle: DatasetBundle) -> tuple[list, list, dict[int, RunResult]]:
+    """Each member's training rows (None: all); a subset that does not fit the dataset (an
+    index out of range) fails that run alone, before anything is written."""
+    kept, valid, failed = [], [], {}
+    for item in todo:
+        index, request, _ = item
+        try:
+            subset = request.subset
+            kept.append(subset.rows(len(bundle.train)) if subset is not None else None)
+            valid.append(item)
+        except RscError as exc:
+            failed[index] = RunResult(request, error=exc)
+    return valid, kept, failed
+
+
 def _fit_loaded(todo, bundle: DatasetBundle, force: bool, progress: bool,
                 device: torch.device) -> dict[int, RunResult]:
+    todo, kept_rows, results = _kept_rows(todo, bundle)
+    if not todo:
+        return results
     members, models, metas, resumes, planted = [], [], [], [], []
-    for _, request, run in todo:
+    for (_, request, run), kept in zip(todo, kept_rows):
         spec, config = request.spec, request.config
         indices, rows = patched_rows(bundle, spec)
-        planted.append(indices)
-        members.append(GroupMember(config, torch.from_numpy(indices), rows))
+        planted.append(indices if kept is None else indices[np.isin(indices, kept)])
+        members.append(GroupMember(config, torch.from_numpy(indices), rows,
+                                   None if kept is None else torch.from_numpy(kept)))
         run.path.mkdir(parents=True, exist_ok=True)
-        write_json(run.path / "config.json", run_config(spec, config))
+        write_json(run.path / "config.json", run_config(spec, config, request.subset))
         torch.manual_seed(config.seed)  # the single run's initial weights
         models.append(registry("architectures").create(config.arch)
                       .build(bundle.input_shape, bundle.num_classes))
@@ -229,7 +252,6 @@ def _fit_loaded(todo, bundle: DatasetBundle, force: bool, progress: bool,
     states = trainer.fit_group(models, bundle.train, members, bundle.test, device=device,
                                resume=resumes if any(resumes) else None, on_epoch=on_epoch,
                                progress=progress)
-    results = {}
     for k, (index, request, run) in enumerate(todo):
         state = states[k]
         if isinstance(state, BaseException):

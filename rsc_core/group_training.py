@@ -28,6 +28,9 @@ class GroupMember:
     config: TrainConfig
     patched_index: torch.Tensor  # int64 indices into the base training set
     patched_images: torch.Tensor  # the rows that replace them (pattern applied)
+    #: The base rows this member trains on, sorted (None: all). Members of a group train on
+    #: equally many rows, so their epochs have the same number of batches.
+    rows: torch.Tensor | None = None
 
 
 #: ``on_epoch(k, state, model_state, optimizer_state, scheduler_state)`` after every epoch for

@@ -40,6 +40,7 @@ from .run_lock import RunLock
 from .scoring import DEFAULT_THRESHOLD, ScoreResult, check_threshold, resolve_target, score_model
 from .spec import SpuriousSpec
 from .spurious import SpuriousDataset, build_spurious_dataset
+from .subsets import TrainSubset, apply_subset, kept_spurious_indices
 from .training import TrainConfig
 
 if TYPE_CHECKING:
@@ -76,9 +77,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def run_config(spec: SpuriousSpec, config: TrainConfig) -> dict[str, Any]:
-    """The full configuration that identifies a run (device choices excluded)."""
-    return {"rsc_run": RUN_FORMAT, "spec": spec.as_dict(), "train": config.as_dict()}
+def run_config(spec: SpuriousSpec, config: TrainConfig,
+               subset: TrainSubset | None = None) -> dict[str, Any]:
+    """The full configuration that identifies a run (device choices excluded). A run on the
+    whole training set has no ``subset`` key, so its hash is what it always was."""
+    config_dict = {"rsc_run": RUN_FORMAT, "spec": spec.as_dict(), "train": config.as_dict()}
+    if subset is not None:
+        config_dict["subset"] = subset.as_dict()
+    return config_dict
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -92,8 +98,9 @@ def format_number(value: Any) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
-def run_slug(spec: SpuriousSpec, config: TrainConfig) -> str:
-    """Readable folder name, e.g. ``mnistv8-3-0-0_ce-tor-LargeMLP_adam-lr0.01-b128-e70-s0``."""
+def run_slug(spec: SpuriousSpec, config: TrainConfig, subset: TrainSubset | None = None) -> str:
+    """Readable folder name, e.g. ``mnistv8-3-0-0_ce-tor-LargeMLP_adam-lr0.01-b128-e70-s0``
+    (``..._minus3-1a2b3c4d`` for a run without three training rows)."""
     parts = [spec.name, config.model_spec.name,
              f"{config.optimizer}-lr{format_number(config.lr)}-b{config.batch_size}"
              f"-e{config.epochs}-s{config.seed}"]
@@ -105,6 +112,8 @@ def run_slug(spec: SpuriousSpec, config: TrainConfig) -> str:
         params = "-".join(f"{k}{format_number(v)}"
                           for k, v in sorted(reg.get("params", {}).items()))
         parts.append(f"{reg['name']}{'-' + params if params else ''}")
+    if subset is not None:
+        parts.append(subset.tag())
     slug = "_".join(parts)
     return re.sub(r"[^A-Za-z0-9._=+-]+", "-", slug)
 
@@ -171,6 +180,12 @@ class Run:
         return TrainConfig.from_dict(self.config["train"])
 
     @property
+    def subset(self) -> TrainSubset | None:
+        """The training rows this run trained on, or None for the whole training set."""
+        data = self.config.get("subset")
+        return TrainSubset.from_dict(data) if data else None
+
+    @property
     def name(self) -> str:
         return self.path.name
 
@@ -217,22 +232,25 @@ class TrainOutcome:
     resumed_from: int = 0
 
 
-def find_run(spec: SpuriousSpec, config: TrainConfig, runs_dir: str | Path | None = None) -> Run:
-    cfg = run_config(spec, config)
-    return Run(resolve_runs_dir(runs_dir) / f"{run_slug(spec, config)}-{config_hash(cfg)}")
+def find_run(spec: SpuriousSpec, config: TrainConfig, runs_dir: str | Path | None = None,
+             subset: TrainSubset | None = None) -> Run:
+    cfg = run_config(spec, config, subset)
+    return Run(resolve_runs_dir(runs_dir) / f"{run_slug(spec, config, subset)}-{config_hash(cfg)}")
 
 
 def train_run(spec: SpuriousSpec, config: TrainConfig, *, runs_dir: str | Path | None = None,
               data_dir: str | Path | None = None, download: bool | None = None,
               force: bool = False, progress: bool = True, device: str = "auto",
               channels_last: bool = False, dataset: SpuriousDataset | None = None,
-              on_wait: Callable[[str], None] | None = None) -> TrainOutcome:
-    """Train (or reuse, or resume) the run for ``spec`` and ``config``.
+              on_wait: Callable[[str], None] | None = None,
+              subset: TrainSubset | None = None) -> TrainOutcome:
+    """Train (or reuse, or resume) the run for ``spec`` and ``config``, on the training rows
+    ``subset`` keeps (all of them when None; ``dataset`` is then the full planted set).
 
     Every name, the device and the runs folder are checked before any data is loaded, so a
     typo or an unwritable folder fails at once. The run is claimed with a lock: a second
     process asking for the same run waits (``on_wait`` hears who holds it) and then reuses it."""
-    run = find_run(spec, config, runs_dir)
+    run = find_run(spec, config, runs_dir, subset)
     trainer = registry("trainers").create(config.trainer)
     architecture = registry("architectures").create(config.arch)
     regularisers = build_regularisers(config.regularisers)
@@ -246,10 +264,12 @@ def train_run(spec: SpuriousSpec, config: TrainConfig, *, runs_dir: str | Path |
             return TrainOutcome(run, reused=True)
         data = dataset if dataset is not None else build_spurious_dataset(spec, data_dir,
                                                                           download)
+        if subset is not None:
+            data = apply_subset(data, subset)
         created = not run.path.exists()
         try:
-            return _train_locked(run, spec, config, data, trainer, architecture, regularisers,
-                                 torch_device, force, progress, channels_last)
+            return _train_locked(run, spec, config, subset, data, trainer, architecture,
+                                 regularisers, torch_device, force, progress, channels_last)
         except BaseException:
             # An error before the first epoch's checkpoint leaves nothing worth resuming; once
             # there is a checkpoint (or a final model whose finish was cut short), keep it.
@@ -258,11 +278,12 @@ def train_run(spec: SpuriousSpec, config: TrainConfig, *, runs_dir: str | Path |
             raise
 
 
-def _train_locked(run: Run, spec: SpuriousSpec, config: TrainConfig, data: SpuriousDataset,
-                  trainer: Any, architecture: Any, regularisers: list, device: torch.device,
-                  force: bool, progress: bool, channels_last: bool) -> TrainOutcome:
+def _train_locked(run: Run, spec: SpuriousSpec, config: TrainConfig,
+                  subset: TrainSubset | None, data: SpuriousDataset, trainer: Any,
+                  architecture: Any, regularisers: list, device: torch.device, force: bool,
+                  progress: bool, channels_last: bool) -> TrainOutcome:
     run.path.mkdir(parents=True, exist_ok=True)
-    write_json(run.path / "config.json", run_config(spec, config))
+    write_json(run.path / "config.json", run_config(spec, config, subset))
     torch.manual_seed(config.seed)
     model = architecture.build(data.input_shape, data.num_classes)
     meta = checkpoint_meta(spec, config, data)
@@ -278,7 +299,7 @@ def _train_locked(run: Run, spec: SpuriousSpec, config: TrainConfig, data: Spuri
     state = trainer.fit(model, data.train, data.test, config, regularisers, device=device,
                         resume=resume, on_epoch=on_epoch, progress=progress,
                         channels_last=channels_last)
-    finish_run(run, data.spec, data.test, data.spurious_indices, model, state)
+    finish_run(run, data.spec, data.test, kept_spurious_indices(data), model, state)
     return TrainOutcome(run, reused=False, resumed_from=resume["epoch"] if resume else 0)
 
 

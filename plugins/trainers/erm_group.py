@@ -128,6 +128,20 @@ class _Batches:
             offset += count
         self.slots = slots.to(device)
         self.patched = torch.cat(rows).to(device) if offset else None
+        # Each member's training rows (a subset run trains on some rows only), as base indices.
+        self.rows = [m.rows.to(device) if m.rows is not None else None for m in members]
+        sizes = {n if r is None else r.numel() for r in self.rows}
+        if len(sizes) != 1:
+            raise ConfigError(f"runs on different numbers of training rows ({sorted(sizes)}) "
+                              f"cannot share a group; train them in separate groups")
+        self.num_rows = sizes.pop()
+
+    def order(self, k: int, generator: torch.Generator) -> torch.Tensor:
+        """Member k's epoch order as base indices: a permutation of its own rows, drawn as the
+        single run draws it over its (reduced) training set."""
+        perm = torch.randperm(self.num_rows, generator=generator, device=self.images.device)
+        rows = self.rows[k]
+        return perm if rows is None else rows[perm]
 
     def gather(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (K, B, ...) and labels (K, B) for per-member indices ``index`` (K, B)."""
@@ -235,7 +249,7 @@ class _GroupEngine:
         states = [TrainState() for _ in self.members]
         if resume and any(r is not None for r in resume):
             states = self._resume(resume)
-        n = self.data.images.shape[0]
+        n = self.data.num_rows
         bar = EpochProgress(self.config.epochs, math.ceil(n / self.config.batch_size),
                             enabled=progress, start_epoch=states[0].epoch)
         with bar:
@@ -271,8 +285,7 @@ class _GroupEngine:
         for member in self.members:
             seed = epoch_seed(member.config.seed, epoch)
             generators.append(torch.Generator(device=self.device).manual_seed(seed))
-        n = self.data.images.shape[0]
-        orders = [torch.randperm(n, generator=g, device=self.device) for g in generators]
+        orders = [self.data.order(k, g) for k, g in enumerate(generators)]
         batches = [list(iter_batches(order, self.config.batch_size)) for order in orders]
         augment = AUGMENT[self.config.aug] if self.config.aug else None
         total_loss = torch.zeros(self.k, dtype=torch.float64, device=self.device)
