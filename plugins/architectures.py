@@ -84,11 +84,26 @@ def _hidden_name(index: int) -> str:
     return "hidden" if index == 0 else f"hidden{index + 1}"
 
 
+def flatten_hwc(x: torch.Tensor, start_dim: int) -> torch.Tensor:
+    """Flatten the image axes (C, H, W), which start at ``start_dim``, in height-width-channel
+    order: the reference keeps images as N x H x W x C arrays and reshapes them to N x (H*W*C)
+    for its MLPs. Already-flat input is returned as it is (it is taken to be in that order).
+
+    One-channel images skip the transpose: for C = 1 both orders are the same sequence of
+    pixels, and flattening the contiguous tensor directly keeps MNIST's results and speed
+    exactly as they were."""
+    if x.dim() == start_dim + 3 and x.shape[start_dim] > 1:
+        x = x.movedim(start_dim, -1)
+    return x.flatten(start_dim)
+
+
 class FlatMLP(nn.Module):
     """ReLU MLP on flattened images: ``hidden``, ``hidden2``, ... then ``fc``.
 
-    Accepts N x C x H x W (or already-flat N x d) input and flattens it itself. Layers keep
-    PyTorch's default ``nn.Linear`` initialisation, as in the reference."""
+    Accepts N x C x H x W (or already-flat N x d) input and flattens it itself, in the
+    reference's height-width-channel order (``flatten_hwc``), so a reference checkpoint gives
+    the same logits on colour images too. Layers keep PyTorch's default ``nn.Linear``
+    initialisation, as in the reference."""
 
     def __init__(self, in_features: int, widths: Sequence[int], num_classes: int) -> None:
         super().__init__()
@@ -98,7 +113,7 @@ class FlatMLP(nn.Module):
         self.fc = nn.Linear(widths[-1] if widths else in_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1)
+        x = flatten_hwc(x, 1)
         for name in self.hidden_names:
             x = F.relu(getattr(self, name)(x))
         return self.fc(x)
@@ -108,7 +123,7 @@ class FlatMLP(nn.Module):
         copies, ``x`` is K x B x ..., the result K x B x classes. One ``baddbmm`` per layer;
         the multi-model trainer uses this instead of its generic ``vmap`` path because it
         measured faster (docs/performance.md)."""
-        x = x.flatten(2)
+        x = flatten_hwc(x, 2)
         for name in (*self.hidden_names, "fc"):
             weight, bias = params[f"{name}.weight"], params[f"{name}.bias"]
             x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
@@ -205,7 +220,8 @@ class BasicBlock(nn.Module):
 
 class AltResNet(nn.Module):
     """CIFAR ResNet (He et al. 2016, section 4.2): 6n+2 layers, 16/32/64 channels, option-A
-    shortcuts, global average pooling and a ``linear`` head.
+    shortcuts, average pooling over the whole final feature map (the reference's
+    ``avg_pool2d``) and a ``linear`` head.
 
     Conv and linear weights get Kaiming-normal initialisation (fan-in); the linear bias and
     batch-norm layers keep PyTorch's defaults, as in the reference."""
@@ -234,7 +250,12 @@ class AltResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(self.normalise(x))))
         out = self.layer3(self.layer2(self.layer1(out)))
-        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        # The reference's pooling, ``F.avg_pool2d(out, out.size()[3])``: the kernel covers the
+        # whole feature map. ``adaptive_avg_pool2d(out, 1)`` sums in another order and differs
+        # in the last bit, so a reference checkpoint would not give the reference's logits.
+        # A (height, width) kernel is the same kernel on square maps and also fits others.
+        out = F.avg_pool2d(out, tuple(out.shape[-2:]))
+        return self.linear(out.flatten(1))
 
 
 # --------------------------------------------------------------------------- VGG

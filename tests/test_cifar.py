@@ -1,0 +1,227 @@
+"""CIFAR-10 fidelity (issue 12): the reference's ResNet pooling and MLP flatten order give
+bit-identical logits for reference checkpoints; a spec must name its pattern; ``aug01`` draws
+from torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip distribution.
+
+The reference-style modules below re-implement the reference's forward passes as the reference
+writes them (NHWC arrays reshaped for MLPs; ``F.avg_pool2d(out, out.size()[3])`` and an
+in-place residual add for ResNets), independently of rsc's code."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import rsc_core
+from rsc_core.checkpoints import build_model_from_checkpoint, read_checkpoint
+
+CIFAR_SHAPE = (3, 32, 32)
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+
+
+# --------------------------------------------------------------------------- reference-style
+
+
+class RefShortcut(nn.Module):
+    def __init__(self, planes: int) -> None:
+        super().__init__()
+        self.planes = planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = self.planes // 4
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad), "constant", 0)
+
+
+class RefBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = RefShortcut(planes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += self.shortcut(x)
+        return F.relu(out)
+
+
+class RefResNet20Norm02(nn.Module):
+    """The reference's ResNet-20 with in-model normalisation, written the reference's way."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.in_planes = 16
+        self.conv1 = nn.Conv2d(3, 16, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.layer1 = self._layer(16, 1)
+        self.layer2 = self._layer(32, 2)
+        self.layer3 = self._layer(64, 2)
+        self.linear = nn.Linear(64, num_classes)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                nn.init.kaiming_normal_(module.weight)
+
+    def _layer(self, planes: int, stride: int) -> nn.Sequential:
+        blocks = []
+        for block_stride in (stride, 1, 1):
+            blocks.append(RefBlock(self.in_planes, planes, block_stride))
+            self.in_planes = planes
+        return nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.as_tensor(MEAN, dtype=x.dtype)[None, :, None, None]
+        std = torch.as_tensor(STD, dtype=x.dtype)[None, :, None, None]
+        x = (x - mean) / std
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.avg_pool2d(out, out.size()[3])
+        out = out.view(out.size(0), -1)
+        return self.linear(out)
+
+
+class RefLargeMLP(nn.Module):
+    """The reference's LargeMLP: it sees rows of an N x (H*W*C) array."""
+
+    def __init__(self, n_features: int, n_classes: int = 10) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(n_features, 256)
+        self.hidden2 = nn.Linear(256, 256)
+        self.hidden3 = nn.Linear(256, 256)
+        self.fc = nn.Linear(256, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.hidden(x))
+        x = F.relu(self.hidden2(x))
+        x = F.relu(self.hidden3(x))
+        return self.fc(x)
+
+
+def reference_checkpoint(model: nn.Module, path) -> dict:
+    """Save ``model`` as the reference does and read it back through rsc's loader."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    torch.save({"epoch": 70, "model_state_dict": model.state_dict(),
+                "optimizer_state_dict": optimizer.state_dict()}, path)
+    return read_checkpoint(path)
+
+
+def trained_batch_norm(model: nn.Module) -> None:
+    """Give every batch norm non-trivial statistics and affine terms (a fresh one is the
+    identity up to eps, which would hide a mismatch in how eval mode uses them)."""
+    generator = torch.Generator().manual_seed(5)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            for tensor in (module.weight, module.bias, module.running_mean):
+                tensor.data.copy_(torch.randn(tensor.shape, generator=generator) * 0.3
+                                  + (1.0 if tensor is module.weight else 0.0))
+            module.running_var.copy_(torch.rand(module.running_var.shape,
+                                                generator=generator) + 0.5)
+
+
+# --------------------------------------------------------------------------- ResNet pooling
+
+
+def test_reference_resnet_checkpoint_gives_bit_identical_logits(tmp_path):
+    torch.manual_seed(0)
+    reference = RefResNet20Norm02()
+    trained_batch_norm(reference)
+    checkpoint = reference_checkpoint(reference, tmp_path / "ref.pt")
+    model = build_model_from_checkpoint(checkpoint, "altResNet20Norm02", CIFAR_SHAPE, 10)
+    x = torch.rand(16, *CIFAR_SHAPE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for mode in (False, True):  # eval (scoring) and train (batch statistics)
+            reference.train(mode), model.train(mode)
+            assert torch.equal(model(x), reference(x)), f"train={mode}"
+
+
+def test_resnet_is_initialised_like_the_reference():
+    torch.manual_seed(3)
+    reference = RefResNet20Norm02()
+    torch.manual_seed(3)
+    ours = rsc_core.create("architectures", "altResNet20Norm02").build(CIFAR_SHAPE, 10)
+    theirs = reference.state_dict()
+    assert list(ours.state_dict()) == list(theirs)
+    for key, value in ours.state_dict().items():
+        assert torch.equal(value, theirs[key]), key
+
+
+def test_resnet_pooling_is_the_same_in_channels_last():
+    torch.manual_seed(0)
+    model = rsc_core.create("architectures", "altResNet20").build(CIFAR_SHAPE, 10).eval()
+    x = torch.rand(4, *CIFAR_SHAPE)
+    with torch.no_grad():
+        expected = model(x)
+        model.to(memory_format=torch.channels_last)
+        got = model(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected)  # convolutions may round differently
+
+
+# --------------------------------------------------------------------------- MLP flatten order
+
+
+@pytest.mark.parametrize("arch", ["LargeMLP", "MLP"])
+def test_reference_mlp_on_colour_images_gives_bit_identical_logits(tmp_path, arch):
+    torch.manual_seed(0)
+    ours_fresh = rsc_core.create("architectures", arch).build(CIFAR_SHAPE, 10)
+    reference = RefLargeMLP(3 * 32 * 32) if arch == "LargeMLP" else None
+    source = reference if reference is not None else ours_fresh
+    checkpoint = reference_checkpoint(source, tmp_path / "ref.pt")
+    model = build_model_from_checkpoint(checkpoint, arch, CIFAR_SHAPE, 10).eval()
+    nhwc = np.random.RandomState(0).rand(6, 32, 32, 3).astype(np.float32)  # the reference's
+    flat = torch.from_numpy(nhwc.reshape(len(nhwc), -1))   # arrays, reshaped as it does
+    images = torch.from_numpy(np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2)))  # rsc's NCHW
+    with torch.no_grad():
+        expected = _reference_forward(source, flat)
+        assert torch.equal(model(images), expected)
+        assert torch.equal(model(images.contiguous(memory_format=torch.channels_last)),
+                           expected)
+        assert torch.equal(model(flat), expected)  # flat input is taken as the reference's
+        # Channel-first flattening (rsc's old order) feeds the weights other pixels.
+        assert not torch.allclose(_reference_forward(source, images.flatten(1)), expected)
+
+
+def _reference_forward(model: nn.Module, flat: torch.Tensor) -> torch.Tensor:
+    """Apply the layers of an MLP (reference-style or rsc's) to already-flat rows."""
+    x = flat
+    names = [name for name, _ in model.named_children()]
+    for name in names[:-1]:
+        x = F.relu(getattr(model, name)(x))
+    return getattr(model, names[-1])(x)
+
+
+def test_stacked_mlps_flatten_colour_images_in_the_same_order():
+    """The multi-model trainer's ``forward_stacked`` sees what ``forward`` sees."""
+    torch.manual_seed(0)
+    models = [rsc_core.create("architectures", "MLPv2").build(CIFAR_SHAPE, 10) for _ in range(2)]
+    params = {name: torch.stack([dict(m.named_parameters())[name].detach() for m in models])
+              for name, _ in models[0].named_parameters()}
+    x = torch.rand(2, 5, *CIFAR_SHAPE)
+    with torch.no_grad():
+        stacked = models[0].forward_stacked(params, x)
+        for k, model in enumerate(models):
+            torch.testing.assert_close(stacked[k], model(x[k]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["LargeMLP", "MLP", "MLPv2", "LargeMLPv2"])
+def test_grey_images_flatten_exactly_as_before(arch):
+    """For one channel, height-width-channel and channel-height-width order are the same
+    pixels in the same order, and rsc flattens the tensor as it did before the change (a view,
+    no copy), so MNIST and Fashion-MNIST results cannot change."""
+    from rsc_plugins.architectures import flatten_hwc
+
+    x = torch.rand(7, 1, 28, 28)
+    flat = flatten_hwc(x, 1)
+    assert torch.equal(flat, x.flatten(1))
+    assert torch.equal(flat, x.permute(0, 2, 3, 1).reshape(7, -1))
+    assert flat.data_ptr() == x.data_ptr()
+    torch.manual_seed(0)
+    model = rsc_core.create("architectures", arch).build((1, 28, 28), 10).eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), _reference_forward(model, x.flatten(1)))
+        stacked = flatten_hwc(x.unsqueeze(0).expand(2, *x.shape), 2)
+        assert torch.equal(stacked[1], x.flatten(1))
