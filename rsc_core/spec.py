@@ -2,7 +2,8 @@
 (e.g. ``mnistv8-3-0-0``), ``twoclass{dataset}{pattern}-{n}-{c1}-{c2}-{seed}``, or plainly
 ``{dataset}``. ``parse_spec`` turns such a name into a ``SpuriousSpec``; ``SpuriousSpec.build``
 checks the same fields when they come as separate options. Every malformed or impossible spec
-raises ``SpecError``, never anything else."""
+raises ``SpecError``, never anything else. A spurious spec must name its pattern on every
+dataset (``cifar10-3-0-0`` and ``mnist-3-0-0`` are errors that say what to write)."""
 from __future__ import annotations
 
 import re
@@ -11,7 +12,6 @@ from dataclasses import dataclass
 from .errors import SpecError, UnknownNameError
 
 MAX_SEED = 2**32 - 1  # numpy.random.RandomState accepts seeds in [0, 2**32)
-DEFAULT_PATTERN = "v1"  # the reference applies v1 when the name has no pattern
 _NAME = re.compile(r"(?P<twoclass>twoclass)?(?P<head>[a-z][a-z0-9]*)(?P<numbers>(?:-[0-9]+)*)")
 
 
@@ -27,6 +27,10 @@ class SpuriousSpec:
     n: int = 0
     targets: tuple[int, ...] = ()
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.targets and not self.pattern:  # however it was made: parsed, built, loaded
+            raise SpecError(_no_pattern_message(self.dataset, self.n, self.targets, self.seed))
 
     @property
     def is_clean(self) -> bool:
@@ -88,8 +92,22 @@ class SpuriousSpec:
             if target >= num_classes:
                 raise SpecError(f"target class {target} is out of range: {dataset_name} has "
                                 f"classes 0-{num_classes - 1}")
-        pattern_name = _canonical("patterns", pattern or DEFAULT_PATTERN)
+        if not pattern:
+            raise SpecError(_no_pattern_message(dataset_name, n, targets, seed))
+        pattern_name = _canonical("patterns", pattern)
         return cls(dataset_name, pattern_name, n, targets, _check_seed(seed))
+
+
+def _no_pattern_message(dataset: str, n: int, targets: tuple[int, ...], seed: int) -> str:
+    """Every spurious spec must name its pattern, on every dataset: the reference silently
+    applies v1 (S1) to grey images when a name has none and rejects such names for colour
+    images, so rsc asks instead of guessing (docs/protocol.md, "Deliberate differences")."""
+    prefix = "twoclass" if len(targets) == 2 else ""
+    numbers = "-".join(str(v) for v in (n, *targets, seed))
+    return (f"{prefix}{dataset}-{numbers} names no pattern; name one, e.g. "
+            f"{prefix}{dataset}v8-{numbers} (S3), or {prefix}{dataset}v1-{numbers} (S1, what the "
+            f"reference applies to grey images when a name has none); with --dataset, give "
+            f"--pattern")
 
 
 def _check_seed(seed: int) -> int:

@@ -225,3 +225,51 @@ def test_grey_images_flatten_exactly_as_before(arch):
         assert torch.equal(model(x), _reference_forward(model, x.flatten(1)))
         stacked = flatten_hwc(x.unsqueeze(0).expand(2, *x.shape), 2)
         assert torch.equal(stacked[1], x.flatten(1))
+
+
+# --------------------------------------------------------------------------- no pattern
+
+
+@pytest.mark.parametrize("text,suggestion", [
+    ("cifar10-3-0-0", "cifar10v8-3-0-0"),
+    ("mnist-3-0-0", "mnistv1-3-0-0"),
+    ("fashion-0-0-0", "fashionv8-0-0-0"),
+    ("cifar100-1-99-7", "cifar100v1-1-99-7"),
+    ("twoclassmnist-3-1-2-0", "twoclassmnistv8-3-1-2-0"),
+])
+def test_a_spec_without_a_pattern_is_one_line_saying_what_to_write(text, suggestion):
+    """The reference turns a missing pattern into v1 on grey images and rejects it on colour
+    ones; rsc has one rule for every dataset: name the pattern."""
+    from rsc_core.errors import SpecError
+    from rsc_core.spec import parse_spec
+
+    with pytest.raises(SpecError, match="names no pattern") as info:
+        parse_spec(text)
+    message = str(info.value)
+    assert "\n" not in message and suggestion in message and text in message
+
+
+def test_options_and_direct_construction_follow_the_same_rule():
+    from rsc_core.errors import SpecError
+    from rsc_core.spec import SpuriousSpec
+
+    with pytest.raises(SpecError, match="cifar10-3-0-0 names no pattern.*--pattern"):
+        SpuriousSpec.build("cifar10", None, 3, 0, 0)
+    with pytest.raises(SpecError, match="names no pattern"):
+        SpuriousSpec("cifar10", None, 3, (0,), 0)
+    with pytest.raises(SpecError, match="names no pattern"):  # a hand-edited run config
+        SpuriousSpec.from_dict({"dataset": "mnist", "pattern": None, "n": 3, "targets": [0],
+                                "seed": 0})
+    assert SpuriousSpec.build("cifar10").is_clean  # the clean dataset needs no pattern
+    assert SpuriousSpec.build("cifar10", "s3", 0, 0, 0).name == "cifar10v8-0-0-0"
+
+
+def test_cli_refuses_a_spec_without_a_pattern(tiny_data):
+    from click.testing import CliRunner
+    from rsc_cli.main import cli
+
+    result = CliRunner().invoke(cli, ["data", "summary", "--spec", "cifar10-1-0-0",
+                                      "--data-dir", str(tiny_data.root)])
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: cifar10-1-0-0 names no pattern")
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output

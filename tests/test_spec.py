@@ -18,7 +18,6 @@ from rsc_core.spec import SpuriousSpec, parse_spec
     ("cifar100coarsev1-2-19-0", SpuriousSpec("cifar100coarse", "v1", 2, (19,), 0)),
     ("twoclassmnistv8-3-1-2-0", SpuriousSpec("mnist", "v8", 3, (1, 2), 0)),
     ("mnists3-3-0-0", SpuriousSpec("mnist", "v8", 3, (0,), 0)),
-    ("mnist-3-0-0", SpuriousSpec("mnist", "v1", 3, (0,), 0)),
     ("mnist", SpuriousSpec("mnist")),
     ("cifar10", SpuriousSpec("cifar10")),
 ])
