@@ -1,16 +1,119 @@
-"""The privacy-attack interface: score how far a model reveals which examples it was trained on
-(PROTOCOL.md section 8)."""
+"""The membership-inference attack interface (PROTOCOL.md section 8): how far does a model reveal
+which examples it was trained on.
+
+An attack never trains anything itself. It declares which shadow models it needs
+(``shadow_design`` and ``num_shadows``); rsc trains them as ordinary runs (reusing what exists),
+observes every model on the examples the design names, and hands the attack those observations:
+
+* ``SHADOW_POOL`` (the study's attack, LOSS): ONE shadow model trained on the shadow pool's
+  members, observed on the shadow pool (its members and non-members, disjoint from the target's
+  data). ``shadows`` is a one-element list.
+* ``TARGET_HALVES`` (online LiRA): ``num_shadows`` models, each trained on a random half of
+  the target's own pool (planted images included), observed on the target's examples.
+* ``CLEAN_HALVES`` (offline LiRA): ``num_shadows`` models, each trained on a random half of
+  the target pool WITHOUT planted images (the same shadows for every n), observed on the
+  target's examples (the planted images as the target saw them).
+
+``attack`` returns a score per target example (higher: more likely a member) and the attack's
+own member/non-member decision, from which rsc computes the metrics
+(``rsc_core.membership_metrics``).
+"""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+
+SHADOW_POOL = "shadow-pool"
+TARGET_HALVES = "target-halves"
+CLEAN_HALVES = "clean-halves"
+SHADOW_DESIGNS = (SHADOW_POOL, TARGET_HALVES, CLEAN_HALVES)
+DEFAULT_SHADOWS = 16
+
+
+@dataclass(frozen=True)
+class Observations:
+    """One model seen on a list of examples: its logits, the true labels, and which examples
+    the model trained on (known for shadows; for the target, the ground truth the metrics
+    use, which an attack must not read)."""
+
+    logits: np.ndarray  # N x C, float
+    labels: np.ndarray  # N, int
+    member: np.ndarray  # N, bool
+
+    def __post_init__(self) -> None:
+        logits = np.asarray(self.logits, dtype=np.float64)
+        labels = np.asarray(self.labels, dtype=np.int64)
+        member = np.asarray(self.member, dtype=bool)
+        if logits.ndim != 2 or labels.shape != (logits.shape[0],) or member.shape != labels.shape:
+            raise ConfigError(f"observations need N x C logits with N labels and N membership "
+                              f"flags, got {logits.shape}, {labels.shape}, {member.shape}")
+        object.__setattr__(self, "logits", logits)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "member", member)
+
+    def __len__(self) -> int:
+        return int(self.labels.size)
+
+    def losses(self) -> np.ndarray:
+        """Per-example cross-entropy, computed stably from the logits."""
+        shifted = self.logits - self.logits.max(axis=1, keepdims=True)
+        log_norm = np.log(np.exp(shifted).sum(axis=1))
+        return log_norm - shifted[np.arange(len(self)), self.labels]
+
+    def correct(self) -> np.ndarray:
+        return self.logits.argmax(axis=1) == self.labels
+
+
+@dataclass(frozen=True)
+class AttackOutput:
+    """Scores (higher: more likely a member), decisions, and what the attack chose (e.g. a
+    threshold or a regularisation constant), for metrics.json."""
+
+    scores: np.ndarray
+    decisions: np.ndarray
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class Attack(ABC):
+    """A membership-inference attack. Created with ``shadows`` (the number of shadow models,
+    for the designs that train several; ignored by ``SHADOW_POOL`` attacks)."""
+
     name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    shadow_design: ClassVar[str] = SHADOW_POOL
+    #: The fewest shadow models the attack can work with (designs with several shadows).
+    min_shadows: ClassVar[int] = 1
+
+    def __init__(self, shadows: int = DEFAULT_SHADOWS) -> None:
+        if self.shadow_design not in SHADOW_DESIGNS:
+            raise ConfigError(f"attack {self.name} has unknown shadow design "
+                              f"{self.shadow_design!r}; use one of {', '.join(SHADOW_DESIGNS)}")
+        self.shadows = shadows
+        if self.shadow_design != SHADOW_POOL:
+            check_shadow_count(self.name, shadows, self.min_shadows)
+
+    @property
+    def num_shadows(self) -> int:
+        return 1 if self.shadow_design == SHADOW_POOL else self.shadows
 
     @abstractmethod
-    def run(self, target: Any, shadow: Any, **options: Any) -> dict[str, Any]:
-        """Fit on the shadow model, evaluate on the target; return the metrics."""
+    def attack(self, target: Observations, shadows: Sequence[Observations]) -> AttackOutput:
+        """Score the target's examples (``target.member`` is NOT to be read) from the
+        shadows' observations, as the attack's ``shadow_design`` describes them."""
+
+
+def check_shadow_count(name: str, shadows: Any, minimum: int) -> int:
+    """Shadows come in complementary pairs (every example in exactly half of them)."""
+    if isinstance(shadows, bool) or not isinstance(shadows, int):
+        raise ConfigError(f"the number of shadow models must be a whole number, got "
+                          f"{shadows!r}")
+    if shadows < minimum or shadows % 2:
+        raise ConfigError(f"{name} needs an even number of shadow models, at least {minimum}, "
+                          f"got {shadows}; use e.g. --shadows {max(minimum, 16)}")
+    return shadows

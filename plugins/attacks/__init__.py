@@ -1,9 +1,20 @@
-"""Built-in membership-inference attacks (PROTOCOL.md section 8), one per module."""
+"""Built-in membership-inference attacks (PROTOCOL.md section 8), one per module:
+``shadow-lr`` (the study's), ``loss-threshold`` (Yeom et al. 2018) and LiRA (Carlini et al.
+2022) as ``lira`` (online) and ``lira-offline``."""
 from __future__ import annotations
 
 from rsc_core import hookimpl
 
+from .lira import LiRAOffline, LiRAOnline
+from .loss_threshold import LossThreshold
+from .shadow_lr import ShadowLogisticRegression
+
+__all__ = ["LiRAOffline", "LiRAOnline", "LossThreshold", "ShadowLogisticRegression"]
+
 
 @hookimpl
 def register_attacks(register) -> None:
-    """Register the built-in attacks (none yet)."""
+    register(ShadowLogisticRegression)
+    register(LossThreshold)
+    register(LiRAOnline)
+    register(LiRAOffline)

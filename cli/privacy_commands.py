@@ -1,0 +1,128 @@
+"""``rsc mia``: membership inference against a model trained on a membership dataset
+(PROTOCOL.md section 8; docs/privacy.md)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from rsc_core.attacks import DEFAULT_SHADOWS
+from rsc_core.errors import ConfigError
+from rsc_core.group_runs import DEFAULT_GROUP_SIZE, check_group_size
+from rsc_core.membership import parse_membership_spec
+from rsc_core.membership_metrics import LOW_FPRS, fpr_key
+from rsc_core.mia import MiaResult, create_attacks, result_name, run_mia
+from rsc_core.runs import Run, resolve_device
+from rsc_core.spec import parse_int_list
+from rsc_core.training import MAX_TRAIN_SEED
+
+from .options import data_options
+from .train_commands import device_option, runs_dir_option
+from .train_options import build_train_config, split_train_kwargs, train_options
+
+
+@click.command("mia")
+@click.option("--spec", "spec_name", required=True, metavar="NAME",
+              help="Membership dataset mem{dataset}{pattern}-{n}-{label}-{seed}, e.g. "
+                   "memmnistv20-3-0-0 (the split is described in docs/privacy.md).")
+@click.option("--attack", "attack_names", multiple=True, required=True, metavar="NAME",
+              help="Attack to run; repeat for several: shadow-lr (the study's), "
+                   "loss-threshold, lira (online), lira-offline.")
+@click.option("--shadows", type=int, default=DEFAULT_SHADOWS, show_default=True,
+              help="Shadow models of LiRA (even; at least 4 online, 2 offline). The study's "
+                   "attack and loss-threshold use one shadow model on the disjoint shadow pool.")
+@train_options
+@data_options
+@runs_dir_option
+@device_option
+@click.option("--group-size", type=int, default=DEFAULT_GROUP_SIZE, show_default=True,
+              help="How many compatible models train at once in the multi-model trainer.")
+@click.option("--target-run", type=click.Path(file_okay=False), default=None,
+              help="Attack this finished run (it must have trained on the spec's target "
+                   "training set; its recipe is then used for the shadows) instead of "
+                   "training or reusing the target from the recipe flags.")
+@click.option("--out", "-o", type=click.Path(), default=None,
+              help="Result folder (default: mia/<spec>_<recipe>-<hash> in the current "
+                   "folder). An older result there is replaced once the new one is complete.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or stage lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics.json instead of a table.")
+def mia_command(spec_name, attack_names, shadows, data_dir, download, runs_dir, device,
+                group_size, target_run, out, quiet, as_json, **kwargs) -> None:
+    """Membership inference on rare spurious examples.
+
+    Splits the dataset into a target pool and a disjoint shadow pool (members = a model's
+    training set, non-members = held-out images of the same pool; the spurious images only
+    in the target's training set), trains or reuses the target and the shadow models each
+    attack needs as ordinary runs (listed and reused like any `rsc train` run), attacks the
+    target and reports balanced accuracy, ROC AUC, TPR at 0.1% and 1% FPR, and how often the
+    spurious images are called members against unpatterned members of their class.
+
+    Writes metrics.json, scores.csv (one row per target example), split.json and roc.png.
+
+    Example: rsc mia --spec memmnistv20-3-0-0 --attack shadow-lr --attack lira --shadows 16
+    """
+    mem = parse_membership_spec(spec_name)
+    attacks = create_attacks(attack_names, shadows)
+    check_group_size(group_size)
+    train_kwargs, _ = split_train_kwargs(kwargs)
+    run = None
+    if target_run is not None:
+        _refuse_recipe_flags(train_kwargs)
+        run = Run.open(target_run)
+        config = run.train_config
+    else:
+        seeds = parse_int_list(train_kwargs.pop("train_seed"), "training seeds", MAX_TRAIN_SEED)
+        if len(seeds) != 1:
+            raise ConfigError(f"rsc mia attacks one target model; give one --train-seed, got "
+                              f"{len(seeds)}")
+        config = build_train_config(train_seed=seeds[0], **train_kwargs)
+    resolve_device(device)
+    folder = Path(out) if out else Path("mia") / result_name(mem, config, attacks)
+    stage = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    result = run_mia(mem, config, attacks, folder, runs_dir=runs_dir, data_dir=data_dir,
+                     download=download, device=device, progress=not quiet,
+                     group_size=group_size, target_run=run, on_stage=stage)
+    if as_json:
+        click.echo(json.dumps({"folder": str(result.folder), **result.metrics}, indent=2))
+    else:
+        print_result(result)
+
+
+def _refuse_recipe_flags(train_kwargs: dict) -> None:
+    context = click.get_current_context()
+    given = [name for name in train_kwargs
+             if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ConfigError(f"--target-run brings its own recipe; drop {flags}")
+
+
+def _rate(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_result(result: MiaResult, console: Console | None = None) -> None:
+    metrics = result.metrics
+    split = metrics["split"]
+    table = Table("attack", "shadows", "bal. acc", "AUC",
+                  *(f"TPR@{f * 100:g}%FPR" for f in LOW_FPRS),
+                  "spurious called member", "same-class members called member",
+                  f"spurious TPR@{LOW_FPRS[-1] * 100:g}%FPR",
+                  title=f"{metrics['spec']['name']}: {split['part_size']} members, "
+                        f"{split['part_size']} non-members, "
+                        f"{len(split['spurious'])} spurious")
+    for name, row in metrics["attacks"].items():
+        spurious, same = row["spurious"], row["same_class_members"]
+        table.add_row(name, str(row["shadows"]), f"{row['balanced_accuracy']:.3f}",
+                      f"{row['auc']:.3f}", *(f"{row[fpr_key(f)]:.4f}" for f in LOW_FPRS),
+                      _rate(spurious["member_rate"]), _rate(same["member_rate"]),
+                      _rate(spurious[fpr_key(LOW_FPRS[-1])]))
+    console = console or Console()
+    console.print(table)
+    console.print(f"results: {result.folder}", soft_wrap=True, highlight=False, markup=False)
+
+
+COMMANDS = [mia_command]

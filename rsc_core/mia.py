@@ -1,0 +1,284 @@
+"""Membership inference end to end (``rsc mia``): split a membership dataset, train (or reuse)
+the target and every shadow model the chosen attacks need as ordinary runs through the
+multi-model trainer, observe each model on its examples, run the attacks, compute the metrics
+and write one result folder atomically (metrics.json, scores.csv, split.json, roc.png).
+
+Every name, option, output path and a given target run are checked before anything is trained
+or written, so bad input is one error and leaves nothing behind."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import registry
+from .atomic import write_json, write_text
+from .attacks import (CLEAN_HALVES, SHADOW_POOL, TARGET_HALVES, Attack, AttackOutput,
+                      Observations)
+from .datasets import DatasetBundle, load_dataset
+from .errors import ConfigError, RscError
+from .evaluation import predict_logits
+from .group_runs import DEFAULT_GROUP_SIZE, RunRequest, RunResult, train_runs
+from .membership import PREFIX, MembershipSpec, MembershipSplit, membership_split
+from .membership_metrics import membership_metrics
+from .roc_plot import save_roc_plot
+from .runs import Run, config_hash, resolve_device, run_config, run_slug
+from .spurious import patched_rows
+from .subsets import TrainSubset
+from .training import TrainConfig
+
+RESULT_FORMAT = 1
+
+
+def create_attacks(names: Sequence[str], shadows: int, **options: Any) -> list[Attack]:
+    """The attacks by name (unknown names, repeats and too few shadows are one error each)."""
+    if not names:
+        raise ConfigError("no attack given; use e.g. --attack shadow-lr (`rsc plugins` lists "
+                          "the attacks)")
+    attacks, seen = [], set()
+    for name in names:
+        entry = registry("attacks").get(name)
+        if entry.name in seen:
+            raise ConfigError(f"attack {entry.name} is given twice; give each attack once")
+        seen.add(entry.name)
+        attacks.append(entry.obj(shadows=shadows, **options))
+    return attacks
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The runs of one shadow design (or the target), and the examples each is observed on."""
+
+    requests: list[RunRequest]
+    observed: list[tuple[np.ndarray, np.ndarray]]  # per run: (original indices, member flags)
+
+
+def shadow_seed(config: TrainConfig, k: int) -> TrainConfig:
+    """Shadow k of a LiRA set trains with its own initialisation and batch order (training
+    seed + 1 + k), as independent models would; the single pool shadow uses the target's."""
+    return dataclasses.replace(config, seed=config.seed + 1 + k)
+
+
+def plan_models(split: MembershipSplit, config: TrainConfig,
+                attacks: Sequence[Attack]) -> dict[str, ModelSet]:
+    """The target and the shadow sets the attacks need, as run requests."""
+    mem = split.spec
+    target_pool = split.target_pool()
+    sets = {"target": ModelSet([RunRequest(mem.spurious, config, split.target_subset)],
+                               [(target_pool.indices, target_pool.member)])}
+    for design in dict.fromkeys(a.shadow_design for a in attacks):
+        count = max(a.num_shadows for a in attacks if a.shadow_design == design)
+        if design == SHADOW_POOL:
+            pool = split.shadow_pool()
+            sets[design] = ModelSet([RunRequest(mem.clean, config, split.shadow_subset)],
+                                    [(pool.indices, pool.member)])
+            continue
+        spec, source = ((mem.spurious, target_pool.indices) if design == TARGET_HALVES
+                        else (mem.clean, split.clean_target_pool()))
+        halves = split.halves(source, count)
+        sets[design] = ModelSet(
+            [RunRequest(spec, shadow_seed(config, k), TrainSubset.keeping(rows))
+             for k, rows in enumerate(halves)],
+            [(target_pool.indices, np.isin(target_pool.indices, rows)) for rows in halves])
+    return sets
+
+
+def check_target_run(run: Run, split: MembershipSplit) -> TrainConfig:
+    """A given target run must be a finished run of exactly the target's training data; its
+    recipe is then the recipe of every shadow model."""
+    if not run.finished:
+        raise RscError(f"target run {run.path} has not finished; train it first")
+    expected = split.target_subset
+    subset = run.subset
+    if run.spec != split.spec.spurious or subset is None or \
+            not np.array_equal(subset.rows(split.labels.size), expected.rows(split.labels.size)):
+        what = run.spec.name + (f" ({subset.tag()})" if subset is not None else
+                                " (the whole training set)")
+        raise RscError(f"target run {run.path.name} was trained on {what}, not on the target "
+                       f"training set of {split.spec.name} ({split.spec.spurious.name} "
+                       f"({expected.tag()})); omit --target-run to train the right one")
+    return run.train_config
+
+
+def result_name(mem: MembershipSpec, config: TrainConfig, attacks: Sequence[Attack]) -> str:
+    """``memmnistv20-3-0-0_ce-tor-LargeMLP_adam-..._<hash of recipe and attacks>``."""
+    key = {"spec": mem.name, "train": config.as_dict(),
+           "attacks": [[a.name, a.num_shadows, getattr(a, "variance", None)] for a in attacks]}
+    return f"{PREFIX}{run_slug(mem.spurious, config)}-{config_hash(key)}"
+
+
+def check_output(out: Path) -> Path:
+    """The result folder must be creatable (its parent a writable folder)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"cannot write results to {out}: it is a file; choose a folder path")
+    parent = next(p for p in out.absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write results under {parent}: not a writable folder; "
+                          f"choose another --out")
+    return out
+
+
+@dataclass(frozen=True)
+class MiaResult:
+    folder: Path
+    metrics: dict[str, Any]
+
+
+def run_mia(mem: MembershipSpec, config: TrainConfig, attacks: Sequence[Attack], out: Path,
+            *, runs_dir: str | Path | None = None, data_dir: str | Path | None = None,
+            download: bool | None = None, device: str = "auto", progress: bool = True,
+            group_size: int = DEFAULT_GROUP_SIZE, target_run: Run | None = None,
+            on_stage: Callable[[str], None] = lambda line: None) -> MiaResult:
+    """Train or reuse every model the attacks need, attack the target, write ``out``."""
+    torch_device = resolve_device(device)
+    out = check_output(out)
+    bundle = load_dataset(mem.spurious.dataset, data_dir, download)
+    split = membership_split(mem, bundle.train.labels.numpy())
+    if target_run is not None:
+        config = check_target_run(target_run, split)
+    sets = plan_models(split, config, attacks)
+    requests = [r for model_set in sets.values() for r in model_set.requests]
+    on_stage(f"{mem.name}: {len(requests)} models ({_describe(sets)}), "
+             f"{split.target_members.size} training images each")
+    given = {}
+    if target_run is not None:  # used where it is, wherever its runs root
+        given[_key(sets["target"].requests[0])] = target_run
+        requests = [r for r in requests if _key(r) not in given]
+    results = train_runs(requests, group_size=group_size, runs_dir=runs_dir, data_dir=data_dir,
+                         download=download, progress=progress, device=device)
+    _raise_failures(results)
+    by_request = {**given, **{_key(r.request): r.outcome.run for r in results}}
+    images = _planted_training_images(bundle, mem)
+    on_stage("observing every model on its examples")
+    observed = {name: [Observations(_logits(by_request[_key(req)], images, indices, torch_device),
+                                    bundle.train.labels.numpy()[indices], member)
+                       for req, (indices, member) in zip(model_set.requests, model_set.observed)]
+                for name, model_set in sets.items()}
+    target = observed["target"][0]
+    outputs = {a.name: a.attack(target, observed[a.shadow_design][:a.num_shadows])
+               for a in attacks}
+    metrics = _metrics(mem, split, config, attacks, sets, by_request, target, outputs)
+    _write_result(out, metrics, split, target, outputs, sets["target"].observed[0][0])
+    return MiaResult(out, metrics)
+
+
+def _key(request: RunRequest) -> str:
+    return config_hash(run_config(request.spec, request.config, request.subset))
+
+
+def _describe(sets: dict[str, ModelSet]) -> str:
+    return ", ".join(f"{name} {len(model_set.requests)}" for name, model_set in sets.items())
+
+
+def _raise_failures(results: list[RunResult]) -> None:
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        first = failed[0]
+        raise RscError(f"{len(failed)} of {len(results)} models failed to train; first: "
+                       f"{first.request.spec.name} (train seed {first.request.config.seed}): "
+                       f"{first.error}")
+
+
+def _planted_training_images(bundle: DatasetBundle, mem: MembershipSpec) -> torch.Tensor:
+    """The training images as the target saw them: planted rows carry the pattern."""
+    indices, rows = patched_rows(bundle, mem.spurious)
+    images = bundle.train.images.clone()
+    if indices.size:
+        images[torch.from_numpy(indices)] = rows
+    return images
+
+
+def _logits(run: Run, images: torch.Tensor, indices: np.ndarray,
+            device: torch.device) -> np.ndarray:
+    model = run.load_model().to(device)
+    return predict_logits(model, images[torch.from_numpy(indices)], device).double().numpy()
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no infinity: a non-finite number (e.g. 'call nothing a member') is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def _metrics(mem: MembershipSpec, split: MembershipSplit, config: TrainConfig,
+             attacks: Sequence[Attack], sets: dict[str, ModelSet], runs: dict[str, Run],
+             target: Observations, outputs: dict[str, AttackOutput]) -> dict[str, Any]:
+    indices = sets["target"].observed[0][0]
+    spurious = np.isin(indices, split.spurious)
+    same_class = np.isin(indices, split.same_class_members())
+    per_attack = {}
+    for attack in attacks:
+        output = outputs[attack.name]
+        per_attack[attack.name] = {
+            **membership_metrics(target.member, output.scores, output.decisions, spurious,
+                                 same_class),
+            "shadow_design": attack.shadow_design, "shadows": attack.num_shadows,
+            "details": _finite(output.details)}
+    return {
+        "rsc_mia": RESULT_FORMAT,
+        "created_at": _dt.datetime.now().isoformat(timespec="seconds"),
+        "spec": mem.as_dict(), "split": split.summary(), "train": config.as_dict(),
+        "target_accuracy_members": float(target.correct()[target.member].mean()),
+        "target_accuracy_non_members": float(target.correct()[~target.member].mean()),
+        "runs": {name: [runs[_key(r)].name for r in model_set.requests]
+                 for name, model_set in sets.items()},
+        "attacks": _finite(per_attack),
+    }
+
+
+def _scores_csv(indices: np.ndarray, target: Observations, split: MembershipSplit,
+                outputs: dict[str, AttackOutput]) -> str:
+    spurious = np.isin(indices, split.spurious)
+    same_class = np.isin(indices, split.same_class_members())
+    header = ["index", "label", "member", "spurious", "same_class_member", "loss"]
+    columns = [indices, target.labels, target.member.astype(int), spurious.astype(int),
+               same_class.astype(int), target.losses()]
+    for name, output in outputs.items():
+        header += [f"{name}_score", f"{name}_member"]
+        columns += [output.scores, np.asarray(output.decisions).astype(int)]
+    lines = [",".join(header)]
+    for row in zip(*columns):
+        lines.append(",".join(repr(float(v)) if isinstance(v, (float, np.floating)) else
+                              str(int(v)) for v in row))
+    return "\n".join(lines) + "\n"
+
+
+def _write_result(out: Path, metrics: dict[str, Any], split: MembershipSplit,
+                  target: Observations, outputs: dict[str, AttackOutput],
+                  indices: np.ndarray) -> None:
+    """Fill a temporary folder beside ``out``, then rename it into place (an older result of
+    the same name is replaced only once the new one is complete)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "split.json", split.as_dict())
+        write_text(tmp / "scores.csv", _scores_csv(indices, target, split, outputs))
+        curves = {name: (target.member, output.scores) for name, output in outputs.items()}
+        save_roc_plot(curves, f"{split.spec.name}: membership inference, 1 target model, "
+                              f"{metrics['train']['epochs']} epochs", tmp / "roc.png")
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
