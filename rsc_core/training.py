@@ -220,20 +220,64 @@ def make_optimizer(name: str, params: Any, lr: float, momentum: float = 0.0,
     raise ConfigError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
 
 
-def augment_aug01(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random 32-crop after zero-padding by 4, then random horizontal flip, per image, as
-    whole-batch tensor operations (torchvision's RandomCrop(padding=4) + RandomHorizontalFlip)."""
-    n, _, height, width = x.shape
-    pad = 4
+AUG01_PAD = 4  # RandomCrop(32, padding=4): offsets 0..8 in the zero-padded image
+
+
+def aug01_draws(n: int, generator: torch.Generator | None = None,
+                device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+    """The random part of ``aug01`` for ``n`` images: row and column offsets of the crop in the
+    padded image, uniform on 0..8 each, and whether to mirror, with probability 1/2; all
+    independent (torchvision draws the same per image). Drawn in this order: the row offsets,
+    the column offsets, the flips."""
+    dy = torch.randint(0, 2 * AUG01_PAD + 1, (n,), generator=generator, device=device)
+    dx = torch.randint(0, 2 * AUG01_PAD + 1, (n,), generator=generator, device=device)
+    flip = torch.rand(n, generator=generator, device=device) < 0.5
+    return dy, dx, flip
+
+
+def aug01_apply(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
+                flip: torch.Tensor) -> torch.Tensor:
+    """Crop each image of ``x`` (N x C x H x W) at its offsets from the image padded with 4
+    zero pixels per side, mirrored left-right where ``flip``; then round each pixel down to
+    1/255 steps, as the reference's ``ToPILImage()`` (``x.mul(255).byte()``) and
+    ``ToTensor()`` (``/ 255``) do around its crop. Images made of 8-bit pixels, whole or with
+    a square pattern set to 1, pass that rounding unchanged; noise patterns (R1-R3) are
+    rounded down in training images, as in the reference.
+
+    One gather does crop and flip together (a mirrored crop reads its columns in reverse), in
+    the input's memory format, so a channels-last batch stays channels-last."""
+    n, channels, height, width = x.shape
+    pad = AUG01_PAD
+    columns = torch.arange(width, device=x.device)
+    columns = torch.where(flip[:, None], columns.flip(0), columns) + dx[:, None]
+    rows = dy[:, None] + torch.arange(height, device=x.device)
+    padded_pixels, padded_width = (height + 2 * pad) * (width + 2 * pad), width + 2 * pad
+    index = (rows[:, :, None] * padded_width + columns[:, None, :]).view(n, height * width)
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
-    rows = (dy[:, None] + torch.arange(height, device=x.device))[:, :, None]
-    cols = (dx[:, None] + torch.arange(width, device=x.device))[:, None, :]
-    batch = torch.arange(n, device=x.device)[:, None, None]
-    cropped = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
-    flip = torch.rand(n, generator=generator, device=x.device) < 0.5
-    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped).contiguous()
+    if _is_channels_last(x):  # gather whole pixels (C values each) from N x H'W' x C
+        source = padded.permute(0, 2, 3, 1).reshape(n, padded_pixels, channels)
+        index = index[:, :, None].expand(n, height * width, channels)
+        out = torch.gather(source, 1, index).view(n, height, width, channels)
+        out = out.permute(0, 3, 1, 2)
+    else:  # gather each channel's pixels from N x C x H'W'
+        index = index[:, None, :].expand(n, channels, height * width)
+        source = padded.reshape(n, channels, padded_pixels)
+        out = torch.gather(source, 2, index)
+        out = out.view(n, channels, height, width)
+    # floor == the reference's byte() truncation for pixels in [0, 1], and cheaper
+    return out.mul_(255).floor_().div_(255)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def augment_aug01(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The reference's ``aug01`` on a whole batch: ``RandomCrop(32, padding=4)`` (zero
+    padding) and ``RandomHorizontalFlip()`` per image, drawn from ``generator``
+    (``aug01_draws``, ``aug01_apply``; tests/test_cifar.py checks the distribution and the
+    pixels against torchvision's transforms)."""
+    return aug01_apply(x, *aug01_draws(x.shape[0], generator, x.device))
 
 
 AUGMENT: dict[str, Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]] = {

@@ -273,3 +273,127 @@ def test_cli_refuses_a_spec_without_a_pattern(tiny_data):
     assert result.exit_code == 2
     assert result.output.startswith("Error: cifar10-1-0-0 names no pattern")
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+# --------------------------------------------------------------------------- aug01
+
+
+def _windows(image: torch.Tensor) -> dict[bytes, tuple[int, int, bool]]:
+    """Every output aug01 can make of ``image`` (C x H x W): its 9 x 9 zero-padded crops,
+    plain and mirrored, keyed by their bytes."""
+    _, height, width = image.shape
+    padded = F.pad(image, (4, 4, 4, 4))
+    found = {}
+    for dy in range(9):
+        for dx in range(9):
+            crop = padded[:, dy:dy + height, dx:dx + width]
+            for flip in (False, True):
+                window = crop.flip(-1) if flip else crop
+                found[window.contiguous().numpy().tobytes()] = (dy, dx, flip)
+    return found
+
+
+def test_aug01_offsets_and_flips_have_torchvisions_distribution():
+    """20,000 crops of one image whose pixels are all different: each output is exactly one
+    of the 162 zero-padded windows, and the offsets (0..8 per axis) and flips are uniform and
+    independent (chi-square tests; the generator is seeded, so the test is deterministic)."""
+    from scipy import stats
+
+    n = 20_000
+    image = (torch.arange(1, 145, dtype=torch.float32) / 255).view(1, 12, 12)  # 8-bit values
+    from rsc_core.training import aug01_draws, augment_aug01
+
+    out = augment_aug01(image.expand(n, 1, 12, 12).contiguous(),
+                        torch.Generator().manual_seed(11))
+    windows = _windows(image)
+    seen = np.array([windows[row.numpy().tobytes()] for row in out])  # KeyError: not a window
+    dy, dx, flip = seen[:, 0], seen[:, 1], seen[:, 2].astype(bool)
+    drawn = aug01_draws(n, torch.Generator().manual_seed(11))
+    assert np.array_equal(dy, drawn[0].numpy()) and np.array_equal(dx, drawn[1].numpy())
+    assert np.array_equal(flip, drawn[2].numpy())
+    for offsets in (dy, dx):
+        counts = np.bincount(offsets, minlength=9)
+        assert len(counts) == 9 and stats.chisquare(counts).pvalue > 1e-3
+    joint = np.bincount(dy * 9 + dx, minlength=81)
+    assert stats.chisquare(joint).pvalue > 1e-3  # the two offsets are independent
+    assert stats.binomtest(int(flip.sum()), n, 0.5).pvalue > 1e-3
+    table = np.array([np.bincount(dy[flip == f], minlength=9) for f in (False, True)])
+    assert stats.chi2_contingency(table).pvalue > 1e-3  # flips independent of offsets
+
+
+def test_torchvision_random_crop_draws_the_same_offsets():
+    """What the test above compares with: RandomCrop(32, padding=4) pads to 40 x 40 and draws
+    each offset uniformly from 0..8; RandomHorizontalFlip mirrors with probability 0.5."""
+    from scipy import stats
+    from torchvision import transforms
+
+    torch.manual_seed(0)
+    padded = torch.zeros(3, 40, 40)
+    draws = np.array([transforms.RandomCrop.get_params(padded, (32, 32))[:2]
+                      for _ in range(4_000)])
+    for axis in range(2):
+        counts = np.bincount(draws[:, axis])
+        assert len(counts) == 9 and stats.chisquare(counts).pvalue > 1e-3
+    assert transforms.RandomHorizontalFlip().p == 0.5
+
+
+class _FixedCrop:
+    """torchvision's RandomCrop(32, padding=4), made to use given offsets."""
+
+    def __new__(cls, dy: int, dx: int):
+        from torchvision import transforms
+
+        class Fixed(transforms.RandomCrop):
+            @staticmethod
+            def get_params(img, output_size):
+                return dy, dx, 32, 32
+
+        return Fixed(32, padding=4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_aug01_pixels_equal_the_references_transforms_for_the_same_draws(channels_last):
+    """For a fixed draw, every pixel equals the reference's per-image pipeline
+    ``ToPILImage, RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor`` with the same
+    offsets and flips -- on 8-bit images and on images carrying the noise pattern R3, whose
+    pixels the reference's ToPILImage rounds down to 1/255 steps."""
+    from torchvision import transforms
+
+    from rsc_core.training import aug01_apply, aug01_draws, augment_aug01
+
+    rng = np.random.RandomState(0)
+    images = torch.from_numpy(rng.randint(0, 256, (24, 3, 32, 32)).astype(np.float32) / 255)
+    patterned = rsc_core.create("patterns", "v20").apply(images[:8], 0)
+    images = torch.cat([images, patterned])
+    assert not torch.equal(patterned.mul(255).floor() / 255, patterned)  # R3 is not 8-bit
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    dy, dx, flip = aug01_draws(len(images), torch.Generator().manual_seed(3))
+    out = augment_aug01(images, torch.Generator().manual_seed(3))
+    assert torch.equal(out, aug01_apply(images, dy, dx, flip))
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert bool(flip.any()) and not bool(flip.all()) and len(set(dy.tolist())) > 3
+    for i, image in enumerate(images):
+        reference = transforms.Compose([
+            transforms.ToPILImage(), _FixedCrop(int(dy[i]), int(dx[i])),
+            transforms.RandomHorizontalFlip(p=1.0 if flip[i] else 0.0), transforms.ToTensor()])
+        assert torch.equal(out[i], reference(image.contiguous())), i
+
+
+def test_aug01_pads_with_zeros_and_keeps_8bit_images_exact():
+    from rsc_core.training import aug01_apply
+
+    ones = torch.ones(2, 3, 32, 32)
+    corner = aug01_apply(ones, torch.tensor([0, 8]), torch.tensor([0, 8]),
+                         torch.tensor([False, True]))
+    assert torch.equal(corner[0, :, :4, :], torch.zeros(3, 4, 32))   # top padding
+    assert torch.equal(corner[0, :, :, :4], torch.zeros(3, 32, 4))   # left padding
+    assert torch.equal(corner[1, :, 28:, :], torch.zeros(3, 4, 32))  # bottom padding
+    assert torch.equal(corner[1, :, :, :4], torch.zeros(3, 32, 4))   # right, mirrored left
+    assert int(corner[0].sum()) == 3 * 28 * 28
+    x = torch.from_numpy(np.random.RandomState(1).randint(0, 256, (4, 3, 32, 32))
+                         .astype(np.float32) / 255)
+    centre = aug01_apply(x, torch.full((4,), 4), torch.full((4,), 4), torch.zeros(4, dtype=bool))
+    assert torch.equal(centre, x)  # offset 4 is the image itself, to the bit
+    assert aug01_apply(x[:0], *(t[:0] for t in (torch.zeros(4, dtype=torch.int64),) * 2),
+                       torch.zeros(0, dtype=bool)).shape == (0, 3, 32, 32)

@@ -80,7 +80,8 @@ def test_model_spec_parsing():
 
 
 def test_aug01_crops_and_flips_whole_batches():
-    images = torch.rand(64, 3, 32, 32)
+    images = torch.randint(0, 256, (64, 3, 32, 32)).float() / 255  # 8-bit pixels (aug01 rounds
+    # other values down to 1/255 steps, as the reference does: tests/test_cifar.py)
     out = augment_aug01(images, torch.Generator().manual_seed(0))
     assert out.shape == images.shape
     assert not torch.equal(out, images)
