@@ -1,16 +1,109 @@
-"""The data-removal interface: given a trained model and the training examples to forget,
-return a model that approximates one trained without them (PROTOCOL.md section 7)."""
+"""The data-removal interface (PROTOCOL.md section 7): given a finished run and the training
+examples to forget, return a model that approximates one trained without them.
+
+A remover receives one ``RemovalRequest`` (the source run, the forget set in ORIGINAL
+training-set numbering, its resolved options, the device, and the source's planted dataset
+already loaded) and returns a ``RemovalResult`` (the new weights plus facts about how they were
+obtained: steps taken, residuals, a trained run's folder). Everything around it (parsing the
+forget set, the new run folder linked to its source, the before/after numbers, reuse and
+atomic writes) is ``rsc_core.removal_runs``, so a third-party method is only the maths.
+
+Options are declared, not parsed ad hoc: ``defaults`` names every option a method accepts with
+its default value (whose type is the option's type); ``resolve_options`` fills and checks them
+and may compute defaults that depend on the run (LiSSA's scale per dataset). The resolved
+options are part of the removal's identity, so two removals differ exactly when their options
+do."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .runs import Run
+    from .spurious import SpuriousDataset
+
+
+@dataclass(frozen=True)
+class RemovalRequest:
+    """What a remover works on. ``forget`` holds sorted, distinct original training indices;
+    ``data`` is the source run's planted dataset (all rows, original order). ``runs_dir``,
+    ``data_dir`` and ``progress`` are for methods that train runs of their own (``retrain``)."""
+
+    source: "Run"
+    forget: np.ndarray
+    options: Mapping[str, Any]
+    device: torch.device
+    data: "SpuriousDataset"
+    runs_dir: Path | None = None
+    data_dir: Path | None = None
+    progress: bool = False
+
+
+@dataclass
+class RemovalResult:
+    """The new model weights (a ``state_dict`` for the source's architecture) and facts about
+    the computation (JSON-able values) that the removal folder records. A method that keeps an
+    optimizer state worth resuming from (incremental retraining) may return it too."""
+
+    state_dict: dict[str, torch.Tensor]
+    facts: dict[str, Any] = field(default_factory=dict)
+    optimizer_state: dict[str, Any] | None = None
+    scheduler_state: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Remover(ABC):
+    """A data-removal method. Subclasses set ``name``, ``description`` and ``defaults`` and
+    implement ``remove``; they may refine ``resolve_options``."""
+
     name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    #: Every option the method accepts, with its default (None: computed by resolve_options).
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: The option's type where its default is None (otherwise the default's type).
+    types: ClassVar[dict[str, type]] = {}
+
+    def resolve_options(self, options: Mapping[str, Any], source: "Run",
+                        forget: np.ndarray) -> dict[str, Any]:
+        """Every declared option, given or default, converted to its type; an option the
+        method does not have is one error naming those it has."""
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise ConfigError(f"method {self.name} has no option {unknown[0]!r}; its options "
+                              f"are: {known}")
+        resolved = dict(self.defaults)
+        for key, value in options.items():
+            if value is not None:
+                resolved[key] = self._convert(key, value)
+        return resolved
+
+    def _convert(self, key: str, value: Any) -> Any:
+        kind = self.types.get(key) or type(self.defaults[key])
+        if kind is type(None):
+            return value
+        try:
+            if kind is bool and isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"option {key!r} of method {self.name} must be a "
+                              f"{kind.__name__}, got {value!r}") from None
 
     @abstractmethod
-    def remove(self, run: Any, indices: Any, **options: Any) -> Any:
-        """Return the updated model state after removing ``indices`` from ``run``'s data."""
+    def remove(self, request: RemovalRequest) -> RemovalResult:
+        """Return the weights after removing ``request.forget`` from the source's training set.
+        Raise an ``RscError`` (one line) on bad input or a diverging computation; never return
+        non-finite weights."""

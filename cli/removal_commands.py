@@ -1,0 +1,182 @@
+"""``rsc remove`` (data deletion from a finished run) and ``rsc weights`` (first-layer weight
+maps), PROTOCOL.md sections 7 and 9."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from rsc_core.checkpoints import read_checkpoint
+from rsc_core.errors import ConfigError, RscError
+from rsc_core.plots import check_figure_path
+from rsc_core.removal_runs import RemovalOutcome, remove_run
+from rsc_core.runs import Run
+from rsc_core.weight_maps import difference_summary, first_layer_map, save_weight_maps
+
+from .options import data_options
+from .train_commands import device_option, runs_dir_option
+
+#: CLI flag -> option name of the built-in methods (each method refuses those it lacks).
+_METHOD_OPTIONS = ("extra_epochs", "solver", "compat", "damp", "scale", "depth", "repeats",
+                   "hvp_batch", "seed", "vectorise", "max_norm_factor", "tol", "max_iter",
+                   "hvp_samples")
+
+
+@click.command("remove")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--method", "-m", required=True,
+              help="incremental-retraining, group-influence, retrain (rsc plugins removers).")
+@click.option("--forget", default="spurious", show_default=True, metavar="spurious|FILE|i,j,k",
+              help="Training examples to remove: the run's spurious examples, a file of "
+                   "indices (one per line or comma-separated), or an inline list.")
+@click.option("--extra-epochs", type=int, default=None,
+              help="incremental-retraining: epochs to continue (default: as many as the source "
+                   "trained, 70 -> epochs 71..140).")
+@click.option("--solver", type=click.Choice(["lissa", "cg"]), default=None,
+              help="group-influence: inverse-HVP solver (default lissa).")
+@click.option("--compat", type=click.Choice(["correct", "reference"]), default=None,
+              help="group-influence: 'correct' (default) computes (H + damp I)^-1 v; "
+                   "'reference' keeps the reference's missing division by scale, "
+                   "scale (H + damp scale I)^-1 v.")
+@click.option("--damp", type=float, default=None, help="group-influence: damping (0.01).")
+@click.option("--scale", type=float, default=None,
+              help="group-influence, LiSSA: scale (reference: MNIST 25, Fashion/CIFAR 100).")
+@click.option("--depth", type=int, default=None,
+              help="LiSSA steps per chain (reference: 2000 if |S| < 100, else 1000).")
+@click.option("--repeats", type=int, default=None, help="LiSSA chains averaged (10).")
+@click.option("--hvp-batch", type=int, default=None,
+              help="LiSSA: training rows per Hessian sample (1, the reference; more lowers "
+                   "the variance at more cost per step).")
+@click.option("--hessian-seed", "seed", type=int, default=None,
+              help="Seed of the Hessian sample draws (0).")
+@click.option("--vectorise/--no-vectorise", default=None,
+              help="LiSSA: run the chains as one vmap pass (default) or one after another.")
+@click.option("--max-norm-factor", type=float, default=None,
+              help="LiSSA divergence guard: stop when an iterate exceeds this times "
+                   "|v|/damping (10).")
+@click.option("--tol", type=float, default=None, help="CG: relative residual to stop at (1e-3).")
+@click.option("--max-iter", type=int, default=None, help="CG: iteration limit (100).")
+@click.option("--hvp-samples", type=int, default=None,
+              help="CG: Hessian over this many random training rows (0: all, the default).")
+@click.option("--option", "-O", "extra", multiple=True, metavar="KEY=VALUE",
+              help="An option of a third-party method (repeatable).")
+@data_options
+@runs_dir_option
+@device_option
+@click.option("--force", is_flag=True, help="Recompute even if this removal has finished.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the removal's metrics as JSON.")
+def remove_command(run: str, method: str, forget: str, extra: tuple[str, ...], data_dir,
+                   download, runs_dir, device, force, quiet, as_json, **flags: Any) -> None:
+    """Remove training examples from a finished RUN and record the result as a new run.
+
+    The new folder (under --runs-dir) is linked to RUN, which is never modified. It records
+    the method and options, the removed indices, spurious score and accuracies before and
+    after, loss and accuracy on the removed examples, the parameter distance to RUN (and to
+    the retrained model, when a retrain removal of the same forget set exists) and the wall
+    time. A finished identical removal is reused unless --force.
+
+    Examples:
+
+      rsc remove runs/mnistv20-3-0-0_... --method incremental-retraining
+
+      rsc remove runs/mnistv20-3-0-0_... --method group-influence --compat reference
+
+      rsc remove runs/mnistv20-3-0-0_... --method group-influence --solver cg
+
+      rsc remove runs/mnistv20-3-0-0_... --method retrain --forget 13830,52831
+    """
+    options = {key: value for key, value in flags.items() if value is not None}
+    options.update(_parse_extra(extra))
+    outcome = remove_run(run, method, forget, options, runs_dir=runs_dir, data_dir=data_dir,
+                         download=download, device=device, force=force, progress=not quiet,
+                         on_wait=lambda line: click.echo(line, err=True))
+    _print_removal(outcome, as_json)
+
+
+def _parse_extra(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values read as JSON when they parse (numbers, true/false)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option {pair!r} is not KEY=VALUE")
+        try:
+            options[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip().replace("-", "_")] = value
+    return options
+
+
+def _print_removal(outcome: RemovalOutcome, as_json: bool) -> None:
+    metrics = outcome.run.metrics or {}
+    removal = metrics.get("removal", {})
+    if as_json:
+        click.echo(json.dumps({"run": str(outcome.run.path), "reused": outcome.reused,
+                               **metrics}, indent=2))
+        return
+    click.echo(f"{'reused finished removal' if outcome.reused else 'removed'}: "
+               f"{outcome.run.path}")
+    click.echo(f"{removal['method']}: {removal['forget_set']['size']} examples forgotten in "
+               f"{removal['seconds']:.1f} s")
+    for key, label in (("score", "spurious score"), ("clean_accuracy", "clean accuracy"),
+                       ("patterned_accuracy", "patterned accuracy")):
+        before, after = removal["before"].get(key), removal["after"].get(key)
+        if before is not None and after is not None:
+            click.echo(f"  {label:<20} {before:.4f} -> {after:.4f}")
+    fs = removal["forget_set"]
+    click.echo(f"  {'forget-set accuracy':<20} {fs['before']['accuracy']:.4f} -> "
+               f"{fs['after']['accuracy']:.4f} (loss {fs['before']['loss']:.4g} -> "
+               f"{fs['after']['loss']:.4g})")
+    click.echo(f"  {'L2 to source':<20} {removal['l2_to_source']:.4g}")
+    if removal.get("l2_to_retrained") is not None:
+        click.echo(f"  {'L2 to retrained':<20} {removal['l2_to_retrained']:.4g}")
+
+
+@click.command("weights")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Figure to write (png, pdf, svg, ...).")
+@click.option("--json", "as_json", is_flag=True, help="Print the maps' summary numbers.")
+def weights_command(runs: tuple[str, ...], output: str | None, as_json: bool) -> None:
+    """First-layer weight map of an MLP RUN: per input pixel, the max over hidden units of
+    the first layer's weights, as an image. With two runs (RUN RUN2), both maps and their
+    difference (RUN2 - RUN), e.g. before and after incremental retraining.
+
+    Example: rsc weights runs/SOURCE runs/SOURCE_rm-incremental-retraining-... -o map.png
+    """
+    if len(runs) > 2:
+        raise RscError(f"give one or two runs, not {len(runs)}")
+    if output is None and not as_json:
+        raise RscError("give -o FILE.png for the figure, --json for the numbers, or both")
+    if output is not None:
+        check_figure_path(output)
+    maps = []
+    for path in runs:
+        run = Run.open(path)
+        model = run.load_model()
+        meta = read_checkpoint(run.path / "model.pt").get("meta") or {}
+        maps.append(first_layer_map(model, meta.get("input_shape") or (1, 28, 28), run.name))
+    summary: dict[str, Any] = {"maps": [m.summary() for m in maps]}
+    if len(maps) == 2:
+        summary["difference"] = difference_summary(maps[0], maps[1])
+    if output is not None:
+        title = ("first-layer weight map (max over hidden units)" if len(maps) == 1 else
+                 "first-layer weight maps and their difference")
+        save_weight_maps(maps, output, title)
+        summary["figure"] = output
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        for m in summary["maps"]:
+            click.echo(f"{m['name']}: min {m['min']:.4g} max {m['max']:.4g} mean "
+                       f"{m['mean']:.4g}")
+        if "difference" in summary:
+            d = summary["difference"]
+            click.echo(f"difference: max |d| {d['max_abs']:.4g}, mean |d| {d['mean_abs']:.4g},"
+                       f" correlation {d['correlation']}")
+        click.echo(f"wrote {output}")
+
+
+COMMANDS = (remove_command, weights_command)

@@ -1,0 +1,168 @@
+"""``group-influence``: first-order group influence (Basu et al.), PROTOCOL.md section 7:
+
+    theta_new = theta + 1 / ((1 - p) N) * IHVP( sum_{z in S} grad loss(z) ),   p = |S| / N,
+
+model in eval mode, cross-entropy loss, H the Hessian of the mean training loss. The IHVP is
+linear in its right-hand side, so it is computed ONCE for the summed gradient; the reference
+ran a whole LiSSA estimate for every example of S (its cost grew with |S|, rsc's does not).
+
+Solvers (``solver``): ``lissa`` (the reference's stochastic recursion, ``lissa.py``) and
+``cg`` (conjugate gradient with exact HVPs over the training set, ``cg.py``). ``compat``
+chooses the quantity both compute: ``correct`` (default) the damped inverse
+(H + damp I)^-1 v; ``reference`` what the reference's LiSSA converges to,
+scale (H + damp scale I)^-1 v."""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from rsc_core.checkpoints import build_model_from_checkpoint, read_checkpoint
+from rsc_core.errors import ConfigError, DivergenceError
+from rsc_core.removal import RemovalRequest, RemovalResult, Remover
+
+from .cg import conjugate_gradient
+from .hessian import LossHessian
+from .lissa import COMPAT_MODES, LissaSettings, draw_samples, lissa
+
+#: The reference's LiSSA scale per dataset (PROTOCOL.md section 7).
+REFERENCE_SCALE = {"mnist": 25.0, "fashion": 100.0, "cifar10": 100.0}
+SOLVERS = ("lissa", "cg")
+_LISSA_ONLY = ("depth", "repeats", "hvp_batch", "vectorise", "max_norm_factor")
+_CG_ONLY = ("tol", "max_iter", "hvp_samples")
+
+
+def reference_depth(forget_size: int) -> int:
+    """The reference's recursion depth: 2000 steps for |S| < 100, else 1000."""
+    return 2000 if forget_size < 100 else 1000
+
+
+class GroupInfluenceRemover(Remover):
+    """First-order group influence with a LiSSA or CG inverse-HVP, computed once for S."""
+
+    name = "group-influence"
+    description = "theta + IHVP(sum of the forget set's gradients) / ((1-p)N) (LiSSA or CG)"
+    defaults: dict[str, Any] = {
+        "solver": "lissa", "compat": "correct", "damp": 0.01, "scale": None, "seed": 0,
+        "depth": None, "repeats": 10, "hvp_batch": 1, "vectorise": True,
+        "max_norm_factor": 10.0, "tol": 1e-3, "max_iter": 100, "hvp_samples": 0,
+    }
+    types = {"scale": float, "depth": int}
+
+    def resolve_options(self, options: Mapping[str, Any], source: Any,
+                        forget: np.ndarray) -> dict[str, Any]:
+        resolved = super().resolve_options(options, source, forget)
+        if resolved["solver"] not in SOLVERS:
+            raise ConfigError(f"unknown solver {resolved['solver']!r}; use one of "
+                              f"{', '.join(SOLVERS)}")
+        if resolved["compat"] not in COMPAT_MODES:
+            raise ConfigError(f"unknown --compat {resolved['compat']!r}; use one of "
+                              f"{', '.join(COMPAT_MODES)}")
+        solver = resolved["solver"]
+        for key in _CG_ONLY if solver == "lissa" else _LISSA_ONLY:
+            if options.get(key) is not None:
+                raise ConfigError(f"option {key!r} does not apply to solver {solver}")
+            resolved.pop(key)
+        # scale enters LiSSA's recursion, and the reference's quantity with either solver
+        if solver == "lissa" or resolved["compat"] == "reference":
+            resolved["scale"] = self._scale(resolved["scale"], source.spec.dataset)
+        elif options.get("scale") is not None:
+            raise ConfigError("option 'scale' does not apply to solver cg in the correct mode "
+                              "(it solves (H + damp I) x = v); drop it or use --compat reference")
+        else:
+            resolved.pop("scale")
+        if solver == "lissa":
+            resolved["depth"] = resolved["depth"] or reference_depth(len(forget))
+        for key in ("damp", "scale", "tol", "max_norm_factor"):
+            if key in resolved and not (math.isfinite(resolved[key]) and resolved[key] > 0):
+                raise ConfigError(f"option {key!r} must be a positive number, got "
+                                  f"{resolved[key]!r}")
+        for key in ("depth", "repeats", "hvp_batch", "max_iter"):
+            if key in resolved and resolved[key] < 1:
+                raise ConfigError(f"option {key!r} must be at least 1, got {resolved[key]}")
+        if resolved.get("hvp_samples", 0) < 0:
+            raise ConfigError("option 'hvp_samples' cannot be negative (0 means all rows)")
+        return resolved
+
+    @staticmethod
+    def _scale(scale: float | None, dataset: str) -> float:
+        if scale is not None:
+            return scale
+        if dataset not in REFERENCE_SCALE:
+            raise ConfigError(f"the reference has no LiSSA scale for dataset {dataset!r}; "
+                              f"give one with --scale")
+        return REFERENCE_SCALE[dataset]
+
+    def remove(self, request: RemovalRequest) -> RemovalResult:
+        options = request.options
+        checkpoint = read_checkpoint(request.source.path / "model.pt")
+        model = build_model_from_checkpoint(checkpoint)
+        hessian = LossHessian(model, request.data.train.images, request.data.train.labels,
+                              request.device)
+        hessian.check()
+        forget = torch.as_tensor(request.forget, dtype=torch.long, device=request.device)
+        v = hessian.gradient_sum(forget)
+        generator = torch.Generator().manual_seed(int(options["seed"]))
+        if options["solver"] == "lissa":
+            ihvp, facts = self._lissa(hessian, v, options, generator, request.progress)
+        else:
+            ihvp, facts = self._cg(hessian, v, options, generator, request.progress)
+        n = hessian.num_rows
+        p = len(request.forget) / n
+        theta = hessian.theta + ihvp / ((1 - p) * n)
+        if not torch.isfinite(theta).all():
+            raise DivergenceError("group influence produced non-finite weights; use a larger "
+                                  "--damp or --scale")
+        state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
+        for name, value in hessian.unflatten(theta).items():
+            state[name] = value.detach().cpu().clone()
+        facts.update({"gradient_norm": v.norm().item(), "update_norm":
+                      (ihvp / ((1 - p) * n)).norm().item(), "p": p, "num_train": n,
+                      "loss": "ce"})
+        return RemovalResult(state, facts)
+
+    @staticmethod
+    def _lissa(hessian: LossHessian, v: torch.Tensor, options: Mapping[str, Any],
+               generator: torch.Generator, progress: bool) -> tuple[torch.Tensor, dict]:
+        settings = LissaSettings(
+            damp=options["damp"], scale=options["scale"], depth=options["depth"],
+            repeats=options["repeats"], batch=options["hvp_batch"], compat=options["compat"],
+            vectorise=options["vectorise"], max_norm_factor=options["max_norm_factor"])
+        samples = draw_samples(hessian.num_rows, settings, generator, hessian.device)
+        with steps_bar(f"LiSSA ({settings.repeats} chains)", settings.depth,
+                       progress) as advance:
+            return lissa(hessian.hvp_rows_batched, v, samples, settings,
+                         on_step=lambda _: advance())
+
+    @staticmethod
+    def _cg(hessian: LossHessian, v: torch.Tensor, options: Mapping[str, Any],
+            generator: torch.Generator, progress: bool) -> tuple[torch.Tensor, dict]:
+        rows = None
+        if options["hvp_samples"] and options["hvp_samples"] < hessian.num_rows:
+            rows = torch.randperm(hessian.num_rows, generator=generator)[
+                :options["hvp_samples"]].sort().values.to(hessian.device)
+        # correct: (H + damp I) x = v; reference: scale (H + damp scale I)^-1 v
+        scale = options.get("scale", 1.0) if options["compat"] == "reference" else 1.0
+        with steps_bar("CG iterations (at most)", options["max_iter"], progress) as advance:
+            x, facts = conjugate_gradient(lambda p: hessian.hvp_mean(p, rows), v,
+                                          options["damp"] * scale, tol=options["tol"],
+                                          max_iter=options["max_iter"],
+                                          on_iteration=lambda *_: advance())
+        return x * scale, facts
+
+
+@contextmanager
+def steps_bar(what: str, total: int, enabled: bool) -> Iterator[Callable[[], None]]:
+    """A one-line progress bar on stderr (nothing when disabled); yields ``advance()``."""
+    if not enabled:
+        yield lambda: None
+        return
+    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda: bar.advance(task)

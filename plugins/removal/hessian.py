@@ -1,0 +1,128 @@
+"""Hessian-vector products of a model's cross-entropy training loss, for the IHVP solvers.
+
+Why this shape: the reference computed each LiSSA step by drawing one example through a
+DataLoader and running autograd's double backward. Here the training set stays one tensor on
+the device, rows are picked by index (no per-step data loading), and H v is one
+forward-over-reverse pass (``torch.func.jvp`` of ``torch.func.grad``), the cheapest exact HVP.
+Two exact HVP forms are offered (``mode``): ``forward-over-reverse`` (``jvp`` of ``grad``, the
+textbook choice) and ``reverse-over-forward`` (``grad`` of the directional derivative that
+``jvp`` gives), the default because it measured 2x faster here for batch-1 samples of a
+LargeMLP (it never materialises the gradient itself, only H v; docs/performance.md). They
+agree to float64 rounding (tests). Parameters are handled as ONE flat vector so the solvers are plain vector recursions, and the
+batched form (``hvp_rows_batched``) runs many independent LiSSA chains, each with its own
+Hessian sample, as one ``torch.func.vmap`` pass.
+
+The model is in eval mode (dropout off, batch-norm statistics frozen), the loss is the mean
+cross entropy over the chosen rows, as PROTOCOL.md section 7 prescribes."""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+
+from rsc_core.errors import RscError
+
+with warnings.catch_warnings():
+    # torch's forward-mode rules for some backward ops are built with torch.jit.script on
+    # first use, which warns that jit is deprecated: torch's own business, not the user's.
+    warnings.simplefilter("ignore", FutureWarning)
+    import torch._decomp.decompositions_for_jvp  # noqa: F401
+
+
+HVP_MODES = ("reverse-over-forward", "forward-over-reverse")
+
+
+class HessianError(RscError):
+    """The model's Hessian-vector products cannot be computed (an unsupported operation)."""
+
+
+class LossHessian:
+    """The mean cross-entropy loss of ``model`` over rows of ``images``/``labels`` (tensors on
+    ``device``) as a function of the flat parameter vector ``theta``."""
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 device: torch.device | str = "cpu", chunk: int = 4096,
+                 mode: str = "reverse-over-forward") -> None:
+        if mode not in HVP_MODES:
+            raise ValueError(f"mode must be one of {HVP_MODES}, got {mode!r}")
+        self.mode = mode
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.numels = [p.numel() for _, p in named]
+        self.theta = torch.cat([p.detach().reshape(-1) for _, p in named]).to(self.device)
+        self.buffers = {n: b.detach() for n, b in self.model.named_buffers()}
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.chunk = chunk
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.labels.shape[0])
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The parameter dict that ``flat`` holds (views, so it works under torch.func)."""
+        return {name: piece.view(shape) for name, piece, shape in
+                zip(self.names, torch.split(flat, self.numels), self.shapes)}
+
+    def loss(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+             reduction: str = "mean") -> torch.Tensor:
+        params: dict[str, Any] = {**self.unflatten(flat), **self.buffers}
+        logits = functional_call(self.model, params, (x,))
+        return F.cross_entropy(logits, y, reduction=reduction)
+
+    def _hvp(self, vector: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """H v of the mean loss over (x, y), exact, in the form ``self.mode`` names."""
+        if self.mode == "forward-over-reverse":
+            gradient = grad(lambda flat: self.loss(flat, x, y))
+            return jvp(gradient, (self.theta,), (vector,))[1]
+
+        def directional(flat: torch.Tensor) -> torch.Tensor:  # grad(L) . v at flat
+            return jvp(lambda inner: self.loss(inner, x, y), (flat,), (vector,))[1]
+
+        return grad(directional)(self.theta)
+
+    def hvp_rows(self, vector: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """H v, H the Hessian of the mean loss over the training rows ``rows``."""
+        return self._hvp(vector, self.images[rows], self.labels[rows])
+
+    def hvp_rows_batched(self, vectors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """One H_k v_k per chain k in one vectorised pass: ``vectors`` is r x P, ``rows`` is
+        r x b (chain k's Hessian sample), the result r x P."""
+        return vmap(self.hvp_rows)(vectors, rows)
+
+    def hvp_mean(self, vector: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """H v, H the Hessian of the mean loss over ``rows`` (all rows when None), computed
+        in chunks so memory stays bounded on the whole training set."""
+        rows = torch.arange(self.num_rows, device=self.device) if rows is None else rows
+        total = torch.zeros_like(self.theta)
+        for start in range(0, rows.numel(), self.chunk):
+            part = rows[start:start + self.chunk]
+            total += self.hvp_rows(vector, part) * (part.numel() / rows.numel())
+        return total
+
+    def gradient_sum(self, rows: torch.Tensor) -> torch.Tensor:
+        """The SUM over ``rows`` of the per-example loss gradients (the IHVP's right-hand side
+        for group influence: one vector for the whole forget set)."""
+        x, y = self.images[rows], self.labels[rows]
+        return grad(lambda flat: self.loss(flat, x, y, reduction="sum"))(self.theta)
+
+    def check(self) -> None:
+        """One HVP on one row, so an architecture torch.func cannot differentiate twice fails
+        at once with one line instead of deep inside a solver."""
+        probe = torch.zeros_like(self.theta)
+        try:
+            self.hvp_rows_batched(probe.unsqueeze(0), torch.zeros(1, 1, dtype=torch.long,
+                                                                 device=self.device))
+        except (RuntimeError, NotImplementedError, TypeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise HessianError(
+                f"cannot compute Hessian-vector products of {type(self.model).__name__} with "
+                f"torch.func ({first}); use --method incremental-retraining or retrain for "
+                f"this architecture") from None

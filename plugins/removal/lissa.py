@@ -1,0 +1,132 @@
+"""LiSSA: a stochastic estimate of an inverse Hessian-vector product (Agarwal et al. 2017), in
+the form the reference uses for group influence (PROTOCOL.md section 7).
+
+Each of ``repeats`` independent chains runs ``depth`` steps of
+    h <- v + (1 - c) h - (H_i h) / scale,      h_0 = v,
+with H_i the Hessian of the loss on ``batch`` random training rows drawn for that chain and
+step, and the chains are averaged. The fixed point is h* = scale (H + c scale I)^-1 v.
+
+Two modes (``compat``):
+* ``correct`` (rsc's default): c = damp / scale and the result is divided by scale, so the
+  estimate is the damped inverse HVP (H + damp I)^-1 v that the influence formula needs.
+* ``reference``: c = damp and no final division (the reference's code), so the estimate is
+  scale (H + damp scale I)^-1 v: a more heavily damped inverse, multiplied by scale.
+
+The chains run as one ``vmap`` pass over the chain axis (``vectorise=True``), each with its
+own Hessian samples; ``vectorise=False`` runs them one after another with the SAME samples,
+which the benchmark uses to measure what vectorising buys. All sample indices are drawn up
+front from ``generator``, so two calls with equal seeds use equal Hessian samples whatever
+the right-hand side (the linearity test relies on it).
+
+Divergence guard: for a positive semi-definite H whose per-sample curvature stays below
+scale, every iterate satisfies |h_t| <= |v| / c. An iterate past ``max_norm_factor`` times
+that bound (or not finite) means the recursion is diverging (negative curvature, or scale too
+small for the largest curvature); it stops with one line naming the step."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from rsc_core.errors import DivergenceError
+
+COMPAT_MODES = ("correct", "reference")
+
+BatchedHvp = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LissaSettings:
+    damp: float
+    scale: float
+    depth: int
+    repeats: int
+    batch: int = 1
+    compat: str = "correct"
+    vectorise: bool = True
+    max_norm_factor: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.compat not in COMPAT_MODES:
+            raise ValueError(f"compat must be one of {COMPAT_MODES}, got {self.compat!r}")
+
+    @property
+    def decay(self) -> float:
+        """c in the recursion: the damping each step applies to h."""
+        return self.damp if self.compat == "reference" else self.damp / self.scale
+
+
+def draw_samples(num_rows: int, settings: LissaSettings,
+                 generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Hessian sample rows, depth x repeats x batch, each chain and step its own draw
+    (with replacement, as a shuffled DataLoader of batch 1 draws over many epochs)."""
+    rows = torch.randint(num_rows, (settings.depth, settings.repeats, settings.batch),
+                         generator=generator)
+    return rows.to(device)
+
+
+def lissa(hvp_batched: BatchedHvp, v: torch.Tensor, samples: torch.Tensor,
+          settings: LissaSettings,
+          on_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The LiSSA estimate for right-hand side ``v`` (a flat vector) with the Hessian samples
+    ``samples`` (from ``draw_samples``). ``hvp_batched(H_rows_vectors, rows)`` maps r x P
+    vectors and r x b rows to r x P products. Returns the estimate and facts about the run."""
+    c = settings.decay
+    if not 0 < c < 1:
+        raise DivergenceError(f"LiSSA needs 0 < damping per step < 1, got {c:g} (damp "
+                              f"{settings.damp:g}, scale {settings.scale:g}); choose damp "
+                              f"below 1 (and below scale in the correct mode)")
+    v_norm = v.norm().item()
+    bound = settings.max_norm_factor * v_norm / c
+    started = time.perf_counter()
+    if settings.vectorise:
+        h, last_change = _chains(hvp_batched, v, samples, settings, bound, on_step)
+    else:
+        estimates, changes = [], []
+        for chain in range(settings.repeats):
+            one, change = _chains(hvp_batched, v, samples[:, chain:chain + 1], settings,
+                                  bound, on_step if chain == 0 else None, chain)
+            estimates.append(one)
+            changes.append(change)
+        h, last_change = torch.cat(estimates), max(changes)
+    estimate = h.mean(0)
+    if settings.compat == "correct":
+        estimate = estimate / settings.scale
+    facts = {"lissa_steps": settings.depth * settings.repeats,
+             "lissa_seconds": time.perf_counter() - started,
+             "rhs_norm": v_norm, "estimate_norm": estimate.norm().item(),
+             "chain_spread": (h.std(0).norm() / h.mean(0).norm().clamp_min(1e-30)).item()
+             if settings.repeats > 1 else None,
+             "last_step_relative_change": last_change, "norm_bound": bound}
+    return estimate, facts
+
+
+def _chains(hvp_batched: BatchedHvp, v: torch.Tensor, samples: torch.Tensor,
+            settings: LissaSettings, bound: float, on_step: Callable[[int], None] | None,
+            first_chain: int = 0) -> tuple[torch.Tensor, float]:
+    """Run the chains of ``samples`` (depth x k x batch) together; returns k x P iterates and
+    the last step's relative change (a convergence indicator)."""
+    c, scale = settings.decay, settings.scale
+    h = v.expand(samples.shape[1], -1).clone()
+    change = math.inf
+    for step in range(samples.shape[0]):
+        product = hvp_batched(h, samples[step])
+        previous = h.clone() if step == samples.shape[0] - 1 else None
+        # in place: the step is memory-bound, each pass over r x P floats counts
+        h.mul_(1 - c).add_(v).add_(product, alpha=-1 / scale)
+        norms = torch.linalg.vector_norm(h, dim=1)
+        worst = int(norms.argmax())
+        if not (math.isfinite(norms[worst].item()) and norms[worst].item() <= bound):
+            raise DivergenceError(
+                f"LiSSA diverged at step {step + 1} of {samples.shape[0]} (chain "
+                f"{first_chain + worst + 1}): the iterate's norm {norms[worst].item():.3g} "
+                f"passed the bound {bound:.3g}; use a larger --scale (now {scale:g}) or "
+                f"--damp (now {settings.damp:g})")
+        if previous is not None:
+            change = ((h - previous).norm() / h.norm().clamp_min(1e-30)).item()
+        if on_step is not None:
+            on_step(step + 1)
+    return h, change

@@ -1,0 +1,31 @@
+"""``retrain``: exact unlearning, the baseline the approximate methods are judged against.
+Trains from scratch with the source run's full recipe (same seeds, same schedule) on the
+training set without the forget set, as an ordinary rsc run on a training subset
+(``TrainSubset.excluding``): the trained run lives in the runs folder beside its source, is
+reused when it exists, and is exactly ``rsc train --exclude ...`` of the source's recipe."""
+from __future__ import annotations
+
+from typing import Any
+
+from rsc_core.removal import RemovalRequest, RemovalResult, Remover
+from rsc_core.runs import train_run
+from rsc_core.subsets import TrainSubset
+
+
+class RetrainRemover(Remover):
+    """Train from scratch with the source's recipe without the forget set (exact unlearning)."""
+
+    name = "retrain"
+    description = "train from scratch with the source's recipe without the forget set"
+    defaults: dict[str, Any] = {}
+
+    def remove(self, request: RemovalRequest) -> RemovalResult:
+        source = request.source
+        outcome = train_run(source.spec, source.train_config, runs_dir=request.runs_dir,
+                            data_dir=request.data_dir, progress=request.progress,
+                            device=str(request.device), dataset=request.data,
+                            subset=TrainSubset.excluding(request.forget.tolist()))
+        model = outcome.run.load_model()
+        return RemovalResult({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                             {"trained_run": str(outcome.run.path), "reused": outcome.reused,
+                              "num_train": len(request.data.train) - len(request.forget)})

@@ -1,0 +1,289 @@
+"""Removal runs: a data-removal method applied to a finished run, recorded in a NEW run folder
+linked to its source (the source is never modified, not even its score cache).
+
+The folder is a normal run folder (``config.json`` with the source's spec and recipe plus a
+``removal`` section; ``model.pt``; ``metrics.json`` written last), so ``rsc score``,
+``rsc compare`` and ``rsc weights`` work on it. It is named
+``<source folder>_rm-<method>-<hash>``, the hash covering the method, its resolved options, the
+forget set and the source model's checksum; a finished removal is reused unless ``force``.
+Everything is written in a temporary folder renamed into place at the end, so a failure
+(bad input, a diverging solver) leaves nothing behind and a finished result is never lost.
+
+metrics.json records what the issue asks for: the method and options, the removed indices,
+spurious score / clean accuracy / patterned accuracy before and after, accuracy and loss on the
+removed examples before and after, the L2 distance of the parameters to the source model and,
+when a ``retrain`` removal of the same source and forget set exists, to the retrained model,
+and the wall time."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import registry
+from .atomic import write_json
+from .checkpoints import build_model_from_checkpoint, read_checkpoint, save_checkpoint_states
+from .digests import file_digest
+from .errors import RscError
+from .evaluation import loss_and_accuracy
+from .paths import runs_dir as resolve_runs_dir
+from .removal import RemovalRequest, RemovalResult
+from .run_lock import RunLock
+from .runs import RUN_FORMAT, Run, resolve_device
+from .scoring import score_model
+from .spurious import SpuriousDataset, build_spurious_dataset
+from .training import make_loss
+
+REMOVAL_FORMAT = 1
+_INDEX_LIST = re.compile(r"\s*-?\d+(\s*,\s*-?\d+)*\s*,?\s*")
+
+
+class ForgetSetError(RscError, ValueError):
+    """A forget set that is empty, malformed or out of range."""
+
+
+@dataclass(frozen=True)
+class RemovalOutcome:
+    run: Run
+    reused: bool
+
+
+# --------------------------------------------------------------------------- forget sets
+def parse_forget(text: str, source: Run) -> list[int] | None:
+    """The forget set's indices as written (``None`` means the source's spurious examples):
+    ``spurious``, an inline list ``3,17,42``, or a file of indices (whitespace, commas or one
+    per line; ``#`` starts a comment). Range is checked later, against the loaded data."""
+    text = (text or "spurious").strip()
+    if text == "spurious":
+        return None
+    if _INDEX_LIST.fullmatch(text):
+        return [int(part) for part in text.replace(",", " ").split()]
+    path = Path(text)
+    if not path.is_file():
+        raise ForgetSetError(f"forget set {text!r} is neither 'spurious', a list of training "
+                             f"indices like 3,17,42, nor an existing file")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ForgetSetError(f"forget file {path} is not a text file; write one training "
+                             f"index per line") from None
+    indices = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        for word in line.split("#", 1)[0].replace(",", " ").split():
+            try:
+                indices.append(int(word))
+            except ValueError:
+                raise ForgetSetError(f"forget file {path} line {number}: {word!r} is not a "
+                                     f"training index; write whole numbers, one per line or "
+                                     f"comma-separated") from None
+    return indices
+
+
+def resolve_forget(indices: list[int] | None, source: Run, num_train: int) -> np.ndarray:
+    """Sorted distinct original training indices, checked against the training-set size."""
+    if indices is None:
+        indices = list((source.metrics or {}).get("spurious_indices") or [])
+        if not indices:
+            raise ForgetSetError(f"run {source.name} has no spurious examples to forget; give "
+                                 f"--forget i,j,k or --forget FILE")
+    if not indices:
+        raise ForgetSetError("the forget set is empty; give at least one training index")
+    bad = [i for i in indices if not 0 <= i < num_train]
+    if bad:
+        raise ForgetSetError(f"training index {bad[0]} is out of range: the training set has "
+                             f"{num_train} images (indices 0-{num_train - 1})")
+    forget = np.unique(np.asarray(indices, dtype=np.int64))
+    if forget.size >= num_train:
+        raise ForgetSetError("the forget set holds every training image; forget fewer")
+    return forget
+
+
+# --------------------------------------------------------------------------- identity
+def removal_section(source: Run, method: str, options: Mapping[str, Any],
+                    forget: np.ndarray) -> dict[str, Any]:
+    return {"format": REMOVAL_FORMAT, "method": method, "options": dict(options),
+            "forget": forget.tolist(),
+            "source": {"name": source.name, "path": str(source.path.resolve()),
+                       "model_sha256": source.model_sha256()}}
+
+
+def removal_path(runs_dir: Path, source: Run, section: Mapping[str, Any]) -> Path:
+    """Where a removal lives: named by its source and a hash of everything that determines
+    the result (not the source's path: moving a runs folder keeps the identity)."""
+    identity = {k: v for k, v in section.items() if k != "source"}
+    identity["source_model_sha256"] = section["source"]["model_sha256"]
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    return runs_dir / f"{source.name}_rm-{section['method']}-{digest}"
+
+
+def find_removal(source: Run, method: str, options: Mapping[str, Any], forget: np.ndarray,
+                 runs_dir: str | Path | None = None) -> Run:
+    section = removal_section(source, method, options, forget)
+    return Run(removal_path(resolve_runs_dir(runs_dir), source, section))
+
+
+# --------------------------------------------------------------------------- the command
+def open_source(path: str | Path) -> Run:
+    """A finished run to remove from, verified; one line otherwise."""
+    source = Run.open(path)
+    if not source.finished:
+        raise RscError(f"run {source.path} has not finished; finish it with rsc train before "
+                       f"removing data from it")
+    source.model_sha256()
+    return source
+
+
+def remove_run(source_path: str | Path, method: str, forget_text: str = "spurious",
+               options: Mapping[str, Any] | None = None, *,
+               runs_dir: str | Path | None = None, data_dir: str | Path | None = None,
+               download: bool | None = None, device: str = "auto", force: bool = False,
+               progress: bool = False,
+               on_wait: Callable[[str], None] | None = None) -> RemovalOutcome:
+    """Apply removal ``method`` to the finished run at ``source_path`` and record the result
+    (or reuse a finished identical removal). Bad input fails before anything is written."""
+    source = open_source(source_path)
+    remover = registry("removers").create(method)
+    method = registry("removers").get(method).name
+    indices = parse_forget(forget_text, source)
+    torch_device = resolve_device(device)
+    root = resolve_runs_dir(runs_dir)
+    data = build_spurious_dataset(source.spec, data_dir, download)
+    forget = resolve_forget(indices, source, len(data.train))
+    resolved = remover.resolve_options(dict(options or {}), source, forget)
+    section = removal_section(source, method, resolved, forget)
+    target = Run(removal_path(root, source, section))
+    with RunLock(target.path, on_wait=on_wait):
+        if not force and target.finished:
+            target.model_sha256()
+            return RemovalOutcome(target, reused=True)
+        started = time.perf_counter()
+        request = RemovalRequest(source, forget, resolved, torch_device, data, root,
+                                 Path(data_dir) if data_dir else None, progress)
+        result = remover.remove(request)
+        _check_finite(result, method)
+        _write(target, source, section, data, forget, result, root,
+               time.perf_counter() - started)
+    return RemovalOutcome(target, reused=False)
+
+
+def _check_finite(result: RemovalResult, method: str) -> None:
+    for name, value in result.state_dict.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise RscError(f"method {method} produced non-finite weights ({name}); nothing "
+                           f"was written; try its options for a more stable computation")
+
+
+def _write(target: Run, source: Run, section: dict[str, Any], data: SpuriousDataset,
+           forget: np.ndarray, result: RemovalResult, root: Path, seconds: float) -> None:
+    """Fill a temporary folder and rename it into place (replacing an old result only now)."""
+    source_checkpoint = read_checkpoint(source.path / "model.pt")
+    before = build_model_from_checkpoint(source_checkpoint)
+    after = build_model_from_checkpoint({**source_checkpoint,
+                                         "model_state_dict": result.state_dict})
+    tmp = root / f".{target.path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        config = {**source.config, "removal": section}
+        config.pop("subset", None)
+        write_json(tmp / "config.json", config)
+        history = result.history or list(source_checkpoint.get("history") or [])
+        save_checkpoint_states(tmp / "model.pt", after.state_dict(), result.optimizer_state,
+                               result.scheduler_state, len(history), history,
+                               source_checkpoint.get("meta") or {})
+        metrics = _metrics(source, section, data, forget, before, after, result, root, seconds)
+        metrics["model_file"] = {"sha256": file_digest(tmp / "model.pt"),
+                                 "bytes": (tmp / "model.pt").stat().st_size}
+        metrics["history"] = history
+        write_json(tmp / "metrics.json", metrics)
+        with open(tmp / "log.txt", "w", encoding="utf-8") as fh:
+            fh.write(f"{_dt.datetime.now().isoformat(timespec='seconds')} {section['method']} "
+                     f"removed {len(forget)} examples from {source.path}\n")
+        old = None
+        if target.path.exists():
+            old = root / f".{target.path.name}.old-{os.getpid()}"
+            target.path.replace(old)
+        tmp.replace(target.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _metrics(source: Run, section: dict[str, Any], data: SpuriousDataset, forget: np.ndarray,
+             before: nn.Module, after: nn.Module, result: RemovalResult, root: Path,
+             seconds: float) -> dict[str, Any]:
+    spec = source.spec
+    score_before = score_after = None
+    if not spec.is_clean:
+        score_before = score_model(before, data.test, spec.pattern, spec.target, spec.seed)
+        score_after = score_model(after, data.test, spec.pattern, spec.target, spec.seed)
+    forget_rows = torch.from_numpy(forget)
+    images, labels = data.train.images[forget_rows], data.train.labels[forget_rows]
+    loss = make_loss("ce")
+    forget_before = loss_and_accuracy(before, images, labels, loss)
+    forget_after = loss_and_accuracy(after, images, labels, loss)
+    clean_after = loss_and_accuracy(after, data.test.images, data.test.labels, loss)[1]
+    remaining = np.setdiff1d(data.spurious_indices, forget)
+    return {
+        "status": "finished",
+        "finished_at": _dt.datetime.now().isoformat(timespec="seconds"),
+        "spec": spec.as_dict(),
+        "epochs": len(result.history) or (source.metrics or {}).get("epochs"),
+        "clean_accuracy": clean_after,
+        "score": score_after.as_dict() if score_after else None,
+        "spurious_indices": remaining.tolist(),
+        "removal": {
+            "method": section["method"], "options": section["options"],
+            "forget": section["forget"], "source": section["source"],
+            "before": _summary(score_before, source.metrics.get("clean_accuracy")),
+            "after": _summary(score_after, clean_after),
+            "forget_set": {"size": int(forget.size),
+                           "before": {"loss": forget_before[0], "accuracy": forget_before[1]},
+                           "after": {"loss": forget_after[0], "accuracy": forget_after[1]}},
+            "l2_to_source": parameter_distance(before, after),
+            "l2_to_retrained": _distance_to_retrained(source, section, after, root),
+            "seconds": seconds,
+            "facts": result.facts,
+        },
+    }
+
+
+def _summary(score: Any, clean_accuracy: float | None) -> dict[str, Any]:
+    if score is None:
+        return {"score": None, "clean_accuracy": clean_accuracy, "patterned_accuracy": None}
+    return {"score": score.score, "clean_accuracy": score.clean_accuracy,
+            "patterned_accuracy": score.patterned_accuracy}
+
+
+def parameter_distance(a: nn.Module, b: nn.Module) -> float:
+    """The L2 norm of the difference of all parameters (buffers excluded)."""
+    total = 0.0
+    for (_, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
+        total += float((x.detach().double() - y.detach().double()).pow(2).sum())
+    return math.sqrt(total)
+
+
+def _distance_to_retrained(source: Run, section: dict[str, Any], model: nn.Module,
+                           root: Path) -> float | None:
+    """Distance to the ``retrain`` removal of the same source and forget set, if finished."""
+    retrain = {**section, "method": "retrain", "options": {}}
+    if section["method"] == "retrain":
+        return 0.0
+    run = Run(removal_path(root, source, retrain))
+    if not run.finished:
+        return None
+    return parameter_distance(run.load_model(), model)
