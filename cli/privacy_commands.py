@@ -105,21 +105,26 @@ def _rate(value) -> str:
 
 
 def print_result(result: MiaResult, console: Console | None = None) -> None:
+    """One row per attack; short headers so the table fits 80 columns (the caption spells
+    them out)."""
     metrics = result.metrics
     split = metrics["split"]
-    table = Table("attack", "shadows", "bal. acc", "AUC",
-                  *(f"TPR@{f * 100:g}%FPR" for f in LOW_FPRS),
-                  "spurious called member", "same-class members called member",
-                  f"spurious TPR@{LOW_FPRS[-1] * 100:g}%FPR",
-                  title=f"{metrics['spec']['name']}: {split['part_size']} members, "
-                        f"{split['part_size']} non-members, "
-                        f"{len(split['spurious'])} spurious")
+    low = LOW_FPRS[-1]
+    table = Table(title=f"{metrics['spec']['name']}: {split['part_size']} members, "
+                        f"{split['part_size']} non-members, {len(split['spurious'])} spurious",
+                  caption=f"K: shadow models; TPR@x: at x FPR; spur./class: share of the "
+                          f"spurious members / unpatterned same-class members called members "
+                          f"(the attack's decision; @{low * 100:g}%: at {low * 100:g}% FPR)")
+    table.add_column("attack", no_wrap=True)
+    for header in ("K", "bal acc", "AUC", *(f"TPR@{f * 100:g}%" for f in LOW_FPRS), "spur.",
+                   "class", f"spur.@{low * 100:g}%"):
+        table.add_column(header, justify="right")
     for name, row in metrics["attacks"].items():
         spurious, same = row["spurious"], row["same_class_members"]
         table.add_row(name, str(row["shadows"]), f"{row['balanced_accuracy']:.3f}",
                       f"{row['auc']:.3f}", *(f"{row[fpr_key(f)]:.4f}" for f in LOW_FPRS),
                       _rate(spurious["member_rate"]), _rate(same["member_rate"]),
-                      _rate(spurious[fpr_key(LOW_FPRS[-1])]))
+                      _rate(spurious[fpr_key(low)]))
     console = console or Console()
     console.print(table)
     console.print(f"results: {result.folder}", soft_wrap=True, highlight=False, markup=False)
