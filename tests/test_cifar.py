@@ -397,3 +397,48 @@ def test_aug01_pads_with_zeros_and_keeps_8bit_images_exact():
     assert torch.equal(centre, x)  # offset 4 is the image itself, to the bit
     assert aug01_apply(x[:0], *(t[:0] for t in (torch.zeros(4, dtype=torch.int64),) * 2),
                        torch.zeros(0, dtype=bool)).shape == (0, 3, 32, 32)
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def test_cifar_throughput_benchmark_runs_end_to_end(tiny_data):
+    """Not a timing test: the benchmark script runs on the tiny CIFAR files in a fresh process
+    (its DataLoader workers need a ``__main__`` guard), takes every measurement, and its ratios
+    and verdicts follow from its own numbers."""
+    import json
+    import math
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cifar_throughput.py"
+    completed = subprocess.run(
+        [sys.executable, str(script), "--data-dir", str(tiny_data.root), "--batches", "2",
+         "--batch-size", "4", "--warmup-batches", "1", "--json"],
+        capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    result = json.loads(completed.stdout)
+    epoch = result["epoch_seconds"]
+    variants = {"fp32-nchw", "fp32-channels_last"}
+    if not result["bf16"].startswith("not available"):
+        variants |= {"bf16-nchw", "bf16-channels_last"}
+    assert set(epoch) == {f"{kind}/{v}" for kind in ("rsc", "floor") for v in variants} | {
+        "ref/fp32-nchw"}
+    assert result["settings"]["epoch_batches"] == math.ceil(10 / 4)
+    for name, runs in result["samples"].items():
+        assert all(run["seconds"] > 0 and math.isfinite(run["train_loss"]) for run in runs)
+    ref = result["samples"]["ref/fp32-nchw"][0]
+    assert ref["epoch_seconds"] == pytest.approx(
+        ref["first_batch_seconds"] + ref["steady_batch_seconds"] * 2)
+    ratios = result["ratios"]
+    for variant in variants:
+        assert ratios[f"rsc_over_floor/{variant}"] == pytest.approx(
+            epoch[f"rsc/{variant}"] / epoch[f"floor/{variant}"])
+        assert ratios[f"ref_over_rsc/{variant}"] == pytest.approx(
+            epoch["ref/fp32-nchw"] / epoch[f"rsc/{variant}"])
+    targets = result["targets"]
+    assert targets["vs_reference"]["pass"] == (ratios["ref_over_rsc/fp32-nchw"] >= 2.0)
+    for variant in variants:
+        target = targets[f"floor/{variant}"]
+        assert target["pass"] == (target["value"] <= 1.15)
