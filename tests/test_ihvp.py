@@ -1,0 +1,179 @@
+"""Inverse Hessian-vector products (group influence's solvers) against an explicit Hessian.
+
+A tiny MLP on a tiny dataset in float64, small enough for ``torch.func.hessian``. Stated
+tolerances (relative L2 error against ``torch.linalg.solve``): CG and deterministic LiSSA
+(every step's Hessian sample = the whole set) 1e-6; LiSSA with batch-1 samples, 150 chains,
+0.1 (its Monte-Carlo error)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rsc_core.errors import DivergenceError
+from rsc_plugins.removal.cg import conjugate_gradient
+from rsc_plugins.removal.hessian import HessianError, LossHessian
+from rsc_plugins.removal.lissa import LissaSettings, draw_samples, lissa
+
+N = 12
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """A float64 LossHessian, its explicit Hessian H, eigenvalues and a right-hand side."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    images = torch.randn(N, 1, 2, 2, dtype=torch.float64)
+    labels = torch.randint(0, 3, (N,))
+    hessian = LossHessian(model, images, labels)
+    explicit = torch.func.hessian(lambda flat: hessian.loss(flat, images, labels))(hessian.theta)
+    eigenvalues = torch.linalg.eigvalsh(explicit)
+    v = hessian.gradient_sum(torch.tensor([0, 3, 7]))
+    return hessian, explicit, eigenvalues, v
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def full_samples(depth: int, repeats: int) -> torch.Tensor:
+    """Every step of every chain samples the whole set: LiSSA becomes deterministic."""
+    return torch.arange(N).expand(depth, repeats, N).clone()
+
+
+def test_both_hvp_forms_equal_the_explicit_product(problem):
+    hessian, explicit, _, v = problem
+    rows = torch.arange(N)
+    for mode in ("reverse-over-forward", "forward-over-reverse"):
+        hessian.mode = mode
+        assert torch.allclose(hessian.hvp_rows(v, rows), explicit @ v, atol=1e-12)
+        assert torch.allclose(hessian.hvp_mean(v), explicit @ v, atol=1e-12)
+    hessian.mode = "reverse-over-forward"
+    hessian.chunk = 5  # chunked mean over uneven chunks
+    assert torch.allclose(hessian.hvp_mean(v), explicit @ v, atol=1e-12)
+    hessian.chunk = 4096
+
+
+def test_gradient_sum_is_the_sum_of_per_example_gradients(problem):
+    hessian, _, _, v = problem
+    parts = sum(hessian.gradient_sum(torch.tensor([i])) for i in (0, 3, 7))
+    assert torch.allclose(v, parts, atol=1e-12)
+
+
+def test_cg_matches_the_damped_solve(problem):
+    hessian, explicit, eigenvalues, v = problem
+    damp = max(0.0, -eigenvalues.min().item()) + 0.05
+    exact = torch.linalg.solve(explicit + damp * torch.eye(len(v), dtype=v.dtype), v)
+    x, facts = conjugate_gradient(hessian.hvp_mean, v, damp, tol=1e-12, max_iter=500)
+    assert facts["cg_converged"]
+    assert relative_error(x, exact) < 1e-6
+
+
+def test_cg_refuses_negative_curvature():
+    matrix = torch.diag(torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64))
+    with pytest.raises(DivergenceError, match="non-positive curvature.*iteration 1.*--damp"):
+        conjugate_gradient(lambda p: matrix @ p, torch.tensor([0.0, 1.0, 0.0],
+                                                               dtype=torch.float64), 0.0)
+
+
+def test_lissa_correct_mode_matches_the_damped_solve(problem):
+    hessian, explicit, eigenvalues, v = problem
+    damp = max(0.0, -eigenvalues.min().item()) + 0.5
+    scale = eigenvalues.max().item() + damp
+    settings = LissaSettings(damp=damp, scale=scale, depth=300, repeats=2, batch=N)
+    estimate, facts = lissa(hessian.hvp_rows_batched, v, full_samples(300, 2), settings)
+    exact = torch.linalg.solve(explicit + damp * torch.eye(len(v), dtype=v.dtype), v)
+    assert relative_error(estimate, exact) < 1e-6
+    assert facts["last_step_relative_change"] < 1e-8
+
+
+def test_lissa_reference_mode_is_scale_times_the_solve_damped_by_damp_times_scale(problem):
+    """PROTOCOL 7: without the final division, h* = scale (H + scale damp I)^-1 v."""
+    hessian, explicit, eigenvalues, v = problem
+    shift = max(0.0, -eigenvalues.min().item()) + 0.5  # damp * scale
+    scale = eigenvalues.max().item() + shift
+    damp = shift / scale
+    settings = LissaSettings(damp=damp, scale=scale, depth=300, repeats=1, batch=N,
+                             compat="reference")
+    estimate, _ = lissa(hessian.hvp_rows_batched, v, full_samples(300, 1), settings)
+    eye = torch.eye(len(v), dtype=v.dtype)
+    exact = scale * torch.linalg.solve(explicit + damp * scale * eye, v)
+    assert relative_error(estimate, exact) < 1e-6
+    # and the correct mode with the same numbers is exactly that divided by scale
+    correct = LissaSettings(damp=damp * scale, scale=scale, depth=300, repeats=1, batch=N)
+    estimate_correct, _ = lissa(hessian.hvp_rows_batched, v, full_samples(300, 1), correct)
+    assert relative_error(estimate_correct * scale, exact) < 1e-6
+
+
+def test_stochastic_lissa_with_batch_one_samples_approaches_the_solve(problem):
+    hessian, explicit, eigenvalues, v = problem
+    damp = max(0.0, -eigenvalues.min().item()) + 0.5
+    # one-example Hessians are larger than the mean: scale above the largest of them
+    singles = [torch.linalg.eigvalsh(torch.func.hessian(
+        lambda f: hessian.loss(f, hessian.images[i:i + 1], hessian.labels[i:i + 1]))(
+        hessian.theta)) for i in range(N)]
+    scale = 2 * max(s.abs().max().item() for s in singles)
+    settings = LissaSettings(damp=damp, scale=scale, depth=120, repeats=150, batch=1)
+    samples = draw_samples(N, settings, torch.Generator().manual_seed(1), hessian.device)
+    estimate, _ = lissa(hessian.hvp_rows_batched, v, samples, settings)
+    exact = torch.linalg.solve(explicit + damp * torch.eye(len(v), dtype=v.dtype), v)
+    assert relative_error(estimate, exact) < 0.1
+
+
+def test_summed_gradient_ihvp_is_the_sum_of_per_example_ihvps(problem):
+    hessian, _, eigenvalues, _ = problem
+    settings = LissaSettings(damp=0.5, scale=50.0, depth=60, repeats=4, batch=1)
+    samples = draw_samples(N, settings, torch.Generator().manual_seed(3), hessian.device)
+    forget = (0, 3, 7)
+    whole, _ = lissa(hessian.hvp_rows_batched, hessian.gradient_sum(torch.tensor(forget)),
+                     samples, settings)
+    parts = sum(lissa(hessian.hvp_rows_batched, hessian.gradient_sum(torch.tensor([i])),
+                      samples, settings)[0] for i in forget)
+    assert relative_error(whole, parts) < 1e-10
+
+
+def test_vectorised_chains_equal_sequential_chains(problem):
+    hessian, _, _, v = problem
+    settings = LissaSettings(damp=0.5, scale=50.0, depth=40, repeats=3, batch=2)
+    samples = draw_samples(N, settings, torch.Generator().manual_seed(4), hessian.device)
+    together, _ = lissa(hessian.hvp_rows_batched, v, samples, settings)
+    apart, _ = lissa(hessian.hvp_rows_batched, v, samples,
+                     LissaSettings(**{**settings.__dict__, "vectorise": False}))
+    assert relative_error(together, apart) < 1e-12
+
+
+def test_chains_draw_their_own_samples():
+    settings = LissaSettings(damp=0.01, scale=25.0, depth=50, repeats=3, batch=1)
+    samples = draw_samples(1000, settings, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert samples.shape == (50, 3, 1)
+    assert not torch.equal(samples[:, 0], samples[:, 1])
+
+
+def test_divergence_guard_names_the_step_and_suggests_scale_or_damp():
+    """Curvature 10 with scale 2: each step multiplies h by (1 - c - 5), so |h| explodes."""
+    matrix = torch.diag(torch.tensor([10.0, 0.1], dtype=torch.float64))
+    settings = LissaSettings(damp=0.01, scale=2.0, depth=100, repeats=2, batch=1)
+    samples = torch.zeros(100, 2, 1, dtype=torch.long)
+    with pytest.raises(DivergenceError) as info:
+        lissa(lambda h, rows: h @ matrix, torch.tensor([1.0, 1.0], dtype=torch.float64),
+              samples, settings)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "diverged at step" in message and "--scale" in message and "--damp" in message
+
+
+def test_architecture_torch_func_cannot_differentiate_is_one_line():
+    class DataDependent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum().item() > 1e9:  # data-dependent control flow: vmap cannot batch it
+                return self.fc(x.flatten(1)) * 2
+            return self.fc(x.flatten(1))
+
+    hessian = LossHessian(DataDependent(), torch.rand(3, 1, 2, 2), torch.tensor([0, 1, 2]))
+    with pytest.raises(HessianError, match="cannot compute Hessian-vector products of "
+                                           "DataDependent.*incremental-retraining"):
+        hessian.check()
