@@ -21,6 +21,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import track
 
 from . import registry
 from .atomic import write_json, write_text
@@ -161,17 +163,29 @@ def run_mia(mem: MembershipSpec, config: TrainConfig, attacks: Sequence[Attack],
     _raise_failures(results)
     by_request = {**given, **{_key(r.request): r.outcome.run for r in results}}
     images = _planted_training_images(bundle, mem)
-    on_stage("observing every model on its examples")
-    observed = {name: [Observations(_logits(by_request[_key(req)], images, indices, torch_device),
-                                    bundle.train.labels.numpy()[indices], member)
-                       for req, (indices, member) in zip(model_set.requests, model_set.observed)]
-                for name, model_set in sets.items()}
+    observed = _observe(sets, by_request, images, bundle.train.labels.numpy(), torch_device,
+                        progress)
     target = observed["target"][0]
     outputs = {a.name: a.attack(target, observed[a.shadow_design][:a.num_shadows])
                for a in attacks}
     metrics = _metrics(mem, split, config, attacks, sets, by_request, target, outputs)
     _write_result(out, metrics, split, target, outputs, sets["target"].observed[0][0])
     return MiaResult(out, metrics)
+
+
+def _observe(sets: dict[str, ModelSet], runs: dict[str, Run], images: torch.Tensor,
+             labels: np.ndarray, device: torch.device,
+             progress: bool) -> dict[str, list[Observations]]:
+    """Every model's logits on the examples its design names (a progress bar per model)."""
+    jobs = [(name, request, indices, member) for name, model_set in sets.items()
+            for request, (indices, member) in zip(model_set.requests, model_set.observed)]
+    observed: dict[str, list[Observations]] = {name: [] for name in sets}
+    for name, request, indices, member in track(
+            jobs, description="observing models", disable=not progress,
+            console=Console(stderr=True)):
+        logits = _logits(runs[_key(request)], images, indices, device)
+        observed[name].append(Observations(logits, labels[indices], member))
+    return observed
 
 
 def _key(request: RunRequest) -> str:
@@ -270,8 +284,10 @@ def _write_result(out: Path, metrics: dict[str, Any], split: MembershipSplit,
         write_json(tmp / "split.json", split.as_dict())
         write_text(tmp / "scores.csv", _scores_csv(indices, target, split, outputs))
         curves = {name: (target.member, output.scores) for name, output in outputs.items()}
-        save_roc_plot(curves, f"{split.spec.name}: membership inference, 1 target model, "
-                              f"{metrics['train']['epochs']} epochs", tmp / "roc.png")
+        train = metrics["train"]
+        save_roc_plot(curves, f"{split.spec.name}: 1 target model ({train['arch']}, "
+                              f"{train['epochs']} epochs), {len(indices)} examples",
+                      tmp / "roc.png")
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
