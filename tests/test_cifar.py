@@ -442,3 +442,61 @@ def test_cifar_throughput_benchmark_runs_end_to_end(tiny_data):
     for variant in variants:
         target = targets[f"floor/{variant}"]
         assert target["pass"] == (target["value"] <= 1.15)
+
+
+# --------------------------------------------------------------------------- CIFAR runs
+
+
+def test_cifar_run_stopped_part_way_is_scored_from_its_latest_checkpoint(tiny_data, tmp_path,
+                                                                           monkeypatch):
+    """A CIFAR-sized run in CI, on tiny files in the real format: altResNet20Norm02 with
+    aug01 is stopped after epoch 1 of 3; ``rsc score <run>/checkpoint.pt`` then gives the
+    spurious score and clean accuracy of the weights so far (how the long real-data runs are
+    read while they train), and the run resumes and finishes."""
+    import json
+
+    from click.testing import CliRunner
+    from rsc_cli.main import cli
+
+    from rsc_core import runs as runs_module
+    from rsc_core.runs import train_run
+    from rsc_core.scoring import score_model
+    from rsc_core.spec import SpuriousSpec
+    from rsc_core.training import TrainConfig
+
+    target = int(tiny_data["cifar10"].train.labels[0])
+    spec = SpuriousSpec.build("cifar10", "v8", 1, target, 0)
+    config = TrainConfig(arch="altResNet20Norm02", aug="aug01", optimizer="adam", lr=0.01,
+                         batch_size=4, epochs=3)
+    real_save = runs_module.save_checkpoint
+
+    def save_then_stop(path, model, optimizer, scheduler, epoch, history, meta):
+        real_save(path, model, optimizer, scheduler, epoch, history, meta)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs_module, "save_checkpoint", save_then_stop)
+    kwargs = dict(runs_dir=tmp_path / "runs", data_dir=tiny_data.root, progress=False,
+                  device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        train_run(spec, config, **kwargs)
+    monkeypatch.setattr(runs_module, "save_checkpoint", real_save)
+    [folder] = [p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]
+    checkpoint_path = folder / "checkpoint.pt"
+    checkpoint = read_checkpoint(checkpoint_path)
+    assert checkpoint["epoch"] == 1 and "test_accuracy" in checkpoint["history"][-1]
+
+    result = CliRunner().invoke(cli, ["score", str(checkpoint_path), "--data-dir",
+                                      str(tiny_data.root), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.output[result.output.index("{"):])
+    assert (scored["pattern"], scored["target"], scored["seed"]) == ("v8", target, 0)
+    model = build_model_from_checkpoint(checkpoint)
+    test = rsc_core.datasets.load_dataset("cifar10", tiny_data.root).test
+    direct = score_model(model, test, "v8", target, 0)
+    assert scored["score"] == direct.score
+    assert scored["clean_accuracy"] == direct.clean_accuracy
+    assert scored["num_images"] == len(tiny_data["cifar10"].test.labels)
+
+    finished = train_run(spec, config, **kwargs)
+    assert finished.resumed_from == 1 and finished.run.finished
+    assert [h["epoch"] for h in finished.run.metrics["history"]] == [1, 2, 3]
