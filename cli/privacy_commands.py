@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -110,15 +111,16 @@ def print_result(result: MiaResult, console: Console | None = None) -> None:
     metrics = result.metrics
     split = metrics["split"]
     low = LOW_FPRS[-1]
-    table = Table(title=f"{metrics['spec']['name']}: {split['part_size']} members, "
+    table = Table(box=box.SIMPLE_HEAD, title=f"{metrics['spec']['name']}: {split['part_size']} members, "
                         f"{split['part_size']} non-members, {len(split['spurious'])} spurious",
-                  caption=f"K: shadow models; TPR@x: at x FPR; spur./class: share of the "
-                          f"spurious members / unpatterned same-class members called members "
-                          f"(the attack's decision; @{low * 100:g}%: at {low * 100:g}% FPR)")
+                  caption=f"acc: balanced accuracy; K: shadow models; @x: TPR at x FPR; "
+                          f"spur./class: share of the spurious members / unpatterned "
+                          f"same-class members called members (the attack's decision; "
+                          f"@{low * 100:g}%: at {low * 100:g}% FPR)")
     table.add_column("attack", no_wrap=True)
-    for header in ("K", "bal acc", "AUC", *(f"TPR@{f * 100:g}%" for f in LOW_FPRS), "spur.",
-                   "class", f"spur.@{low * 100:g}%"):
-        table.add_column(header, justify="right")
+    for header in ("K", "acc", "AUC", *(f"@{f * 100:g}%" for f in LOW_FPRS), "spur.",
+                   "class", f"spur@{low * 100:g}%"):
+        table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
     for name, row in metrics["attacks"].items():
         spurious, same = row["spurious"], row["same_class_members"]
         table.add_row(name, str(row["shadows"]), f"{row['balanced_accuracy']:.3f}",
