@@ -285,8 +285,8 @@ def _write_result(out: Path, metrics: dict[str, Any], split: MembershipSplit,
         write_text(tmp / "scores.csv", _scores_csv(indices, target, split, outputs))
         curves = {name: (target.member, output.scores) for name, output in outputs.items()}
         train = metrics["train"]
-        save_roc_plot(curves, f"{split.spec.name}: 1 target model ({train['arch']}, "
-                              f"{train['epochs']} epochs), {len(indices)} examples",
+        save_roc_plot(curves, f"{split.spec.name}: 1 target model\n{train['arch']}, "
+                              f"{train['epochs']} epoch(s), {len(indices)} examples",
                       tmp / "roc.png")
         old = None
         if out.exists():
