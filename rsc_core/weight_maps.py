@@ -57,8 +57,8 @@ def difference_summary(first: WeightMap, second: WeightMap) -> dict[str, Any]:
     correlation = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else None
     return {"max_abs": float(np.abs(diff).max()), "mean_abs": float(np.abs(diff).mean()),
             "l2": float(np.linalg.norm(diff)), "correlation": correlation,
-            "argmax_abs": list(np.unravel_index(int(np.abs(diff).argmax()),
-                                                first.values.shape))}
+            "argmax_abs": [int(i) for i in np.unravel_index(int(np.abs(diff).argmax()),
+                                                               first.values.shape)]}
 
 
 def save_weight_maps(maps: Sequence[WeightMap], path: str | Path, title: str) -> Path:

@@ -48,7 +48,7 @@ def test_both_hvp_forms_equal_the_explicit_product(problem):
         hessian.mode = mode
         assert torch.allclose(hessian.hvp_rows(v, rows), explicit @ v, atol=1e-12)
         assert torch.allclose(hessian.hvp_mean(v), explicit @ v, atol=1e-12)
-    hessian.mode = "reverse-over-forward"
+    hessian.mode = "forward-over-reverse"
     hessian.chunk = 5  # chunked mean over uneven chunks
     assert torch.allclose(hessian.hvp_mean(v), explicit @ v, atol=1e-12)
     hessian.chunk = 4096

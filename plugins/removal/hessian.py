@@ -5,10 +5,10 @@ DataLoader and running autograd's double backward. Here the training set stays o
 the device, rows are picked by index (no per-step data loading), and H v is one
 forward-over-reverse pass (``torch.func.jvp`` of ``torch.func.grad``), the cheapest exact HVP.
 Two exact HVP forms are offered (``mode``): ``forward-over-reverse`` (``jvp`` of ``grad``, the
-textbook choice) and ``reverse-over-forward`` (``grad`` of the directional derivative that
-``jvp`` gives), the default because it measured 2x faster here for batch-1 samples of a
-LargeMLP (it never materialises the gradient itself, only H v; docs/performance.md). They
-agree to float64 rounding (tests). Parameters are handled as ONE flat vector so the solvers are plain vector recursions, and the
+textbook choice and the default) and ``reverse-over-forward`` (``grad`` of the directional
+derivative ``jvp`` gives, which never materialises the gradient itself). They agree to float64
+rounding (tests); which is faster varied between measurements on the shared benchmark machine
+(docs/performance.md). Parameters are handled as ONE flat vector so the solvers are plain vector recursions, and the
 batched form (``hvp_rows_batched``) runs many independent LiSSA chains, each with its own
 Hessian sample, as one ``torch.func.vmap`` pass.
 
@@ -33,7 +33,7 @@ with warnings.catch_warnings():
     import torch._decomp.decompositions_for_jvp  # noqa: F401
 
 
-HVP_MODES = ("reverse-over-forward", "forward-over-reverse")
+HVP_MODES = ("forward-over-reverse", "reverse-over-forward")
 
 
 class HessianError(RscError):
@@ -46,7 +46,7 @@ class LossHessian:
 
     def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                  device: torch.device | str = "cpu", chunk: int = 4096,
-                 mode: str = "reverse-over-forward") -> None:
+                 mode: str = "forward-over-reverse") -> None:
         if mode not in HVP_MODES:
             raise ValueError(f"mode must be one of {HVP_MODES}, got {mode!r}")
         self.mode = mode
