@@ -17,6 +17,10 @@ decay 1e-4 (the optimizer's coupled term), cross-entropy, ``aug01``.
               processes, as each reference epoch does) + the steady per-batch time x the rest.
   (c) floor   forward + backward + step on ONE fixed batch already on the device, nothing
               else: the least any trainer can spend per batch.
+  batch_work  (a)'s own per-batch work besides the model (``index_select`` of the batch and
+              aug01), timed alone over ``--batch-work-batches`` batches: on a busy machine,
+              where (a) and (c) cannot be timed closely, batch_work / floor bounds what rsc
+              adds to the floor more tightly than (a) / (c) does.
 
 Each of (a) and (c) runs in every variant: fp32 or bf16 autocast, channel-first or
 channels-last. bf16 on a CPU without bfloat16 matrix instructions (``rsc_core.hardware``) is
@@ -230,7 +234,33 @@ def measure_floor(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace,
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "batches": args.batches,
             "epoch_seconds": seconds / args.batches * args.epoch_batches,
-            "train_loss": float(loss)}
+            "train_loss": float(loss.detach())}
+
+
+# --------------------------------------------------------------------------- (a) - (c)
+
+
+def measure_batch_work(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace,
+                       device: torch.device) -> dict:
+    """What (a) does per batch besides the model: pick the batch from a permutation
+    (``index_select`` of images and labels) and apply aug01; timed alone over many batches, so
+    that it can be compared with the floor's per-batch time even on a busy machine."""
+    from rsc_core.training import augment_aug01
+
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    order = torch.randperm(len(y), generator=generator, device=device)
+    count = args.batch_work_batches
+    batches = [order[(i * args.batch_size) % len(y):][:args.batch_size] for i in range(count)]
+    augment_aug01(x.index_select(0, batches[0]), generator)  # warm-up
+    synchronize(device)
+    started = time.perf_counter()
+    for index in batches:
+        augment_aug01(x.index_select(0, index), generator)
+        y.index_select(0, index)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "batches": count,
+            "epoch_seconds": seconds / count * args.epoch_batches, "train_loss": 0.0}
 
 
 # --------------------------------------------------------------------------- driver
@@ -264,6 +294,7 @@ def measurements(host: ImageData, x: torch.Tensor, y: torch.Tensor,
                                measure_rsc(x, y, args, device, p, c))
         jobs[f"floor/{name}"] = (lambda p=precision, c=channels_last:
                                  measure_floor(x, y, args, device, p, c))
+    jobs["batch_work/fp32-nchw"] = lambda: measure_batch_work(x, y, args, device)
     if not args.skip_reference:
         jobs["ref/fp32-nchw"] = lambda: measure_reference(host.images, host.labels, args,
                                                           device)
@@ -333,6 +364,9 @@ def ratios(epoch: dict[str, float]) -> dict[str, float]:
             out[f"rsc_over_floor/{variant}"] = seconds / epoch[f"floor/{variant}"]
         if "ref/fp32-nchw" in epoch:
             out[f"ref_over_rsc/{variant}"] = epoch["ref/fp32-nchw"] / seconds
+    if "batch_work/fp32-nchw" in epoch and "floor/fp32-nchw" in epoch:
+        out["batch_work_over_floor/fp32-nchw"] = (epoch["batch_work/fp32-nchw"]
+                                                  / epoch["floor/fp32-nchw"])
     if "ref/fp32-nchw" in epoch and "floor/fp32-nchw" in epoch:
         out["ref_over_floor/fp32-nchw"] = epoch["ref/fp32-nchw"] / epoch["floor/fp32-nchw"]
     return out
@@ -402,6 +436,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="measurements of each kind, interleaved; medians reported")
     parser.add_argument("--batch-size", type=int, default=128,
                         help="batch size (128 is the measured recipe; smaller for smoke tests)")
+    parser.add_argument("--batch-work-batches", type=int, default=50,
+                        help="batches of (a)'s own per-batch work (index_select + aug01) timed "
+                             "alone")
     parser.add_argument("--workers", type=int, default=4,
                         help="DataLoader worker processes of (b), as the reference")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")

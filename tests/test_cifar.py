@@ -415,7 +415,8 @@ def test_cifar_throughput_benchmark_runs_end_to_end(tiny_data):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "cifar_throughput.py"
     completed = subprocess.run(
         [sys.executable, str(script), "--data-dir", str(tiny_data.root), "--batches", "2",
-         "--batch-size", "4", "--warmup-batches", "1", "--json"],
+         "--batch-size", "4", "--warmup-batches", "1", "--batch-work-batches", "3",
+         "--json"],
         capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr
     result = json.loads(completed.stdout)
@@ -424,7 +425,7 @@ def test_cifar_throughput_benchmark_runs_end_to_end(tiny_data):
     if not result["bf16"].startswith("not available"):
         variants |= {"bf16-nchw", "bf16-channels_last"}
     assert set(epoch) == {f"{kind}/{v}" for kind in ("rsc", "floor") for v in variants} | {
-        "ref/fp32-nchw"}
+        "ref/fp32-nchw", "batch_work/fp32-nchw"}
     assert result["settings"]["epoch_batches"] == math.ceil(10 / 4)
     for name, runs in result["samples"].items():
         assert all(run["seconds"] > 0 and math.isfinite(run["train_loss"]) for run in runs)
@@ -437,6 +438,8 @@ def test_cifar_throughput_benchmark_runs_end_to_end(tiny_data):
             epoch[f"rsc/{variant}"] / epoch[f"floor/{variant}"])
         assert ratios[f"ref_over_rsc/{variant}"] == pytest.approx(
             epoch["ref/fp32-nchw"] / epoch[f"rsc/{variant}"])
+    assert ratios["batch_work_over_floor/fp32-nchw"] == pytest.approx(
+        epoch["batch_work/fp32-nchw"] / epoch["floor/fp32-nchw"])
     targets = result["targets"]
     assert targets["vs_reference"]["pass"] == (ratios["ref_over_rsc/fp32-nchw"] >= 2.0)
     for variant in variants:
