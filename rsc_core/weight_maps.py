@@ -66,7 +66,7 @@ def save_weight_maps(maps: Sequence[WeightMap], path: str | Path, title: str) ->
     on a symmetric diverging scale) when there are two."""
     panels = list(maps)
     count = len(panels) + (1 if len(panels) == 2 else 0)
-    fig, axes = plt.subplots(1, count, figsize=(3.6 * count, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, count, figsize=(3.6 * count, 3.9), squeeze=False)
     low = min(float(m.values.min()) for m in panels)
     high = max(float(m.values.max()) for m in panels)
     for axis, weight_map in zip(axes[0], panels):
@@ -84,7 +84,7 @@ def save_weight_maps(maps: Sequence[WeightMap], path: str | Path, title: str) ->
         axis.set_xticks([])
         axis.set_yticks([])
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))  # room for the title above two-line panel titles
     return save_figure(fig, path, dpi=100)
 
 
@@ -93,5 +93,14 @@ def _picture(values: np.ndarray) -> np.ndarray:
     return values if values.ndim == 2 else values.max(axis=0)
 
 
-def _short(name: str, width: int = 48) -> str:
-    return name if len(name) <= width else "..." + name[-(width - 3):]
+def _short(name: str, width: int = 40) -> str:
+    """A run folder name wrapped at its underscores, so the spec (its start) and the method
+    and hash (its end) both stay readable above a narrow panel."""
+    lines = [""]
+    for part in name.split("_"):
+        candidate = f"{lines[-1]}_{part}" if lines[-1] else part
+        if len(candidate) > width and lines[-1]:
+            lines.append(part)
+        else:
+            lines[-1] = candidate
+    return "\n".join(lines)
