@@ -15,9 +15,9 @@ from rsc_core.errors import ConfigError
 from rsc_core.group_runs import DEFAULT_GROUP_SIZE, check_group_size
 from rsc_core.membership import parse_membership_spec
 from rsc_core.membership_metrics import LOW_FPRS, fpr_key
-from rsc_core.mia import MiaResult, create_attacks, result_name, run_mia
+from rsc_core.mia import MiaResult, create_attacks, result_name, run_mia_many
 from rsc_core.runs import Run, resolve_device
-from rsc_core.spec import parse_int_list
+from rsc_core.spec import expand_names, parse_int_list
 from rsc_core.training import MAX_TRAIN_SEED
 
 from .options import data_options
@@ -26,9 +26,11 @@ from .train_options import build_train_config, split_train_kwargs, train_options
 
 
 @click.command("mia")
-@click.option("--spec", "spec_name", required=True, metavar="NAME",
+@click.option("--spec", "spec_names", required=True, multiple=True, metavar="NAME",
               help="Membership dataset mem{dataset}{pattern}-{n}-{label}-{seed}, e.g. "
-                   "memmnistv20-3-0-0 (the split is described in docs/privacy.md).")
+                   "memmnistv20-3-0-0 (the split is described in docs/privacy.md). "
+                   "Repeatable, with braces ('memmnistv20-{1,3,10}-0-{0..2}'): every model "
+                   "of every spec then trains in one multi-model call.")
 @click.option("--attack", "attack_names", multiple=True, required=True, metavar="NAME",
               help="Attack to run; repeat for several: shadow-lr (the study's), "
                    "loss-threshold, lira (online), lira-offline.")
@@ -47,10 +49,12 @@ from .train_options import build_train_config, split_train_kwargs, train_options
                    "training or reusing the target from the recipe flags.")
 @click.option("--out", "-o", type=click.Path(), default=None,
               help="Result folder (default: mia/<spec>_<recipe>-<hash> in the current "
-                   "folder). An older result there is replaced once the new one is complete.")
+                   "folder); with several specs, the folder that holds one such result "
+                   "folder per spec. An older result is replaced once the new one is "
+                   "complete.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or stage lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json instead of a table.")
-def mia_command(spec_name, attack_names, shadows, data_dir, download, runs_dir, device,
+def mia_command(spec_names, attack_names, shadows, data_dir, download, runs_dir, device,
                 group_size, target_run, out, quiet, as_json, **kwargs) -> None:
     """Membership inference on rare spurious examples.
 
@@ -65,12 +69,15 @@ def mia_command(spec_name, attack_names, shadows, data_dir, download, runs_dir, 
 
     Example: rsc mia --spec memmnistv20-3-0-0 --attack shadow-lr --attack lira --shadows 16
     """
-    mem = parse_membership_spec(spec_name)
+    mems = list({m.name: m for m in (parse_membership_spec(name) for text in spec_names
+                                     for name in expand_names(text))}.values())
     attacks = create_attacks(attack_names, shadows)
     check_group_size(group_size)
     train_kwargs, _ = split_train_kwargs(kwargs)
     run = None
     if target_run is not None:
+        if len(mems) != 1:
+            raise ConfigError("--target-run attacks one target; give one --spec with it")
         _refuse_recipe_flags(train_kwargs)
         run = Run.open(target_run)
         config = run.train_config
@@ -81,15 +88,22 @@ def mia_command(spec_name, attack_names, shadows, data_dir, download, runs_dir, 
                               f"{len(seeds)}")
         config = build_train_config(train_seed=seeds[0], **train_kwargs)
     resolve_device(device)
-    folder = Path(out) if out else Path("mia") / result_name(mem, config, attacks)
-    stage = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
-    result = run_mia(mem, config, attacks, folder, runs_dir=runs_dir, data_dir=data_dir,
-                     download=download, device=device, progress=not quiet,
-                     group_size=group_size, target_run=run, on_stage=stage)
-    if as_json:
-        click.echo(json.dumps({"folder": str(result.folder), **result.metrics}, indent=2))
+    if out and len(mems) == 1:
+        jobs = [(mems[0], Path(out))]
     else:
-        print_result(result)
+        root = Path(out) if out else Path("mia")
+        jobs = [(mem, root / result_name(mem, config, attacks)) for mem in mems]
+    stage = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    results = run_mia_many(jobs, config, attacks, runs_dir=runs_dir, data_dir=data_dir,
+                           download=download, device=device, progress=not quiet,
+                           group_size=group_size, target_run=run, on_stage=stage)
+    if as_json:
+        rows = [{"folder": str(r.folder), **r.metrics} for r in results]
+        click.echo(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
+        return
+    console = Console()
+    for result in results:
+        print_result(result, console)
 
 
 def _refuse_recipe_flags(train_kwargs: dict) -> None:

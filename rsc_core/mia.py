@@ -139,36 +139,62 @@ class MiaResult:
 
 
 def run_mia(mem: MembershipSpec, config: TrainConfig, attacks: Sequence[Attack], out: Path,
-            *, runs_dir: str | Path | None = None, data_dir: str | Path | None = None,
-            download: bool | None = None, device: str = "auto", progress: bool = True,
-            group_size: int = DEFAULT_GROUP_SIZE, target_run: Run | None = None,
-            on_stage: Callable[[str], None] = lambda line: None) -> MiaResult:
-    """Train or reuse every model the attacks need, attack the target, write ``out``."""
+            *, target_run: Run | None = None, **options: Any) -> MiaResult:
+    """Train or reuse every model the attacks need, attack the target, write ``out``.
+    ``options``: those of ``run_mia_many``."""
+    return run_mia_many([(mem, out)], config, attacks, target_run=target_run, **options)[0]
+
+
+def run_mia_many(jobs: Sequence[tuple[MembershipSpec, Path]], config: TrainConfig,
+                 attacks: Sequence[Attack], *, runs_dir: str | Path | None = None,
+                 data_dir: str | Path | None = None, download: bool | None = None,
+                 device: str = "auto", progress: bool = True,
+                 group_size: int = DEFAULT_GROUP_SIZE, target_run: Run | None = None,
+                 on_stage: Callable[[str], None] = lambda line: None) -> list[MiaResult]:
+    """Several membership datasets (``(spec, result folder)`` each) in one call: every model
+    they need trains in ONE ``train_runs`` call, so the targets of several n and seeds share
+    multi-model groups and a shadow needed twice trains once; then each is attacked and
+    written. ``target_run`` (one job only) is attacked instead of training the target."""
+    if target_run is not None and len(jobs) != 1:
+        raise ConfigError("--target-run attacks one target; give one --spec with it")
     torch_device = resolve_device(device)
-    out = check_output(out)
-    bundle = load_dataset(mem.spurious.dataset, data_dir, download)
-    split = membership_split(mem, bundle.train.labels.numpy())
-    if target_run is not None:
-        config = check_target_run(target_run, split)
-    sets = plan_models(split, config, attacks)
-    requests = [r for model_set in sets.values() for r in model_set.requests]
-    on_stage(f"{mem.name}: {len(requests)} models ({_describe(sets)}), "
-             f"{split.target_members.size} training images each")
+    for _, out in jobs:
+        check_output(out)
+    bundles: dict[str, DatasetBundle] = {}
+    plans = []
+    for mem, out in jobs:
+        if mem.spurious.dataset not in bundles:
+            bundles[mem.spurious.dataset] = load_dataset(mem.spurious.dataset, data_dir,
+                                                         download)
+        split = membership_split(mem, bundles[mem.spurious.dataset].train.labels.numpy())
+        job_config = check_target_run(target_run, split) if target_run is not None else config
+        plans.append((mem, out, split, job_config, plan_models(split, job_config, attacks)))
     given = {}
     if target_run is not None:  # used where it is, wherever its runs root
-        given[_key(sets["target"].requests[0])] = target_run
-        requests = [r for r in requests if _key(r) not in given]
+        given[_key(plans[0][4]["target"].requests[0])] = target_run
+    requests = [r for *_, sets in plans for model_set in sets.values()
+                for r in model_set.requests if _key(r) not in given]
+    on_stage(f"{', '.join(m.name for m, _ in jobs)}: {len(set(map(_key, requests)))} models "
+             f"to train or reuse ({_describe(plans)}), {plans[0][2].target_members.size} "
+             f"training images each")
     results = train_runs(requests, group_size=group_size, runs_dir=runs_dir, data_dir=data_dir,
                          download=download, progress=progress, device=device)
     _raise_failures(results)
-    by_request = {**given, **{_key(r.request): r.outcome.run for r in results}}
-    images = _planted_training_images(bundle, mem)
-    observed = _observe(sets, by_request, images, bundle.train.labels.numpy(), torch_device,
-                        progress)
+    runs = {**given, **{_key(r.request): r.outcome.run for r in results}}
+    return [_attack_one(mem, out, split, job_config, sets, runs, bundles[mem.spurious.dataset],
+                        attacks, torch_device, progress)
+            for mem, out, split, job_config, sets in plans]
+
+
+def _attack_one(mem: MembershipSpec, out: Path, split: MembershipSplit, config: TrainConfig,
+                sets: dict[str, ModelSet], runs: dict[str, Run], bundle: DatasetBundle,
+                attacks: Sequence[Attack], device: torch.device, progress: bool) -> MiaResult:
+    images = _planted_training_images(bundle, split)
+    observed = _observe(sets, runs, images, bundle.train.labels.numpy(), device, progress)
     target = observed["target"][0]
     outputs = {a.name: a.attack(target, observed[a.shadow_design][:a.num_shadows])
                for a in attacks}
-    metrics = _metrics(mem, split, config, attacks, sets, by_request, target, outputs)
+    metrics = _metrics(mem, split, config, attacks, sets, runs, target, outputs)
     _write_result(out, metrics, split, target, outputs, sets["target"].observed[0][0])
     return MiaResult(out, metrics)
 
@@ -192,8 +218,12 @@ def _key(request: RunRequest) -> str:
     return config_hash(run_config(request.spec, request.config, request.subset))
 
 
-def _describe(sets: dict[str, ModelSet]) -> str:
-    return ", ".join(f"{name} {len(model_set.requests)}" for name, model_set in sets.items())
+def _describe(plans: list) -> str:
+    counts: dict[str, set] = {}
+    for *_, sets in plans:
+        for name, model_set in sets.items():
+            counts.setdefault(name, set()).update(map(_key, model_set.requests))
+    return ", ".join(f"{name} {len(keys)}" for name, keys in counts.items())
 
 
 def _raise_failures(results: list[RunResult]) -> None:
@@ -205,9 +235,12 @@ def _raise_failures(results: list[RunResult]) -> None:
                        f"{first.error}")
 
 
-def _planted_training_images(bundle: DatasetBundle, mem: MembershipSpec) -> torch.Tensor:
+def _planted_training_images(bundle: DatasetBundle, split: MembershipSplit) -> torch.Tensor:
     """The training images as the target saw them: planted rows carry the pattern."""
-    indices, rows = patched_rows(bundle, mem.spurious)
+    indices, rows = patched_rows(bundle, split.spec.spurious)
+    if not np.array_equal(indices, split.spurious):  # the split reserves this very draw
+        raise RscError(f"{split.spec.name}: the planted images differ from the split's "
+                       f"spurious images; this is a bug, please report it")
     images = bundle.train.images.clone()
     if indices.size:
         images[torch.from_numpy(indices)] = rows

@@ -286,6 +286,21 @@ def test_rsc_mia_attacks_a_given_target_run(mem_data, tmp_path):
     assert run_folders(tmp_path) == before  # the shadow, of the run's recipe, is reused
 
 
+def test_rsc_mia_several_specs_train_in_one_group(mem_data, tmp_path):
+    result = rsc(*mia_args(mem_data, tmp_path, "--spec", "memmnistv20-{1,2}-0-0", "--attack",
+                           "shadow-lr", "--out", str(tmp_path / "grid"), "--json"))
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [row["spec"]["name"] for row in rows] == ["memmnistv20-1-0-0", "memmnistv20-2-0-0"]
+    for row in rows:
+        assert (Path(row["folder"]) / "metrics.json").is_file()
+        assert Path(row["folder"]).parent == tmp_path / "grid"
+    runs = run_folders(tmp_path)
+    assert len(runs) == 3  # two targets and the one shadow both share
+    for name in runs:  # all three trained together in the multi-model trainer
+        assert "in a group of 3" in (tmp_path / "runs" / name / "log.txt").read_text()
+
+
 def assert_error_and_nothing_written(result: Result, tmp_path: Path, fragment: str) -> None:
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
@@ -303,6 +318,8 @@ def assert_error_and_nothing_written(result: Result, tmp_path: Path, fragment: s
     (("--spec", "memmnistv20-1-0-0", "--attack", "shadow-lr", "--train-seed", "0-1"),
      "one --train-seed"),
     (("--spec", "memmnistv20-50-0-0", "--attack", "shadow-lr"), "too large"),
+    (("--spec", "memmnistv20-{1,2}-0-0", "--attack", "shadow-lr", "--target-run", "."),
+     "one --spec"),
 ])
 def test_rsc_mia_bad_input_is_one_line_and_writes_nothing(mem_data, tmp_path, extra, fragment):
     result = rsc(*mia_args(mem_data, tmp_path, *extra, "--out", str(tmp_path / "out")))
