@@ -7,6 +7,7 @@ full disk never leaves a half-written image."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -14,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 
@@ -115,3 +117,114 @@ def save_comparison_plot(rows: Sequence[dict], title: str, path: str | Path) -> 
         axis.set_ylim(0, 1)
         axis.grid(alpha=0.3)
     return _save(fig, title, path)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One line of an against-n figure: a mean per n with its SEM (NaN: one run, no bar)
+    and how many runs each point pools."""
+
+    label: str
+    ns: Sequence[int]
+    means: Sequence[float]
+    sems: Sequence[float]
+    runs: Sequence[int]
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    ylabel: str
+    curves: Sequence[Curve]
+    legend: str = "best"  # matplotlib's legend location
+
+
+#: How figures against n place n = 0 on a log axis: matplotlib's symlog scale, linear on
+#: [0, 1] and logarithmic above, so the clean model (n = 0) sits at 0 beside n = 1, 3, 10...
+N_AXIS_CAPTION = ("n on a symmetric-log axis (linear from 0 to 1, logarithmic above), so the "
+                  "clean model at n = 0 (open marker) has a place on it; error bars: SEM over "
+                  "runs")
+
+
+def runs_text(counts: Sequence[int]) -> str:
+    counts = sorted(set(int(c) for c in counts))
+    if not counts:
+        return "0"
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
+def _draw_n_axis(axis, panel: Panel) -> None:
+    ns_all: set[int] = set()
+    for index, curve in enumerate(panel.curves):
+        color = f"C{index % 10}"
+        sems = [0.0 if s is None or s != s else s for s in curve.sems]
+        axis.errorbar(curve.ns, curve.means, yerr=sems, marker="o", capsize=3, color=color,
+                      label=curve.label)
+        zero = [i for i, n in enumerate(curve.ns) if n == 0]
+        if zero:
+            axis.plot([0] * len(zero), [curve.means[i] for i in zero], marker="o",
+                      linestyle="none", markerfacecolor="white", markeredgecolor=color,
+                      zorder=3)
+        ns_all.update(int(n) for n in curve.ns)
+    axis.set_xscale("symlog", linthresh=1, linscale=0.5)
+    ticks = sorted(ns_all)
+    axis.set_xticks(ticks, [str(n) for n in ticks])
+    axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    axis.set_xlim(-0.25, max(ticks + [1]) * 1.6)
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("number of spurious training examples n")
+    axis.set_ylabel(panel.ylabel)
+    axis.set_title(panel.title)
+    axis.grid(alpha=0.3)
+    if panel.curves:
+        axis.legend(fontsize=8, loc=panel.legend)
+
+
+def build_n_figure(panels: Sequence[Panel], title: str):
+    """The figure ``save_n_curves`` writes (returned open, for inspection); the title gets
+    the number of runs per point and the meaning of the error bars appended."""
+    counts = [r for panel in panels for curve in panel.curves for r in curve.runs]
+    title = f"{title}\n{runs_text(counts)} run(s) per point, error bars: SEM"
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), squeeze=False)
+    for axis, panel in zip(axes[0], panels):
+        _draw_n_axis(axis, panel)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_n_curves(panels: Sequence[Panel], title: str, paths: Sequence[str | Path]) -> list[Path]:
+    """Curves against n, one panel each (fixed 0-1 y axes, SEM error bars, n = 0 placed as
+    ``N_AXIS_CAPTION`` says), written to every path in ``paths`` (PNG, PDF, ...)."""
+    paths = [check_figure_path(p) for p in paths]
+    fig = build_n_figure(panels, title)
+    written = []
+    try:
+        for path in paths:
+            written.append(write_file(path, lambda tmp, p=path: fig.savefig(
+                tmp, format=figure_format(p), dpi=100)))
+    finally:
+        plt.close(fig)
+    return written
+
+
+def save_probability_curves(curves: Sequence[tuple[str, Sequence[float], Sequence[float],
+                                                    Sequence[float]]],
+                            title: str, xlabel: str, ylabel: str, path: str | Path) -> Path:
+    """Mean curves with SEM error bars, ``(label, x, mean, sem)`` each, on fixed 0-1 axes."""
+    import numpy as np
+
+    fig, axis = plt.subplots(figsize=(6.4, 4.4))
+    for index, (label, x, mean, sem) in enumerate(curves):
+        x, mean, sem = np.asarray(x), np.asarray(mean), np.asarray(sem)
+        axis.errorbar(x, mean, yerr=sem, color=f"C{index % 10}", marker=".", capsize=2,
+                      label=label)
+    axis.set_ylim(0, 1)
+    axis.set_xlim(0, 1)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=100)

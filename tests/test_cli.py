@@ -111,6 +111,6 @@ def test_quickstart_runs_end_to_end_and_says_it_is_shortened(tiny_data, tmp_path
     assert "the paper trains 70" in result.output
     assert "spurious score" in result.output and "baseline" in result.output
     assert out.read_bytes().startswith(PNG)
-    assert len([p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]) == 2
+    assert len([p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]) == 3
     again = rsc(*args)  # finished runs are reused
     assert again.exit_code == 0 and "training" in again.output

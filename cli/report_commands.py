@@ -1,0 +1,208 @@
+"""``rsc report`` (the study's figures and tables from the results index) and ``rsc
+sensitivity`` (the input-sensitivity curve of PROTOCOL.md section 9)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from rsc_core.atomic import write_text
+from rsc_core.errors import ConfigError
+from rsc_core.plots import N_AXIS_CAPTION, check_figure_path, runs_text, save_n_curves
+from rsc_core.plots import save_probability_curves
+from rsc_core.report import (MITIGATION_COLUMNS, SCORE_COLUMNS, Report, build_report,
+                             by_recipe, check_output_folder, curve_panels, display_rows, dumps,
+                             mitigation_records, report_json, score_records, to_csv,
+                             to_latex, to_markdown, write_folder)
+from rsc_core.results_index import WHERE_HELP, list_runs
+from rsc_core.runs import Run, resolve_device
+from rsc_core.scoring import DEFAULT_THRESHOLD
+from rsc_core.sensitivity import DEFAULT_IMAGES, DEFAULT_STEPS, sensitivity_curve
+
+from .options import data_options
+from .train_commands import device_option, print_comparison, runs_dir_option
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=+-]+", "-", text).strip("-")
+
+
+def figure_stems(report: Report) -> dict[str, str]:
+    """File stem per recipe: ``score-vs-n`` alone, or with the recipe when several."""
+    recipes = list(by_recipe(report.groups))
+    if len(recipes) == 1:
+        return {recipes[0]: ""}
+    return {recipe: "_" + _slug(recipe) for recipe in recipes}
+
+
+def write_report(report: Report, folder: Path, title: str) -> list[str]:
+    """Every figure and table of ``report`` into ``folder``; returns the files written."""
+    files: list[str] = []
+    markdown = [f"# {title}", ""]
+    stems = figure_stems(report)
+    for recipe, groups in by_recipe(report.groups).items():
+        epochs = sorted({g.epochs for g in groups})
+        what = f"{recipe}, {'/'.join(map(str, epochs))} epochs"
+        for quantity, name, label in (("score", "score-vs-n", "Spurious score"),
+                                      ("clean_accuracy", "clean-accuracy-vs-n",
+                                       "Clean test accuracy")):
+            panels = curve_panels(groups, quantity)
+            stem = f"{name}{stems[recipe]}"
+            save_n_curves(panels, f"{label} vs n: {what}",
+                          [folder / f"{stem}.png", folder / f"{stem}.pdf"])
+            files += [f"{stem}.png", f"{stem}.pdf"]
+            counts = [r for p in panels for c in p.curves for r in c.runs]
+            markdown += [f"![{label} vs n]({stem}.png)", "",
+                         f"*{label} against n, {what}; one panel per dataset, one curve per "
+                         f"pattern; {runs_text(counts)} run(s) per point. {N_AXIS_CAPTION}.* "
+                         f"([PDF]({stem}.pdf))", ""]
+    scores = score_records(report)
+    headers, cells = display_rows(scores, SCORE_COLUMNS)
+    caption = (f"Spurious score (threshold {report.threshold:g}"
+               f"{', test images with y != target' if report.exclude_target else ''}), clean "
+               f"and patterned accuracy (y != target): mean ± SEM over runs; p: one-sided "
+               f"Welch t-test of the pooled per-image indicators against the clean baseline "
+               f"(n = 0) of the same recipe; seeds: the seed protocol pooled.")
+    write_text(folder / "scores.csv", to_csv(scores, SCORE_COLUMNS))
+    write_text(folder / "scores.md", to_markdown(headers, cells))
+    write_text(folder / "scores.tex", to_latex(headers, cells, caption))
+    files += ["scores.csv", "scores.md", "scores.tex"]
+    markdown += ["## Scores", "", caption, "", to_markdown(headers, cells)]
+    if report.mitigations:
+        records = mitigation_records(report)
+        m_headers, m_cells = display_rows(records, MITIGATION_COLUMNS)
+        m_caption = ("Mitigations: spurious score and clean accuracy averaged over the n "
+                     "values listed (including the clean n = 0 runs of that recipe where "
+                     "present), ± the SEM of that average.")
+        write_text(folder / "mitigations.csv", to_csv(records, MITIGATION_COLUMNS))
+        write_text(folder / "mitigations.md", to_markdown(m_headers, m_cells))
+        write_text(folder / "mitigations.tex", to_latex(m_headers, m_cells, m_caption))
+        files += ["mitigations.csv", "mitigations.md", "mitigations.tex"]
+        markdown += ["## Mitigations", "", m_caption, "", to_markdown(m_headers, m_cells)]
+    if report.notes:
+        markdown += ["## Notes", ""] + [f"- {note}" for note in report.notes] + [""]
+    markdown += ["## Runs", ""]
+    for group in report.groups:
+        seeds = group.comparison.seeds.description if group.comparison.seeds else ""
+        markdown.append(f"- {group.label}: {len(group.runs)} run(s), baseline "
+                        f"{len(group.baseline)} clean run(s); seeds: {seeds}")
+    write_text(folder / "report.md", "\n".join(markdown) + "\n")
+    write_text(folder / "report.json", dumps(report_json(report)))
+    return files + ["report.md", "report.json"]
+
+
+def print_report(report: Report, console: Console) -> None:
+    """One table per pooled group (the same table as ``rsc compare``), then the mitigations
+    and the notes."""
+    for group in report.groups:
+        console.print(f"[bold]{group.dataset}[/bold], {group.recipe}", soft_wrap=True,
+                      highlight=False)
+        print_comparison(group.comparison, console)
+    if report.mitigations:
+        m_headers, m_cells = display_rows(mitigation_records(report), MITIGATION_COLUMNS)
+        table = Table(*m_headers, title="mitigations (averaged over n)")
+        for row in m_cells:
+            table.add_row(*row)
+        console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}", soft_wrap=True, highlight=False, markup=False)
+
+
+@click.command("report")
+@click.option("--where", "where", default=None, metavar="EXPR",
+              help=f"Only runs matching EXPR ({WHERE_HELP}).")
+@click.option("-o", "--output", type=click.Path(), required=True,
+              help="Folder for the figures (PNG, PDF) and tables (Markdown, CSV, LaTeX); "
+                   "an earlier report there is replaced.")
+@click.option("--threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
+              help="Probability rise that counts as spurious.")
+@click.option("--exclude-target", is_flag=True, help="Score only test images with y != target.")
+@click.option("--title", default="rsc report", show_default=True, help="Heading of report.md.")
+@runs_dir_option
+@data_options
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def report_command(where, output, threshold, exclude_target, title, runs_dir, data_dir,
+                   download, device, as_json) -> None:
+    """The study's figures and tables from the results index: score-vs-n and clean-accuracy
+    curves (one panel per dataset, one curve per pattern, SEM error bars), the p-values
+    against the clean baseline, and mitigation tables.
+
+    Only runs that differ in nothing but their seeds are pooled: a recipe is reported on its
+    own (its own figures when there are several), runs that mix seed protocols are split,
+    and the notes say so. Scores not yet cached are computed (and cached), which needs the
+    data."""
+    folder = check_output_folder(output)
+    resolve_device(device)
+    report = build_report(list_runs(where, runs_dir), threshold=threshold,
+                          exclude_target=exclude_target, data_dir=data_dir, device=device,
+                          download=download)
+    written: list[str] = []
+    write_folder(folder, lambda tmp: written.extend(write_report(report, tmp, title)))
+    if as_json:
+        click.echo(dumps(report_json(report)), nl=False)
+        return
+    console = Console()
+    print_report(report, console)
+    console.print(f"wrote {', '.join(written)} to {folder}", soft_wrap=True, highlight=False)
+
+
+@click.command("sensitivity")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default="sensitivity.png",
+              show_default=True, help="Figure; its extension picks the format.")
+@click.option("--images", type=int, default=DEFAULT_IMAGES, show_default=True,
+              help="Training images to erase (drawn with --seed).")
+@click.option("--steps", type=int, default=DEFAULT_STEPS, show_default=True,
+              help="Fractions p evenly spaced from 0 to 1 (51: p = 0, 0.02, ..., 1).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed that draws the images and the order their pixels are erased in.")
+@data_options
+@device_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the curves (and the image indices used) as JSON.")
+def sensitivity_command(runs, output, images, steps, seed, data_dir, download, device,
+                        as_json) -> None:
+    """Input sensitivity of finished RUNS (PROTOCOL.md section 9): on --images training
+    images, zero a fraction p of the non-zero pixels and plot the mean softmax probability
+    of the true class against p (error bars: SEM over images).
+
+    Images: RandomState(seed).choice(N, images, replace=False) over the run's training set
+    as trained; pixels: the same RandomState then permutes each image's non-zero positions,
+    and the first round(p k) of them are zeroed (all channels). docs/reports.md has the
+    details."""
+    check_figure_path(output)
+    resolve_device(device)
+    if images < 1 or steps < 2:
+        raise ConfigError("--images must be at least 1 and --steps at least 2")
+    curves = [sensitivity_curve(Run.open(path), images=images, seed=seed, steps=steps,
+                                data_dir=data_dir, download=download, device=device)
+              for path in runs]
+    count = len(curves[0].indices)
+    epochs = "/".join(str(e) for e in sorted({c.epochs for c in curves}))
+    title = (f"Input sensitivity: {len(curves)} run(s), {epochs} epochs\n{count} training "
+             f"images (seed {seed}), error bars: SEM over images")
+    path = save_probability_curves(
+        [(c.run, c.fractions, c.mean_probability, c.sem) for c in curves], title,
+        "fraction p of non-zero pixels set to 0", "mean softmax probability of the true class",
+        output)
+    if as_json:
+        click.echo(json.dumps({"figure": str(path), "curves": [c.as_dict() for c in curves]},
+                              indent=2))
+        return
+    table = Table("run", *[f"p={p:g}" for p in (0, 0.2, 0.4, 0.6, 0.8, 1)],
+                  title=f"mean probability of the true class ({count} images)")
+    for curve in curves:
+        picks = [min(range(len(curve.fractions)), key=lambda i: abs(curve.fractions[i] - p))
+                 for p in (0, 0.2, 0.4, 0.6, 0.8, 1)]
+        table.add_row(curve.run, *[f"{curve.mean_probability[i]:.3f}" for i in picks])
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {path}", soft_wrap=True, highlight=False)
+
+
+COMMANDS = [report_command, sensitivity_command]

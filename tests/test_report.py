@@ -1,0 +1,237 @@
+"""Reports from the results index (rsc_core.report, `rsc report`), the input-sensitivity curve
+(rsc_core.sensitivity, `rsc sensitivity`) and the figures they draw. A small grid of real runs
+is trained once on a tiny MNIST copy (1 epoch, LargeMLP): a clean run, v8 and v20 at n = 1
+and 2 with dataset seeds 0 and 1, and a weight-decay recipe beside it."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import write_idx_dataset
+
+from rsc_cli.main import cli
+from rsc_core.compare import compare_runs
+from rsc_core.errors import RscError
+from rsc_core.plots import Curve, Panel, build_n_figure
+from rsc_core.report import (build_report, check_output_folder, mitigation_rows,
+                             _split_protocols, latex_escape, score_records)
+from rsc_core.results_index import list_runs
+from rsc_core.runs import Run, train_run
+from rsc_core.sensitivity import erased, erasure_order, sensitivity_curve
+from rsc_core.spec import SpuriousSpec
+from rsc_core.training import TrainConfig
+
+PNG = b"\x89PNG\r\n\x1a\n"
+WD = ({"name": "weight-decay", "params": {"value": 0.01}},)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """(runs root, data root): 13 finished tiny runs."""
+    base = tmp_path_factory.mktemp("report-grid")
+    data = base / "data"
+    dataset = write_idx_dataset(data, "MNIST", seed=3, n_train=60, n_test=40)
+    target = int(np.bincount(dataset.train.labels).argmax())  # has >= 2 training images
+    runs = base / "runs"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RSC_CACHE_DIR", str(base / "cache"))
+        for regularisers in ((), WD):
+            config = TrainConfig(epochs=1, batch_size=16, regularisers=regularisers)
+            specs = [SpuriousSpec.build("mnist")]
+            if not regularisers:
+                specs += [SpuriousSpec.build("mnist", p, n, (target,), s)
+                          for p in ("v8", "v20") for n in (1, 2) for s in (0, 1)]
+            else:
+                specs += [SpuriousSpec.build("mnist", "v8", n, (target,), s)
+                          for n in (1, 2) for s in (0, 1)]
+            for spec in specs:
+                train_run(spec, config, runs_dir=runs, data_dir=data, progress=False,
+                          device="cpu")
+    return runs, data, target
+
+
+def test_report_pools_per_recipe_with_compare_statistics(grid):
+    runs, data, target = grid
+    report = build_report(list_runs(None, runs), data_dir=data, device="cpu")
+    keys = [(g.pattern, g.regularisers) for g in report.groups]
+    assert sorted(keys) == [("v20", ""), ("v8", ""), ("v8", "weight-decay:value=0.01")]
+    for group in report.groups:
+        # every pooled run has the group's recipe; the numbers are compare_runs' own
+        members = [Run(runs / name) for name in group.runs]
+        assert {m.config["train"]["regularisers"] != [] for m in members} == {
+            group.regularisers != ""}
+        assert len(group.runs) == 4 and len(group.baseline) == 1
+        expected = compare_runs(members, [Run(runs / b) for b in group.baseline],
+                                data_dir=data, device="cpu")
+        assert repr(group.comparison) == repr(expected)  # (NaN SEMs of single runs)
+        assert [r.n for r in group.comparison.rows] == [0, 1, 2]
+        assert group.comparison.seeds.name == "dataset-seeds"
+    records = score_records(report)
+    assert len(records) == 9 and {r["p_value"] for r in records if r["n"] == 0} == {"baseline"}
+    assert all(isinstance(r["p_value"], float) for r in records if r["n"] > 0)
+
+
+def test_mitigation_table_averages_over_n(grid):
+    runs, data, _ = grid
+    report = build_report(list_runs("pattern=v8 or pattern=null", runs), data_dir=data,
+                          device="cpu")
+    rows = report.mitigations
+    assert [r.mitigation for r in rows] == ["none", "weight-decay:value=0.01"]
+    for row in rows:
+        group = next(g for g in report.groups
+                     if (g.regularisers or "none") == row.mitigation)
+        means = [p.score_mean for p in group.comparison.rows]
+        sems = [p.score_sem for p in group.comparison.rows]
+        assert row.score_mean == pytest.approx(sum(means) / len(means))
+        assert math.isnan(row.score_sem) if any(map(math.isnan, sems)) else \
+            row.score_sem == pytest.approx(math.sqrt(sum(s * s for s in sems)) / len(sems))
+        assert row.ns == (0, 1, 2) and row.runs == 5
+    assert mitigation_rows([g for g in report.groups if not g.regularisers]) == []
+
+
+def test_groups_without_baseline_and_unfinished_runs_are_noted(grid):
+    runs, data, _ = grid
+    rows = list_runs("pattern=v20", runs)
+    rows.append({**rows[0], "status": "interrupted", "name": "x"})
+    report = build_report(rows, data_dir=data, device="cpu")
+    assert any("1 unfinished" in n for n in report.notes)
+    assert any("no clean run with this recipe" in n for n in report.notes)
+    assert [r.p_value for r in report.groups[0].comparison.rows] == [None, None]
+    with pytest.raises(RscError, match="no finished spurious runs"):
+        build_report(list_runs("pattern=null", runs), data_dir=data, device="cpu")
+
+
+def test_mixed_seed_protocols_are_split_not_pooled():
+    rows = [{"dataset_seed": d, "training_seed": t} for d, t in
+            [(0, 0), (1, 0), (2, 0), (1, 1), (2, 2), (3, 3)]]
+    subsets = _split_protocols(rows)
+    pairs = [sorted((r["dataset_seed"], r["training_seed"]) for r in s) for s in subsets]
+    assert pairs == [[(0, 0), (1, 0), (2, 0)], [(1, 1), (2, 2), (3, 3)]]
+    assert _split_protocols(rows[:3]) == [rows[:3]]
+
+
+def rsc(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_cli_report_writes_figures_and_tables(grid, tmp_path):
+    runs, data, _ = grid
+    out = tmp_path / "report"
+    result = rsc("report", "--runs-dir", str(runs), "--data-dir", str(data), "--device", "cpu",
+                 "-o", str(out), "--where", "regularisers=''")
+    assert result.exit_code == 0, result.output
+    assert "pattern v8" in result.output and "pattern v20" in result.output
+    for name in ("score-vs-n", "clean-accuracy-vs-n"):
+        assert (out / f"{name}.png").read_bytes().startswith(PNG)
+        assert (out / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    rows = list(csv.DictReader(io.StringIO((out / "scores.csv").read_text())))
+    assert len(rows) == 6 and {r["pattern"] for r in rows} == {"v8", "v20"}
+    assert all(0 <= float(r["score"]) <= 1 for r in rows)
+    tex = (out / "scores.tex").read_text()
+    assert "\\begin{tabular}" in tex and "$\\pm$" in tex and "ce-tor-LargeMLP" in tex
+    markdown = (out / "report.md").read_text()
+    assert "![Spurious score vs n](score-vs-n.png)" in markdown and "symmetric-log" in markdown
+    assert json.loads((out / "report.json").read_text())["groups"]
+    assert not (out / "mitigations.csv").exists()
+    # a second report replaces the first; with two recipes each gets its own figures
+    again = rsc("report", "--runs-dir", str(runs), "--data-dir", str(data), "--device", "cpu",
+                "-o", str(out))
+    assert again.exit_code == 0, again.output
+    assert not (out / "score-vs-n.png").exists()
+    figures = sorted(p.name for p in out.glob("score-vs-n_*.png"))
+    assert len(figures) == 2 and "## Mitigations" in (out / "report.md").read_text()
+    assert (out / "mitigations.tex").is_file()
+
+
+def test_cli_report_refuses_a_folder_of_other_files(grid, tmp_path):
+    runs, data, _ = grid
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    result = rsc("report", "--runs-dir", str(runs), "--data-dir", str(data), "-o", str(out))
+    assert result.exit_code == 2 and "not an rsc report" in result.output
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+    bad = rsc("report", "--runs-dir", str(runs), "--where", "n>>3", "-o", str(tmp_path / "x"))
+    assert bad.exit_code == 2 and bad.output.startswith("Error: cannot read --where")
+    with pytest.raises(RscError, match="it is a file"):
+        check_output_folder(out / "thesis.tex")
+
+
+def test_n_figure_axes():
+    curves = [Curve("v8 (S3)", [0, 1, 10, 100], [0.0, 0.1, 0.5, 0.9], [float("nan"), 0.01,
+                                                                       0.02, 0.03],
+                    [1, 3, 3, 3])]
+    fig = build_n_figure([Panel("mnist", "spurious score", curves)], "Score vs n, 70 epochs")
+    axis = fig.axes[0]
+    assert axis.get_ylim() == (0.0, 1.0) and axis.get_xscale() == "symlog"
+    assert axis.get_xlim()[0] < 0 < axis.get_xlim()[1]  # n = 0 is on the axis
+    assert [t.get_text() for t in axis.get_xticklabels()] == ["0", "1", "10", "100"]
+    assert axis.containers and axis.containers[0].has_yerr  # error bars
+    title = fig._suptitle.get_text()
+    assert "70 epochs" in title and "1-3 run(s) per point" in title and "SEM" in title
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def test_latex_escaping():
+    assert latex_escape("a_b & 50% #1 {x}") == "a\\_b \\& 50\\% \\#1 \\{x\\}"
+
+
+def test_erasure_zeroes_round_p_k_nonzero_positions():
+    rng = np.random.RandomState(0)
+    images = np.zeros((3, 2, 4, 4), dtype=np.float32)
+    images[0, 0, :2, :] = 1.0  # 8 non-zero positions
+    images[1, 1, 3, 3] = 0.5   # 1 non-zero position (second channel only)
+    ranks, counts = erasure_order(images, rng)
+    assert counts.tolist() == [8, 1, 0]
+    tensor = torch.from_numpy(images)
+    for p in (0.0, 0.25, 0.5, 1.0):
+        out = erased(tensor, torch.from_numpy(ranks), torch.from_numpy(counts), p)
+        nonzero = (out != 0).any(dim=1).flatten(1).sum(dim=1).tolist()
+        assert nonzero == [8 - round(p * 8), 1 - round(p * 1), 0]
+    half = erased(tensor, torch.from_numpy(ranks), torch.from_numpy(counts), 0.5)
+    more = erased(tensor, torch.from_numpy(ranks), torch.from_numpy(counts), 0.75)
+    assert ((half == 0) <= (more == 0)).all()  # the erased set only grows
+    assert torch.equal(tensor, torch.from_numpy(images))  # input untouched
+
+
+def test_sensitivity_curve_is_seeded_and_measures_true_class_probability(grid):
+    runs, data, _ = grid
+    run = Run(next(runs.glob("mnistv8-1-*-0_*-s0-*")))
+    curve = sensitivity_curve(run, images=20, seed=5, data_dir=data, device="cpu")
+    assert len(curve.fractions) == 51 and curve.fractions[1] == pytest.approx(0.02)
+    assert curve.indices.tolist() == np.random.RandomState(5).choice(60, 20, False).tolist()
+    from rsc_core.spurious import build_spurious_dataset
+    train = build_spurious_dataset(run.spec, data).train
+    idx = torch.from_numpy(curve.indices)
+    model = run.load_model().eval()
+    with torch.no_grad():
+        probs = torch.softmax(model(train.images[idx]), 1)[torch.arange(20), train.labels[idx]]
+        blank = torch.softmax(model(torch.zeros_like(train.images[idx])), 1)
+    assert curve.mean_probability[0] == pytest.approx(probs.mean().item(), abs=1e-6)
+    # p = 1 erases every non-zero pixel: each image becomes the blank image
+    expected = blank[torch.arange(20), train.labels[idx]].mean().item()
+    assert curve.mean_probability[-1] == pytest.approx(expected, abs=1e-6)
+    again = sensitivity_curve(run, images=20, seed=5, data_dir=data, device="cpu")
+    assert np.array_equal(again.mean_probability, curve.mean_probability)
+
+
+def test_cli_sensitivity(grid, tmp_path):
+    runs, data, _ = grid
+    folders = sorted(str(p) for p in runs.glob("mnist*-s0-*"))[:2]
+    out = tmp_path / "s.png"
+    result = rsc("sensitivity", *folders, "--images", "10", "--data-dir", str(data),
+                 "--device", "cpu", "-o", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert len(report["curves"]) == 2 and len(report["curves"][0]["indices"]) == 10
+    assert out.read_bytes().startswith(PNG)
+    bad = rsc("sensitivity", folders[0], "--images", "0", "-o", str(out))
+    assert bad.exit_code == 2 and "--images must be at least 1" in bad.output
