@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Sequence
 
-from rsc_core.executors import Executor
+from rsc_core.executors import Executor, use_threads
 
 
 class LocalExecutor(Executor):
-    """Runs jobs sequentially in the current process."""
+    """Runs jobs one after another in this process."""
 
     name = "local"
     aliases = ("sequential",)
 
     def map(self, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> Sequence[Any]:
+        use_threads(self.settings.threads)  # None: this process's own setting stands
         return [fn(job) for job in jobs]
