@@ -125,7 +125,8 @@ def print_result(result: MiaResult, console: Console | None = None) -> None:
     metrics = result.metrics
     split = metrics["split"]
     low = LOW_FPRS[-1]
-    table = Table(box=box.SIMPLE_HEAD, title=f"{metrics['spec']['name']}: {split['part_size']} members, "
+    table = Table(box=box.SIMPLE_HEAD,
+                  title=f"{metrics['spec']['name']}: {split['part_size']} members, "
                         f"{split['part_size']} non-members, {len(split['spurious'])} spurious",
                   caption=f"acc: balanced accuracy; K: shadow models; @x: TPR at x FPR; "
                           f"spur./class: share of the spurious members / unpatterned "

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
-import json
 import math
 import os
 import shutil
@@ -26,8 +24,7 @@ from rich.progress import track
 
 from . import registry
 from .atomic import write_json, write_text
-from .attacks import (CLEAN_HALVES, SHADOW_POOL, TARGET_HALVES, Attack, AttackOutput,
-                      Observations)
+from .attacks import SHADOW_POOL, TARGET_HALVES, Attack, AttackOutput, Observations
 from .datasets import DatasetBundle, load_dataset
 from .errors import ConfigError, RscError
 from .evaluation import predict_logits
