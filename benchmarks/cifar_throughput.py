@@ -418,7 +418,7 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"  {name:30s} {seconds:10.1f}")
     print()
     for name, value in result["ratios"].items():
-        print(f"  {name:36s} {value:6.2f}")
+        print(f"  {name:36s} {value:7.3f}")
     print()
     for target in result["targets"].values():
         print(f"  {'PASS' if target['pass'] else 'FAIL'}  {target['description']}: "
