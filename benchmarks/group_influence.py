@@ -1,8 +1,10 @@
 """Group influence cost (issue 8, "Performance"): rsc's LiSSA against a faithful
 re-implementation of the reference's procedure, and CG, on MNIST with a trained LargeMLP.
 
-(a) rsc: ONE LiSSA estimate for the summed gradient of S, r chains as one vmap pass, Hessian
-    samples of batch 1 picked by index from the training tensor, HVP by torch.func. Timed on
+(a) rsc: ONE LiSSA estimate for the summed gradient of S, r chains in one pass, Hessian
+    samples of batch 1 picked by index from the training tensor; HVPs by rsc's hand-written
+    MLP products (what rsc uses for LargeMLP) and, for comparison, by torch.func under vmap
+    in both forms (what every other architecture gets). Timed on
     ``--steps`` steps and extrapolated to the reference depth (2000 for |S| < 100, else 1000);
     the chains-one-after-another form is timed too.
 (b) the reference's procedure: one LiSSA estimate PER example of S, each step drawing one
@@ -37,11 +39,15 @@ from rsc_plugins.removal.hessian import LossHessian
 from rsc_plugins.removal.lissa import LissaSettings, draw_samples, lissa
 
 REFERENCE_STEP_SECONDS = 0.033  # PROTOCOL.md section 7, 2-core CPU
+hessian_mlp = None  # the model's layers for the hand-written products (set in main)
 
 
 def time_rsc(hessian: LossHessian, forget: np.ndarray, scale: float, steps: int,
              repeats: int, vectorise: bool, mode: str) -> dict[str, Any]:
-    hessian.mode = mode
+    """``mode``: "mlp" (the hand-written products rsc uses for its MLPs) or a torch.func
+    form (the path every other model takes)."""
+    hessian.mlp = hessian_mlp if mode == "mlp" else None
+    hessian.mode = mode if mode != "mlp" else "forward-over-reverse"
     started = time.perf_counter()
     v = hessian.gradient_sum(torch.as_tensor(forget))
     gradient_seconds = time.perf_counter() - started
@@ -131,6 +137,8 @@ def main() -> None:
     data = build_spurious_dataset(source.spec, args.data_dir)
     scale = REFERENCE_SCALE[source.spec.dataset]
     hessian = LossHessian(source.load_model(), data.train.images, data.train.labels)
+    global hessian_mlp
+    hessian_mlp = hessian.mlp
     spurious = np.asarray(source.metrics["spurious_indices"])
     hundred = np.random.RandomState(0).choice(len(data.train), 100, replace=False)
     report: dict[str, Any] = {
@@ -146,8 +154,10 @@ def main() -> None:
                                      "reference_code_seconds_per_step": REFERENCE_STEP_SECONDS}
     report["rsc"] = []
     for forget in (spurious, hundred):
-        for vectorise, steps, mode in ((True, args.steps, "forward-over-reverse"),
+        for vectorise, steps, mode in ((True, args.steps, "mlp"),
+                                       (True, args.steps, "forward-over-reverse"),
                                        (True, args.steps, "reverse-over-forward"),
+                                       (False, args.sequential_steps, "mlp"),
                                        (False, args.sequential_steps, "forward-over-reverse")):
             row = time_rsc(hessian, forget, scale, steps, args.repeats, vectorise, mode)
             total_ref = len(forget) * args.repeats * row["depth"] * reference_step
@@ -158,7 +168,7 @@ def main() -> None:
             report["rsc"].append(row)
             print(json.dumps(row), flush=True)
     if not args.skip_cg:
-        hessian.mode = "forward-over-reverse"
+        hessian.mode, hessian.mlp = "forward-over-reverse", hessian_mlp
         report["cg"] = []
         for damp in args.cg_damp:
             report["cg"].append(time_cg(hessian, args.cg_rows, 1e-3, args.cg_max_iter, damp))

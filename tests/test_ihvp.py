@@ -155,7 +155,7 @@ def test_divergence_guard_names_the_step_and_suggests_scale_or_damp():
     settings = LissaSettings(damp=0.01, scale=2.0, depth=100, repeats=2, batch=1)
     samples = torch.zeros(100, 2, 1, dtype=torch.long)
     with pytest.raises(DivergenceError) as info:
-        lissa(lambda h, rows: h @ matrix, torch.tensor([1.0, 1.0], dtype=torch.float64),
+        lissa(lambda h, rows, out=None: h @ matrix, torch.tensor([1.0, 1.0], dtype=torch.float64),
               samples, settings)
     message = str(info.value)
     assert "\n" not in message
@@ -177,3 +177,29 @@ def test_architecture_torch_func_cannot_differentiate_is_one_line():
     with pytest.raises(HessianError, match="cannot compute Hessian-vector products of "
                                            "DataDependent.*incremental-retraining"):
         hessian.check()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_hand_written_mlp_products_equal_torch_func(batch):
+    """rsc's ReLU MLPs take the hand-written path (mlp_hvp.py); it must give the generic
+    torch.func products exactly (float64 rounding), batched over chains and over a mean."""
+    import rsc_core
+
+    torch.manual_seed(1)
+    model = rsc_core.create("architectures", "LargeMLP").build((1, 4, 4), 5).double()
+    images = torch.rand(30, 1, 4, 4, dtype=torch.float64)
+    labels = torch.randint(0, 5, (30,))
+    fast = LossHessian(model, images, labels)
+    generic = LossHessian(model, images, labels, specialised=False)
+    assert fast.mlp is not None and generic.mlp is None
+    vectors = torch.randn(4, fast.theta.numel(), dtype=torch.float64)
+    rows = torch.randint(0, 30, (4, batch))
+    expected = generic.hvp_rows_batched(vectors, rows)
+    assert torch.allclose(fast.hvp_rows_batched(vectors, rows), expected, atol=1e-12)
+    fast.chunk = generic.chunk = 7
+    assert torch.allclose(fast.hvp_mean(vectors[0]), generic.hvp_mean(vectors[0]), atol=1e-12)
+
+
+def test_models_outside_the_mlp_family_take_the_generic_path(problem):
+    hessian = problem[0]
+    assert hessian.mlp is None  # an nn.Sequential: torch.func products

@@ -26,6 +26,8 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from rsc_core.errors import RscError
 
+from .mlp_hvp import mlp_hvp_batched, mlp_layers
+
 with warnings.catch_warnings():
     # torch's forward-mode rules for some backward ops are built with torch.jit.script on
     # first use, which warns that jit is deprecated: torch's own business, not the user's.
@@ -46,7 +48,7 @@ class LossHessian:
 
     def __init__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                  device: torch.device | str = "cpu", chunk: int = 4096,
-                 mode: str = "forward-over-reverse") -> None:
+                 mode: str = "forward-over-reverse", specialised: bool = True) -> None:
         if mode not in HVP_MODES:
             raise ValueError(f"mode must be one of {HVP_MODES}, got {mode!r}")
         self.mode = mode
@@ -61,6 +63,9 @@ class LossHessian:
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
         self.chunk = chunk
+        # rsc's ReLU MLPs get hand-written products (mlp_hvp.py, measured several times
+        # faster for LiSSA's batch-1 samples); every other model the torch.func ones
+        self.mlp = mlp_layers(self.model, self.names) if specialised else None
 
     @property
     def num_rows(self) -> int:
@@ -90,12 +95,22 @@ class LossHessian:
 
     def hvp_rows(self, vector: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """H v, H the Hessian of the mean loss over the training rows ``rows``."""
+        if self.mlp is not None:
+            return self.hvp_rows_batched(vector.unsqueeze(0), rows.unsqueeze(0))[0]
         return self._hvp(vector, self.images[rows], self.labels[rows])
 
-    def hvp_rows_batched(self, vectors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def hvp_rows_batched(self, vectors: torch.Tensor, rows: torch.Tensor,
+                         out: torch.Tensor | None = None) -> torch.Tensor:
         """One H_k v_k per chain k in one vectorised pass: ``vectors`` is r x P, ``rows`` is
-        r x b (chain k's Hessian sample), the result r x P."""
-        return vmap(self.hvp_rows)(vectors, rows)
+        r x b (chain k's Hessian sample), the result r x P (written into ``out`` if given)."""
+        if self.mlp is not None:
+            return mlp_hvp_batched(self.mlp, vectors, self.images[rows].flatten(2),
+                                   self.labels[rows], out)
+        result = vmap(self._hvp_rows_generic)(vectors, rows)
+        return result if out is None else out.copy_(result)
+
+    def _hvp_rows_generic(self, vector: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self._hvp(vector, self.images[rows], self.labels[rows])
 
     def hvp_mean(self, vector: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """H v, H the Hessian of the mean loss over ``rows`` (all rows when None), computed

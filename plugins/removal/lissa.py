@@ -35,7 +35,8 @@ from rsc_core.errors import DivergenceError
 
 COMPAT_MODES = ("correct", "reference")
 
-BatchedHvp = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``hvp_batched(vectors, rows, out=buffer)``: r x P vectors, r x b rows -> r x P products
+BatchedHvp = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,7 @@ def lissa(hvp_batched: BatchedHvp, v: torch.Tensor, samples: torch.Tensor,
     facts = {"lissa_steps": settings.depth * settings.repeats,
              "lissa_seconds": time.perf_counter() - started,
              "rhs_norm": v_norm, "estimate_norm": estimate.norm().item(),
-             "chain_spread": (h.std(0).norm() / h.mean(0).norm().clamp_min(1e-30)).item()
-             if settings.repeats > 1 else None,
+             "chain_spread": _spread(h) if settings.repeats > 1 else None,
              "last_step_relative_change": last_change, "norm_bound": bound}
     return estimate, facts
 
@@ -111,9 +111,10 @@ def _chains(hvp_batched: BatchedHvp, v: torch.Tensor, samples: torch.Tensor,
     the last step's relative change (a convergence indicator)."""
     c, scale = settings.decay, settings.scale
     h = v.expand(samples.shape[1], -1).clone()
+    product = torch.empty_like(h)  # reused: a fresh r x P buffer per step costs page faults
     change = math.inf
     for step in range(samples.shape[0]):
-        product = hvp_batched(h, samples[step])
+        product = hvp_batched(h, samples[step], out=product)
         previous = h.clone() if step == samples.shape[0] - 1 else None
         # in place: the step is memory-bound, each pass over r x P floats counts
         h.mul_(1 - c).add_(v).add_(product, alpha=-1 / scale)
@@ -130,3 +131,10 @@ def _chains(hvp_batched: BatchedHvp, v: torch.Tensor, samples: torch.Tensor,
         if on_step is not None:
             on_step(step + 1)
     return h, change
+
+
+def _spread(chains: torch.Tensor) -> float:
+    """|standard deviation over chains| / |mean|: how much the chains disagree."""
+    mean = chains.mean(0)
+    deviation = ((chains - mean).pow(2).sum(0) / (chains.shape[0] - 1)).sqrt()
+    return (deviation.norm() / mean.norm().clamp_min(1e-30)).item()
