@@ -60,7 +60,7 @@ LIST_HELP = ("List runs (finished, running, interrupted) with their configuratio
               help=f"Only runs matching EXPR: {WHERE_HELP}.")
 @click.option("--columns", default=None, metavar="A,B,...",
               help="Columns to show (default for the terminal: "
-                   f"{','.join(DEFAULT_COLUMNS)}; --json and --csv give all).")
+                   f"{', '.join(DEFAULT_COLUMNS)}; --json and --csv give all).")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print the rows as CSV.")
 @runs_dir_option

@@ -310,9 +310,11 @@ def _prepare(conn: sqlite3.Connection, root: Path, on_disk: bool) -> None:
     if version != INDEX_VERSION:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("DROP TABLE IF EXISTS runs")
-            conn.execute(_CREATE)
-            conn.execute(f"PRAGMA user_version={int(INDEX_VERSION)}")
+            # another process may have created it while this one waited for the lock
+            if conn.execute("PRAGMA user_version").fetchone()[0] != INDEX_VERSION:
+                conn.execute("DROP TABLE IF EXISTS runs")
+                conn.execute(_CREATE)
+                conn.execute(f"PRAGMA user_version={int(INDEX_VERSION)}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
