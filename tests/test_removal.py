@@ -317,3 +317,16 @@ def test_weight_maps_need_an_mlp_and_an_output(env, tmp_path):
     cnn = rsc_core.create("architectures", "CNN002").build((1, 28, 28), 10)
     with pytest.raises(ConfigError, match="not an MLP"):
         first_layer_map(cnn, (1, 28, 28), "cnn")
+
+
+def test_a_forget_set_with_zero_gradient_leaves_the_model_unchanged(env, monkeypatch):
+    """Memorised examples can have a float32 loss of exactly 0; then v = 0, the update is 0
+    and no solver runs (the real MNIST R3 n = 3 seed-0 run is such a case)."""
+    from rsc_plugins.removal import hessian as module
+
+    monkeypatch.setattr(module.LossHessian, "gradient_sum",
+                        lambda self, rows: torch.zeros_like(self.theta))
+    outcome = remove(env, "group-influence", depth=7)
+    facts = outcome.run.metrics["removal"]["facts"]
+    assert facts["zero_gradient"] and "lissa_steps" not in facts
+    assert outcome.run.metrics["removal"]["l2_to_source"] == 0.0

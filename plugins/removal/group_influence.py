@@ -108,7 +108,11 @@ class GroupInfluenceRemover(Remover):
         forget = torch.as_tensor(request.forget, dtype=torch.long, device=request.device)
         v = hessian.gradient_sum(forget)
         generator = torch.Generator().manual_seed(int(options["seed"]))
-        if options["solver"] == "lissa":
+        if not v.abs().max().item() > 0:
+            # Memorised examples can have a float32 loss of exactly 0 and so a gradient of
+            # exactly 0: the influence update is 0 whatever the solver; say so, skip the work.
+            ihvp, facts = torch.zeros_like(v), {"zero_gradient": True}
+        elif options["solver"] == "lissa":
             ihvp, facts = self._lissa(hessian, v, options, generator, request.progress)
         else:
             ihvp, facts = self._cg(hessian, v, options, generator, request.progress)
