@@ -337,18 +337,17 @@ def test_torchvision_random_crop_draws_the_same_offsets():
     assert transforms.RandomHorizontalFlip().p == 0.5
 
 
-class _FixedCrop:
-    """torchvision's RandomCrop(32, padding=4), made to use given offsets."""
+def fixed_crop(dy: int, dx: int):
+    """torchvision's own RandomCrop(32, padding=4) (its padding and cropping code), made to
+    use the given offsets instead of drawing them."""
+    from torchvision import transforms
 
-    def __new__(cls, dy: int, dx: int):
-        from torchvision import transforms
+    class FixedCrop(transforms.RandomCrop):
+        @staticmethod
+        def get_params(img, output_size):
+            return dy, dx, 32, 32
 
-        class Fixed(transforms.RandomCrop):
-            @staticmethod
-            def get_params(img, output_size):
-                return dy, dx, 32, 32
-
-        return Fixed(32, padding=4)
+    return FixedCrop(32, padding=4)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -375,7 +374,7 @@ def test_aug01_pixels_equal_the_references_transforms_for_the_same_draws(channel
     assert bool(flip.any()) and not bool(flip.all()) and len(set(dy.tolist())) > 3
     for i, image in enumerate(images):
         reference = transforms.Compose([
-            transforms.ToPILImage(), _FixedCrop(int(dy[i]), int(dx[i])),
+            transforms.ToPILImage(), fixed_crop(int(dy[i]), int(dx[i])),
             transforms.RandomHorizontalFlip(p=1.0 if flip[i] else 0.0), transforms.ToTensor()])
         assert torch.equal(out[i], reference(image.contiguous())), i
 
@@ -462,6 +461,7 @@ def test_cifar_run_stopped_part_way_is_scored_from_its_latest_checkpoint(tiny_da
     from rsc_cli.main import cli
 
     from rsc_core import runs as runs_module
+    from rsc_core.datasets import load_dataset
     from rsc_core.runs import train_run
     from rsc_core.scoring import score_model
     from rsc_core.spec import SpuriousSpec
@@ -494,7 +494,7 @@ def test_cifar_run_stopped_part_way_is_scored_from_its_latest_checkpoint(tiny_da
     scored = json.loads(result.output[result.output.index("{"):])
     assert (scored["pattern"], scored["target"], scored["seed"]) == ("v8", target, 0)
     model = build_model_from_checkpoint(checkpoint)
-    test = rsc_core.datasets.load_dataset("cifar10", tiny_data.root).test
+    test = load_dataset("cifar10", tiny_data.root).test
     direct = score_model(model, test, "v8", target, 0)
     assert scored["score"] == direct.score
     assert scored["clean_accuracy"] == direct.clean_accuracy
