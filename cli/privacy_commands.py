@@ -13,7 +13,9 @@ from rich.table import Table
 from rsc_core.attacks import DEFAULT_SHADOWS
 from rsc_core.errors import ConfigError
 from rsc_core.group_runs import DEFAULT_GROUP_SIZE, check_group_size
+from rsc_core.atomic import write_json
 from rsc_core.membership import parse_membership_spec
+from rsc_core.membership_summary import summarise
 from rsc_core.membership_metrics import LOW_FPRS, fpr_key
 from rsc_core.mia import MiaResult, create_attacks, result_name, run_mia_many
 from rsc_core.runs import Run, resolve_device
@@ -88,22 +90,31 @@ def mia_command(spec_names, attack_names, shadows, data_dir, download, runs_dir,
                               f"{len(seeds)}")
         config = build_train_config(train_seed=seeds[0], **train_kwargs)
     resolve_device(device)
+    root = Path(out) if out else Path("mia")
     if out and len(mems) == 1:
-        jobs = [(mems[0], Path(out))]
+        jobs = [(mems[0], root)]
     else:
-        root = Path(out) if out else Path("mia")
         jobs = [(mem, root / result_name(mem, config, attacks)) for mem in mems]
     stage = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
     results = run_mia_many(jobs, config, attacks, runs_dir=runs_dir, data_dir=data_dir,
                            download=download, device=device, progress=not quiet,
                            group_size=group_size, target_run=run, on_stage=stage)
+    rows = [{"folder": str(r.folder), **r.metrics} for r in results]
+    summary = None
+    if len(results) > 1:  # over seeds, beside the study's numbers; kept with the results
+        summary = summarise([r.metrics for r in results])
+        write_json(root / "summary.json", summary)
     if as_json:
-        rows = [{"folder": str(r.folder), **r.metrics} for r in results]
-        click.echo(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
+        click.echo(json.dumps(rows[0] if summary is None else
+                              {"results": rows, "summary": summary}, indent=2))
         return
     console = Console()
     for result in results:
         print_result(result, console)
+    if summary is not None:
+        print_summary(summary, console)
+        console.print(f"summary: {root / 'summary.json'}", soft_wrap=True, highlight=False,
+                      markup=False)
 
 
 def _refuse_recipe_flags(train_kwargs: dict) -> None:
@@ -145,6 +156,46 @@ def print_result(result: MiaResult, console: Console | None = None) -> None:
     console = console or Console()
     console.print(table)
     console.print(f"results: {result.folder}", soft_wrap=True, highlight=False, markup=False)
+
+
+def _mean_sem(row: dict, name: str) -> str:
+    mean, error = row[f"{name}_mean"], row[f"{name}_sem"]
+    if mean is None:
+        return "-"
+    return f"{mean:.3f}" + ("" if error is None else f"±{error:.3f}")
+
+
+def _seeds(seeds: list[int]) -> str:
+    """[0, 1, 2] -> {0..2}; [0, 2] -> {0,2}; [4] -> 4."""
+    if len(seeds) == 1:
+        return str(seeds[0])
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{{{seeds[0]}..{seeds[-1]}}}"
+    return "{" + ",".join(map(str, seeds)) + "}"
+
+
+def print_summary(rows: list[dict], console: Console) -> None:
+    """Mean ± SEM over seeds per setting and attack, and the study's stored numbers."""
+    table = Table(box=box.SIMPLE_HEAD, title="over seeds: mean ± SEM",
+                  caption="ref: the study's stored accuracy / spurious member rate "
+                          "(PROTOCOL.md 8; its non-members reused the members' logits)")
+    names = [f"{row['dataset']}{row['pattern']}-{row['n']}-{row['target']}-"
+             f"{_seeds(row['seeds'])}" for row in rows]
+    table.add_column("specs", no_wrap=True, min_width=max(map(len, names)))
+    table.add_column("attack", no_wrap=True, min_width=max(len(r["attack"]) for r in rows))
+    for header in ("acc", "@1%", "spur.", "class", "spur@1%"):  # AUC: in summary.json
+        table.add_column(header, justify="right", no_wrap=True, min_width=max(5, len(header)))
+    table.add_column("ref", justify="right", no_wrap=True, min_width=10)
+    for name, row in zip(names, rows):
+        reference = row["reference"]
+        table.add_row(
+            name, row["attack"],
+            _mean_sem(row, "balanced_accuracy"),
+            _mean_sem(row, "tpr_at_1%_fpr"), _mean_sem(row, "spurious_member_rate"),
+            _mean_sem(row, "same_class_member_rate"), _mean_sem(row, "spurious_tpr_at_1%_fpr"),
+            "-" if reference is None else
+            f"{reference['accuracy']:.3f}/{reference['spurious_member_rate']:.2f}")
+    console.print(table)
 
 
 COMMANDS = [mia_command]

@@ -21,6 +21,7 @@ from rsc_core.errors import ConfigError, RscError, UnknownNameError
 from rsc_core.membership import membership_split, parse_membership_spec
 from rsc_core.membership_metrics import (membership_metrics, roc_points, threshold_at_fpr,
                                          tpr_at_fpr)
+from rsc_core.membership_summary import summarise
 from rsc_core.mia import create_attacks, plan_models
 from rsc_core.training import TrainConfig
 from rsc_plugins.attacks.lira import fit_gaussian, logit_confidence
@@ -290,15 +291,43 @@ def test_rsc_mia_several_specs_train_in_one_group(mem_data, tmp_path):
     result = rsc(*mia_args(mem_data, tmp_path, "--spec", "memmnistv20-{1,2}-0-0", "--attack",
                            "shadow-lr", "--out", str(tmp_path / "grid"), "--json"))
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    output = json.loads(result.output)
+    rows = output["results"]
     assert [row["spec"]["name"] for row in rows] == ["memmnistv20-1-0-0", "memmnistv20-2-0-0"]
     for row in rows:
         assert (Path(row["folder"]) / "metrics.json").is_file()
         assert Path(row["folder"]).parent == tmp_path / "grid"
+    assert [(r["n"], r["seeds"]) for r in output["summary"]] == [(1, [0]), (2, [0])]
+    assert json.loads((tmp_path / "grid" / "summary.json").read_text()) == output["summary"]
     runs = run_folders(tmp_path)
     assert len(runs) == 3  # two targets and the one shadow both share
     for name in runs:  # all three trained together in the multi-model trainer
         assert "in a group of 3" in (tmp_path / "runs" / name / "log.txt").read_text()
+    table = rsc(*mia_args(mem_data, tmp_path, "--spec", "memmnistv20-{1,2}-0-0", "--attack",
+                          "shadow-lr", "--out", str(tmp_path / "grid")))
+    assert "over seeds" in table.output and "mnistv20-2-0-0 " in table.output  # names whole
+
+
+def test_summary_over_seeds_by_hand():
+    def result(seed: int, accuracy: float, rate: float | None) -> dict:
+        spurious = {"count": 3, "member_rate": rate, "tpr_at_1%_fpr": 0.0}
+        attack = {"balanced_accuracy": accuracy, "auc": 0.5, "tpr_at_0.1%_fpr": 0.0,
+                  "tpr_at_1%_fpr": 0.01, "spurious": spurious,
+                  "same_class_members": {"member_rate": 0.5}}
+        spec = {"dataset": "mnist", "pattern": "v20", "n": 3, "targets": [0], "seed": seed}
+        return {"spec": {"spurious": spec}, "attacks": {"shadow-lr": attack, "lira": attack}}
+
+    rows = summarise([result(0, 0.50, 1.0), result(1, 0.54, 0.0), result(2, 0.52, None)])
+    study = rows[0]
+    assert (study["attack"], study["seeds"]) == ("shadow-lr", [0, 1, 2])
+    assert study["balanced_accuracy_mean"] == pytest.approx(0.52)
+    assert study["balanced_accuracy_sem"] == pytest.approx(0.02 / math.sqrt(3))
+    assert study["spurious_member_rate_mean"] == 0.5  # the seed without a rate is left out
+    assert study["spurious_member_rate_sem"] == pytest.approx(0.5)
+    assert study["reference"] == {"accuracy": 0.514, "spurious_member_rate": 0.77}
+    assert rows[1]["attack"] == "lira" and rows[1]["reference"] is None
+    one = summarise([result(0, 0.5, 1.0)])[0]
+    assert one["balanced_accuracy_sem"] is None
 
 
 def assert_error_and_nothing_written(result: Result, tmp_path: Path, fragment: str) -> None:
