@@ -41,7 +41,7 @@ from .evaluation import loss_and_accuracy
 from .paths import runs_dir as resolve_runs_dir
 from .removal import RemovalRequest, RemovalResult
 from .run_lock import RunLock
-from .runs import RUN_FORMAT, Run, resolve_device
+from .runs import Run, resolve_device
 from .scoring import score_model
 from .spurious import SpuriousDataset, build_spurious_dataset
 from .training import make_loss
