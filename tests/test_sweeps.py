@@ -264,3 +264,14 @@ def test_rsc_train_options_and_grid_keys_share_one_mapping():
     with pytest.raises(RscError):
         parse_grid('dataset = "mnist"\nregularisers = ["bogus"]\n').requests()
     assert sys.modules["rsc_core.train_recipe"].build_train_config is build_train_config
+
+
+def test_the_python_example_in_the_docs_runs(root, tmp_path, monkeypatch):
+    text = (Path(__file__).parent.parent / "docs" / "sweeps.md").read_text()
+    code = re.search(r"## From Python\n\n```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RSC_DATA_DIR", str(root))
+    (tmp_path / "grid.toml").write_text(GRID.replace("[0, 3]", "3").replace('"0-1"', "0"))
+    # In process instead of two worker processes: the same calls, without the start-up cost.
+    exec(code.replace('"processes"', '"local"'), {"print": lambda *args: None})
+    assert len(list((tmp_path / "runs").glob("*/metrics.json"))) == 2
