@@ -173,6 +173,14 @@ def test_attack_is_at_chance_when_members_are_exchangeable(name):
     assert abs(np.mean(aucs) - 0.5) < 0.05, aucs
 
 
+def test_attacks_are_registered_and_mia_is_a_command():
+    assert {"shadow-lr", "loss-threshold", "lira", "lira-offline"} <= set(
+        rsc_core.list_names("attacks"))
+    assert rsc_core.get("attacks", "loss").name == "loss-threshold"
+    assert rsc_core.get("attacks", "lira-online").name == "lira"
+    assert "mia" in rsc("--help").output
+
+
 def test_attack_names_and_shadow_counts_are_checked():
     with pytest.raises(UnknownNameError, match="lira"):
         create_attacks(["lirra"], 16)

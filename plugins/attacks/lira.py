@@ -111,6 +111,8 @@ class LiRAOnline(_LiRA):
 
     name = "lira"
     aliases = ("lira-online",)
+    description = ("Online LiRA (Carlini et al. 2022): likelihood ratio of Gaussians over "
+                   "shadows with and without each example")
     shadow_design = TARGET_HALVES
     min_shadows = 4  # at least two shadows with and two without every example
 
@@ -130,6 +132,8 @@ class LiRAOffline(_LiRA):
     that never trained on the example (halves of the pool without planted images)."""
 
     name = "lira-offline"
+    description = ("Offline LiRA (Carlini et al. 2022): one-sided test against shadows that "
+                   "never saw the example")
     shadow_design = CLEAN_HALVES
 
     def attack(self, target: Observations, shadows: Sequence[Observations]) -> AttackOutput:

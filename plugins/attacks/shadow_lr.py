@@ -34,6 +34,8 @@ class ShadowLogisticRegression(Attack):
     shadow model's members and non-members."""
 
     name = "shadow-lr"
+    description = ("The study's attack: logistic regression on sorted logits and correctness, "
+                   "fitted on a shadow model")
     shadow_design = SHADOW_POOL
 
     def attack(self, target: Observations, shadows: Sequence[Observations]) -> AttackOutput:
