@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 import math
 import os
 import shutil
@@ -118,15 +119,29 @@ def result_name(mem: MembershipSpec, config: TrainConfig, attacks: Sequence[Atta
 
 
 def check_output(out: Path) -> Path:
-    """The result folder must be creatable (its parent a writable folder)."""
+    """The result folder must be creatable (its parent a writable folder), and an existing
+    folder is replaced only if it is empty or an earlier ``rsc mia`` result, never a folder
+    of anything else (``--out .`` must not replace the current folder)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"cannot write results to {out}: it is a file; choose a folder path")
+    if out.is_dir() and any(out.iterdir()) and not is_result_folder(out):
+        raise ConfigError(f"cannot write results to {out}: it is a folder that holds other "
+                          f"files, not an earlier rsc mia result; choose a new --out")
     parent = next(p for p in out.absolute().parents if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write results under {parent}: not a writable folder; "
                           f"choose another --out")
     return out
+
+
+def is_result_folder(path: Path) -> bool:
+    """Whether ``path`` holds a result this module wrote (its metrics.json says so)."""
+    try:
+        data = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "rsc_mia" in data
 
 
 @dataclass(frozen=True)

@@ -364,6 +364,17 @@ def test_rsc_mia_bad_input_is_one_line_and_writes_nothing(mem_data, tmp_path, ex
     assert run_folders(tmp_path) == []
 
 
+def test_rsc_mia_never_replaces_a_folder_that_is_not_a_result(mem_data, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    result = rsc(*mia_args(mem_data, tmp_path, "--spec", "memmnistv20-1-0-0", "--attack",
+                           "shadow-lr", "--out", str(mine)))
+    assert result.exit_code == 2 and "not an earlier rsc mia result" in result.output
+    assert (mine / "notes.txt").read_text() == "keep me"
+    assert run_folders(tmp_path) == []
+
+
 def test_rsc_mia_refuses_a_target_run_trained_on_other_data(mem_data, tmp_path):
     trained = rsc("train", "--spec", "mnistv20-1-0-0", "--data-dir", str(mem_data), "--runs-dir",
                   str(tmp_path / "runs"), "--arch", "MLP", "--epochs", "1", "--quiet", "--json")
