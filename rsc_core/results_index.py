@@ -42,10 +42,11 @@ from typing import Any, Iterable, Sequence
 from .errors import ConfigError, RscError
 from .paths import runs_dir as resolve_runs_dir
 from .runs import RUN_FORMAT, Run, format_number
+from .subsets import TrainSubset
 
 INDEX_NAME = ".rsc-index.sqlite"
 #: Bump when the columns or their meaning change: an index of another version is rebuilt.
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 BUSY_TIMEOUT_S = 60.0
 #: File systems on which SQLite's WAL mode cannot work (it needs shared memory on one host).
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb", "smbfs", "smb3", "lustre", "gpfs",
@@ -77,6 +78,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "trainer": ("TEXT", "trainer"),
     "precision": ("TEXT", "fp32 or bf16"),
     "adam_impl": ("TEXT", "Adam kernel"),
+    "subset": ("TEXT", "training rows used when not all, e.g. minus3-1a2b3c4d (rsc remove's "
+                       "retraining); null: the whole training set"),
     "recipe": ("TEXT", "the training recipe without the seed, readable"),
     "recipe_id": ("TEXT", "hash of the training recipe without the seed: runs with equal "
                           "recipe_id differ only in seeds"),
@@ -103,9 +106,23 @@ def recipe_fields(train: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in train.items() if k != "seed"}
 
 
-def recipe_id(train: dict[str, Any]) -> str:
-    text = json.dumps(recipe_fields(train), sort_keys=True, separators=(",", ":"))
+def recipe_id(train: dict[str, Any], subset_kind: str | None = None) -> str:
+    """A short hash of the recipe without the seed (and of the subset kind, for runs trained
+    on part of the training set)."""
+    fields = recipe_fields(train)
+    if subset_kind:
+        fields = {**fields, "subset": subset_kind}
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def subset_kind(subset: dict[str, Any] | None) -> str | None:
+    """``minus3`` (trained without 3 rows) or ``keep100``: what runs of one removal
+    experiment share across seeds (their exact rows differ with the seed)."""
+    if not subset:
+        return None
+    return f"{'minus' if subset.get('mode') == 'exclude' else 'keep'}" \
+           f"{len(subset.get('indices') or [])}"
 
 
 def regulariser_label(regularisers: Iterable[dict[str, Any]]) -> str:
@@ -200,6 +217,31 @@ def _unreadable(folder: Path, error: str) -> dict[str, Any]:
     return row
 
 
+def _config_columns(folder: Path, spec: dict[str, Any], train: dict[str, Any],
+                    subset: dict[str, Any] | None) -> dict[str, Any]:
+    """The columns a run's ``config.json`` determines."""
+    targets = list(spec.get("targets") or [])
+    kind = subset_kind(subset)
+    return {
+        "name": folder.name, "dataset": spec.get("dataset"), "pattern": spec.get("pattern"),
+        "n": spec.get("n"), "target": targets[0] if targets else None,
+        "targets": ",".join(map(str, targets)), "dataset_seed": spec.get("seed"),
+        "spec": spec.get("name"), "arch": train.get("arch"), "loss": train.get("loss"),
+        "aug": train.get("aug"), "optimizer": train.get("optimizer"), "lr": train.get("lr"),
+        "momentum": train.get("momentum"), "batch_size": train.get("batch_size"),
+        "epochs": train.get("epochs"), "training_seed": train.get("seed"),
+        "milestones": (",".join(map(str, train["milestones"]))
+                       if train.get("milestones") else None),
+        "regularisers": regulariser_label(train.get("regularisers") or []),
+        "trainer": train.get("trainer", "erm"),
+        "precision": train.get("precision", "bf16" if train.get("amp") else "fp32"),
+        "adam_impl": train.get("adam_impl", "fused"),
+        "subset": TrainSubset.from_dict(subset).tag() if subset else None,
+        "recipe": recipe_label(train) + (f" {kind}" if kind else ""),
+        "recipe_id": recipe_id(train, kind), "path": str(folder.absolute()), "error": None,
+    }
+
+
 def read_row(folder: str | Path) -> dict[str, Any]:
     """The index row of one run folder, read from its files (never raises for a bad folder:
     the row says ``unreadable`` and why)."""
@@ -216,24 +258,10 @@ def read_row(folder: str | Path) -> dict[str, Any]:
         return _unreadable(folder, str(exc))
     except (KeyError, TypeError, OSError) as exc:
         return _unreadable(folder, f"{type(exc).__name__}: {exc}")
-    targets = list(spec.get("targets") or [])
-    row: dict[str, Any] = {
-        "name": folder.name, "dataset": spec.get("dataset"), "pattern": spec.get("pattern"),
-        "n": spec.get("n"), "target": targets[0] if targets else None,
-        "targets": ",".join(map(str, targets)), "dataset_seed": spec.get("seed"),
-        "spec": spec.get("name"), "arch": train.get("arch"), "loss": train.get("loss"),
-        "aug": train.get("aug"), "optimizer": train.get("optimizer"), "lr": train.get("lr"),
-        "momentum": train.get("momentum"), "batch_size": train.get("batch_size"),
-        "epochs": train.get("epochs"), "training_seed": train.get("seed"),
-        "milestones": (",".join(map(str, train["milestones"]))
-                       if train.get("milestones") else None),
-        "regularisers": regulariser_label(train.get("regularisers") or []),
-        "trainer": train.get("trainer", "erm"),
-        "precision": train.get("precision", "bf16" if train.get("amp") else "fp32"),
-        "adam_impl": train.get("adam_impl", "fused"),
-        "recipe": recipe_label(train), "recipe_id": recipe_id(train),
-        "path": str(folder.absolute()), "error": None,
-    }
+    try:
+        row = _config_columns(folder, spec, train, config.get("subset"))
+    except (KeyError, TypeError, ValueError) as exc:
+        return _unreadable(folder, f"config.json lacks a field ({type(exc).__name__}: {exc})")
     score = (metrics or {}).get("score") or {}
     finished = bool(metrics and metrics.get("status") == "finished"
                     and (folder / "model.pt").is_file())

@@ -24,16 +24,16 @@ from rsc_core.training import TrainConfig
 
 
 def fake_run(root: Path, spec: str | SpuriousSpec, finished: bool = True, score: float = 0.5,
-             **train) -> Path:
+             subset=None, **train) -> Path:
     """A run folder as rsc writes it, without training: config.json, and when finished
     metrics.json and a (dummy) model.pt."""
     from rsc_core.spec import parse_spec
 
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     config = TrainConfig(**{"epochs": 2, **train})
-    folder = find_run(spec, config, root).path
+    folder = find_run(spec, config, root, subset).path
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(run_config(spec, config)))
+    (folder / "config.json").write_text(json.dumps(run_config(spec, config, subset)))
     if finished:
         (folder / "model.pt").write_bytes(b"weights")
         metrics = {"status": "finished", "epochs": config.epochs, "clean_accuracy": 0.9,
@@ -68,6 +68,7 @@ def test_rows_hold_config_metrics_status_and_path(root):
     rows = list_runs(runs_dir=root)
     assert (root / INDEX_NAME).is_file()
     assert len(rows) == 7 and list(rows[0]) == list(COLUMNS)
+    assert all(r["subset"] is None for r in rows)
     by_spec = {(r["spec"], r["lr"]): r for r in rows}
     v8 = by_spec[("mnistv8-3-0-1", 0.01)]
     assert (v8["dataset"], v8["pattern"], v8["n"], v8["target"], v8["dataset_seed"],
@@ -82,6 +83,20 @@ def test_rows_hold_config_metrics_status_and_path(root):
     unfinished = by_spec[("fashionv8-10-1-0", 0.01)]
     assert unfinished["status"] == "interrupted" and unfinished["epochs_done"] == 1
     assert unfinished["clean_accuracy"] is None
+
+
+def test_runs_on_part_of_the_training_set_have_their_own_recipe(root):
+    from rsc_core.subsets import TrainSubset
+
+    for seed, rows in ((0, (4, 9, 17)), (1, (2, 5, 30))):
+        fake_run(root, f"mnistv8-3-0-{seed}", subset=TrainSubset("exclude", rows))
+    rows = list_runs("subset != null", root)
+    assert len(rows) == 2 and all(r["subset"].startswith("minus3-") for r in rows)
+    assert rows[0]["subset"] != rows[1]["subset"]  # the rows differ with the seed...
+    assert rows[0]["recipe_id"] == rows[1]["recipe_id"]  # ...the experiment does not
+    full = list_runs("pattern=v8 and subset=null and lr=0.01 and dataset=mnist", root)
+    assert {r["recipe_id"] for r in full} != {rows[0]["recipe_id"]}
+    assert rows[0]["recipe"].endswith(" minus3")
 
 
 def test_index_follows_the_folders(root):
