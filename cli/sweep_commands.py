@@ -132,7 +132,8 @@ def sweep_command(grid_file, preset, datasets, patterns, ns, seeds, epochs, sets
                      data_dir=data_dir, download=download, device=device)
     console = Console(stderr=True)
     if not as_json:
-        console.print(f"{label}: {_counts(planned)}; {len(jobs)} jobs on the {name} executor")
+        console.print(f"{label}: {_counts(planned)}; {len(jobs)} jobs on the {name} executor",
+                      soft_wrap=True, highlight=False)
     started = _dt.datetime.now()
     clock = time.monotonic()
     outcome = _run(planned, jobs, runner, quiet or as_json, console)

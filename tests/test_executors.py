@@ -180,6 +180,22 @@ def _reciprocal(x: int) -> float:
     return 1 / x
 
 
+def _die_once(marker: str) -> str:
+    """Kill this worker process the first time, succeed the second."""
+    if not Path(marker).exists():
+        Path(marker).write_text("died once")
+        os._exit(1)
+    return "second try"
+
+
+def test_the_processes_executor_retries_the_jobs_of_a_dead_worker(tmp_path):
+    executor = rsc_core.create("executors", "processes", settings=ExecutorSettings(workers=1))
+    seen = []
+    results = executor.run_jobs(_die_once, [str(tmp_path / "marker")],
+                                lambda i, r: seen.append((i, r)))
+    assert results == [JobResult("second try")] and seen == [(0, results[0])]
+
+
 def test_the_local_executor_reports_each_failure_and_goes_on():
     executor = rsc_core.create("executors", "local")
     results = executor.run_jobs(_reciprocal, [1, 0])
