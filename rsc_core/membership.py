@@ -110,7 +110,7 @@ class MembershipSplit:
     shadow_members: np.ndarray
     shadow_non_members: np.ndarray
     spurious: np.ndarray   # the planted images, in the reference's draw order
-    displaced: np.ndarray  # same-class images the planted ones replaced (used by no model)
+    displaced: np.ndarray  # same-class images the planted ones replaced (never scored)
     reserved: np.ndarray   # the reference's draw prefix kept out of every pool
     labels: np.ndarray     # labels of the whole training set
 
