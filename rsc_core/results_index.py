@@ -55,8 +55,8 @@ NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb", "smbfs", "smb3", "lustre", 
 #: Public columns: name -> (SQLite type, meaning). The order is the order of listings.
 COLUMNS: dict[str, tuple[str, str]] = {
     "name": ("TEXT", "run folder name"),
-    "status": ("TEXT", "finished, running, interrupted (resumable), started (no epoch yet) "
-                       "or unreadable"),
+    "status": ("TEXT", "finished, running, interrupted (resumable), failed (its log says "
+                       "why), started (no epoch yet) or unreadable"),
     "dataset": ("TEXT", "dataset"),
     "pattern": ("TEXT", "pattern (null for a clean run)"),
     "n": ("INTEGER", "number of spurious training examples (0 for a clean run)"),
@@ -90,7 +90,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
                       "images; null for a clean run)"),
     "patterned_accuracy": ("REAL", "accuracy on patterned test images with y != target"),
     "finished_at": ("TEXT", "when the run finished (local time, ISO 8601)"),
-    "error": ("TEXT", "why the folder could not be read (status unreadable)"),
+    "error": ("TEXT", "why the run failed, or why its folder could not be read"),
     "path": ("TEXT", "absolute path of the run folder"),
 }
 _ORDER = "dataset, pattern, target, recipe, n, dataset_seed, training_seed, name"
@@ -191,24 +191,29 @@ def _lock_holder(folder: Path) -> str | None:
     return text or "another process"
 
 
-def _last_epoch(folder: Path) -> int | None:
-    """The last epoch ``log.txt`` records since training last started from scratch (its
-    per-epoch lines are JSON with ``epoch``; ``start on ...`` begins a fresh training)."""
+def _log_state(folder: Path) -> tuple[int | None, str | None]:
+    """From ``log.txt``: the last epoch recorded since training last started from scratch
+    (per-epoch lines are JSON with ``epoch``; ``start on ...`` begins a fresh training), and
+    the error of a failure logged after it (``rsc sweep`` logs ``sweep: failed: ...``)."""
     try:
         lines = (folder / "log.txt").read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError):
-        return None
+        return None, None
+    failure = None
     for line in reversed(lines):
         if " start on " in line:
-            return 0
+            return 0, failure
+        if " failed: " in line and failure is None:
+            failure = line.split(" failed: ", 1)[1].strip()
+            continue
         start = line.find("{")
         if start < 0:
             continue
         try:
-            return int(json.loads(line[start:])["epoch"])
+            return int(json.loads(line[start:])["epoch"]), failure
         except (ValueError, KeyError, TypeError):
             continue
-    return None
+    return None, failure
 
 
 def _unreadable(folder: Path, error: str) -> dict[str, Any]:
@@ -274,8 +279,11 @@ def read_row(folder: str | Path) -> dict[str, Any]:
     else:
         holder = _lock_holder(folder)
         has_weights = (folder / "checkpoint.pt").exists() or (folder / "model.pt").exists()
-        row.update(status="running" if holder else "interrupted" if has_weights else "started",
-                   epochs_done=_last_epoch(folder) if has_weights else 0)
+        epoch, failure = _log_state(folder)
+        status = ("running" if holder else "failed" if failure
+                  else "interrupted" if has_weights else "started")
+        row.update(status=status, epochs_done=epoch if has_weights else 0,
+                   error=failure if status == "failed" else None)
     return {key: row.get(key) for key in COLUMNS}
 
 

@@ -163,6 +163,11 @@ def test_running_status_comes_from_the_lock_owner(root):
     dead.join()
     owner.write_text(f"process {dead.pid} on {os.uname().nodename} since now\n")
     assert get_run(row["name"], root)["status"] == "interrupted"  # its owner has died
+    with open(Path(row["path"]) / "log.txt", "a") as log:
+        log.write("2026-11-29T10:00:02 sweep: failed: loss became NaN at epoch 2\n")
+    failed = get_run(row["name"], root)
+    assert failed["status"] == "failed" and failed["error"] == "loss became NaN at epoch 2"
+    assert failed["epochs_done"] == 1
 
 
 @pytest.mark.parametrize("expr, expected", [
