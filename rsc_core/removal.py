@@ -102,6 +102,12 @@ class Remover(ABC):
             raise ConfigError(f"option {key!r} of method {self.name} must be a "
                               f"{kind.__name__}, got {value!r}") from None
 
+    def tag(self, options: Mapping[str, Any]) -> str:
+        """A short readable label of the options that matter most, put in the removal folder's
+        name (``..._rm-<method>-<tag>-<hash>``) so removals can be told apart by a glob; the
+        hash still covers every option. Empty by default."""
+        return ""
+
     @abstractmethod
     def remove(self, request: RemovalRequest) -> RemovalResult:
         """Return the weights after removing ``request.forget`` from the source's training set.

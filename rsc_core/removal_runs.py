@@ -4,7 +4,8 @@ linked to its source (the source is never modified, not even its score cache).
 The folder is a normal run folder (``config.json`` with the source's spec and recipe plus a
 ``removal`` section; ``model.pt``; ``metrics.json`` written last), so ``rsc score``,
 ``rsc compare`` and ``rsc weights`` work on it. It is named
-``<source folder>_rm-<method>-<hash>``, the hash covering the method, its resolved options, the
+``<source folder>_rm-<method>[-<tag>]-<hash>`` (the tag names the main options, e.g.
+``lissa-reference``), the hash covering the method, its resolved options, the
 forget set and the source model's checksum; a finished removal is reused unless ``force``.
 Everything is written in a temporary folder renamed into place at the end, so a failure
 (bad input, a diverging solver) leaves nothing behind and a finished result is never lost.
@@ -112,9 +113,9 @@ def resolve_forget(indices: list[int] | None, source: Run, num_train: int) -> np
 
 # --------------------------------------------------------------------------- identity
 def removal_section(source: Run, method: str, options: Mapping[str, Any],
-                    forget: np.ndarray) -> dict[str, Any]:
+                    forget: np.ndarray, tag: str = "") -> dict[str, Any]:
     return {"format": REMOVAL_FORMAT, "method": method, "options": dict(options),
-            "forget": forget.tolist(),
+            "forget": forget.tolist(), "tag": tag,
             "source": {"name": source.name, "path": str(source.path.resolve()),
                        "model_sha256": source.model_sha256()}}
 
@@ -122,16 +123,20 @@ def removal_section(source: Run, method: str, options: Mapping[str, Any],
 def removal_path(runs_dir: Path, source: Run, section: Mapping[str, Any]) -> Path:
     """Where a removal lives: named by its source and a hash of everything that determines
     the result (not the source's path: moving a runs folder keeps the identity)."""
-    identity = {k: v for k, v in section.items() if k != "source"}
+    identity = {k: v for k, v in section.items() if k not in ("source", "tag")}
     identity["source_model_sha256"] = section["source"]["model_sha256"]
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-    return runs_dir / f"{source.name}_rm-{section['method']}-{digest}"
+    tag = re.sub(r"[^A-Za-z0-9._=+-]+", "-", section.get("tag") or "")
+    label = f"{section['method']}-{tag}" if tag else section["method"]
+    return runs_dir / f"{source.name}_rm-{label}-{digest}"
 
 
 def find_removal(source: Run, method: str, options: Mapping[str, Any], forget: np.ndarray,
                  runs_dir: str | Path | None = None) -> Run:
-    section = removal_section(source, method, options, forget)
+    """Where the removal of ``forget`` by ``method`` with resolved ``options`` lives."""
+    tag = registry("removers").create(method).tag(options)
+    section = removal_section(source, method, options, forget, tag)
     return Run(removal_path(resolve_runs_dir(runs_dir), source, section))
 
 
@@ -163,7 +168,7 @@ def remove_run(source_path: str | Path, method: str, forget_text: str = "spuriou
     data = build_spurious_dataset(source.spec, data_dir, download)
     forget = resolve_forget(indices, source, len(data.train))
     resolved = remover.resolve_options(dict(options or {}), source, forget)
-    section = removal_section(source, method, resolved, forget)
+    section = removal_section(source, method, resolved, forget, remover.tag(resolved))
     target = Run(removal_path(root, source, section))
     with RunLock(target.path, on_wait=on_wait):
         if not force and target.finished:
@@ -280,7 +285,7 @@ def parameter_distance(a: nn.Module, b: nn.Module) -> float:
 def _distance_to_retrained(source: Run, section: dict[str, Any], model: nn.Module,
                            root: Path) -> float | None:
     """Distance to the ``retrain`` removal of the same source and forget set, if finished."""
-    retrain = {**section, "method": "retrain", "options": {}}
+    retrain = {**section, "method": "retrain", "options": {}, "tag": ""}
     if section["method"] == "retrain":
         return 0.0
     run = Run(removal_path(root, source, retrain))

@@ -330,3 +330,14 @@ def test_a_forget_set_with_zero_gradient_leaves_the_model_unchanged(env, monkeyp
     facts = outcome.run.metrics["removal"]["facts"]
     assert facts["zero_gradient"] and "lissa_steps" not in facts
     assert outcome.run.metrics["removal"]["l2_to_source"] == 0.0
+
+
+def test_folder_names_tell_variants_apart(env):
+    reference = remove(env, "group-influence", compat="reference", scale=500.0, depth=30,
+                       repeats=3).run
+    cg = remove(env, "group-influence", solver="cg", damp=5.0, tol=1e-8, max_iter=300).run
+    incremental = remove(env, "incremental-retraining", extra_epochs=1).run
+    source = env["source"].name
+    assert reference.name.startswith(f"{source}_rm-group-influence-lissa-reference-")
+    assert cg.name.startswith(f"{source}_rm-group-influence-cg-correct-")
+    assert incremental.name.startswith(f"{source}_rm-incremental-retraining-e1-")

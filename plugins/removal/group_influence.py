@@ -89,6 +89,10 @@ class GroupInfluenceRemover(Remover):
             raise ConfigError("option 'hvp_samples' cannot be negative (0 means all rows)")
         return resolved
 
+    def tag(self, options: Mapping[str, Any]) -> str:
+        """e.g. ``lissa-reference`` or ``cg-correct``."""
+        return f"{options['solver']}-{options['compat']}"
+
     @staticmethod
     def _scale(scale: float | None, dataset: str) -> float:
         if scale is not None:

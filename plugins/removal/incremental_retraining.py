@@ -46,6 +46,10 @@ class IncrementalRetrainingRemover(Remover):
                               f"{resolved['extra_epochs']}")
         return resolved
 
+    def tag(self, options: Mapping[str, Any]) -> str:
+        """e.g. ``e70`` (the extra epochs)."""
+        return f"e{options['extra_epochs']}"
+
     def remove(self, request: RemovalRequest) -> RemovalResult:
         source = request.source
         checkpoint = read_checkpoint(source.path / "model.pt")
