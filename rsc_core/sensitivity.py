@@ -4,7 +4,7 @@ falls as the image's ink is erased.
 Exactly what is computed, so that a curve can be reproduced:
 
 * **Images**: the run's own training set, as it was trained (the spurious images carry the
-  pattern), rebuilt from its spec. One ``numpy.random.RandomState(seed)`` draws
+  pattern; a run trained on a subset, that subset), rebuilt from its spec. One ``numpy.random.RandomState(seed)`` draws
   ``choice(N, size=min(images, N), replace=False)``: those training indices, in that order.
 * **Pixels**: a pixel is an image position (row, column); it is non-zero when any channel is
   non-zero there, and zeroing it sets every channel to 0. For each chosen image, in order, the
@@ -31,6 +31,7 @@ from .errors import ConfigError
 from .runs import Run, resolve_device
 from .evaluation import predict_proba
 from .spurious import build_spurious_dataset
+from .subsets import apply_subset
 
 DEFAULT_IMAGES = 500
 DEFAULT_STEPS = 51  # p = 0, 0.02, ..., 1
@@ -87,7 +88,10 @@ def sensitivity_curve(run: Run, *, images: int = DEFAULT_IMAGES, seed: int = 0,
         raise ConfigError(f"--seed must be in [0, 2^32 - 1], got {seed}")
     run.model_sha256()  # verified before anything is loaded
     torch_device = resolve_device(device)
-    train = build_spurious_dataset(run.spec, data_dir, download).train
+    data = build_spurious_dataset(run.spec, data_dir, download)
+    if run.subset is not None:  # a run trained on part of the training set: that part
+        data = apply_subset(data, run.subset)
+    train = data.train
     rng = np.random.RandomState(seed)
     indices = rng.choice(len(train), size=min(images, len(train)), replace=False)
     chosen = train.images[torch.from_numpy(indices)]

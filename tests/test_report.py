@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +234,15 @@ def test_cli_sensitivity(grid, tmp_path):
     assert out.read_bytes().startswith(PNG)
     bad = rsc("sensitivity", folders[0], "--images", "0", "-o", str(out))
     assert bad.exit_code == 2 and "--images must be at least 1" in bad.output
+
+
+def test_sensitivity_of_a_subset_run_uses_the_rows_it_trained_on(grid, tmp_path):
+    from rsc_core.subsets import TrainSubset
+
+    runs, data, target = grid
+    spec = SpuriousSpec.build("mnist", "v8", 1, (target,), 0)
+    subset = TrainSubset("exclude", tuple(range(20)))
+    outcome = train_run(spec, TrainConfig(epochs=1, batch_size=16), runs_dir=tmp_path,
+                        data_dir=data, progress=False, device="cpu", subset=subset)
+    curve = sensitivity_curve(outcome.run, images=100, data_dir=data, device="cpu")
+    assert len(curve.indices) == 40  # all 40 rows it trained on, of the 60
