@@ -184,7 +184,8 @@ def build_n_figure(panels: Sequence[Panel], title: str):
     """The figure ``save_n_curves`` writes (returned open, for inspection); the title gets
     the number of runs per point and the meaning of the error bars appended."""
     counts = [r for panel in panels for curve in panel.curves for r in curve.runs]
-    title = f"{title}\n{runs_text(counts)} run(s) per point, error bars: SEM"
+    bars = "error bars: SEM" if max(counts, default=1) > 1 else "no error bars"
+    title = f"{title}\n{runs_text(counts)} run(s) per point, {bars}"
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), squeeze=False)
     for axis, panel in zip(axes[0], panels):
         _draw_n_axis(axis, panel)
