@@ -17,6 +17,7 @@ OpenMP's default busy-waiting, are 10-40x slower each than one process."""
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
@@ -177,10 +178,9 @@ def worker_threads() -> int | None:
 def use_threads(threads: int | None) -> None:
     """In a worker, before any work: limit torch's intra-op threads (``None``: leave them).
     Called from the thread that runs the job, since OpenMP's setting is per thread."""
-    if threads is None:
+    torch = sys.modules.get("torch")
+    if threads is None or torch is None:  # torch not loaded yet: it will read OMP_NUM_THREADS
         return
-    import torch
-
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 

@@ -240,6 +240,9 @@ def _check_value(key: str, value: Any) -> None:
             name = _canonical_key(inner, "recipe")
             if name in SPEC_KEYS or name == "recipe":
                 raise ConfigError(f"{inner} is a dataset axis, not a recipe option")
+            if isinstance(item, list) and name not in _LIST_VALUED:
+                raise ConfigError(f"{inner}: a recipe sets one value; make {inner} an axis "
+                                  f"of its own to vary it")
             try:
                 _check_value(name, _axis(name, item, "recipe").values[0])
             except RscError as exc:
@@ -318,7 +321,8 @@ def expand(grid: Grid) -> list[RunRequest]:
         try:
             config = recipe_config(_recipe_options(values))
         except RscError as exc:
-            raise GridError(f"{_where_many(a.where for a in recipe_axes)}: the recipe {_describe(values)} is invalid: "
+            where = _where_many(a.where for a in recipe_axes)
+            raise GridError(f"{where}: the recipe {_describe(values)} is invalid: "
                             f"{exc}") from None
         for spec in _specs(grid):
             key = config_hash(run_config(spec, config))

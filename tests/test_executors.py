@@ -25,6 +25,9 @@ from rsc_core.executors import (ExecutorSettings, JobResult, thread_environment,
 from rsc_core.sweep_grid import parse_grid
 from rsc_core.sweeps import make_jobs, plan_sweep, run_sweep
 
+sys.path.insert(0, str(Path(__file__).parent))  # worker processes inherit sys.path
+from executor_jobs import die_once, reciprocal  # noqa: E402
+
 GRID = """
 dataset = "mnist"
 pattern = ["v8", "v20"]
@@ -39,7 +42,6 @@ epochs = 2
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     """MNIST-format files with 60 training images (class 0 has enough for n = 3)."""
-    sys.path.insert(0, str(Path(__file__).parent))
     from conftest import write_idx_dataset
 
     root = tmp_path_factory.mktemp("data")
@@ -170,35 +172,23 @@ def test_a_worker_killed_mid_run_has_its_run_finished_elsewhere(data_root, clust
 def test_a_job_that_fails_is_reported_and_the_others_go_on(cluster):
     executor = rsc_core.create("executors", "dask", settings=ExecutorSettings(scheduler=cluster))
     seen = []
-    results = executor.run_jobs(_reciprocal, [1, 0, 4], lambda i, r: seen.append(i))
+    results = executor.run_jobs(reciprocal, [1, 0, 4], lambda i, r: seen.append(i))
     assert [r.value for r in results] == [1.0, None, 0.25]
     assert results[1].error.startswith("ZeroDivisionError") and sorted(seen) == [0, 1, 2]
-    assert executor.map(_reciprocal, [2, 4]) == [0.5, 0.25]
-
-
-def _reciprocal(x: int) -> float:
-    return 1 / x
-
-
-def _die_once(marker: str) -> str:
-    """Kill this worker process the first time, succeed the second."""
-    if not Path(marker).exists():
-        Path(marker).write_text("died once")
-        os._exit(1)
-    return "second try"
+    assert executor.map(reciprocal, [2, 4]) == [0.5, 0.25]
 
 
 def test_the_processes_executor_retries_the_jobs_of_a_dead_worker(tmp_path):
     executor = rsc_core.create("executors", "processes", settings=ExecutorSettings(workers=1))
     seen = []
-    results = executor.run_jobs(_die_once, [str(tmp_path / "marker")],
+    results = executor.run_jobs(die_once, [str(tmp_path / "marker")],
                                 lambda i, r: seen.append((i, r)))
     assert results == [JobResult("second try")] and seen == [(0, results[0])]
 
 
 def test_the_local_executor_reports_each_failure_and_goes_on():
     executor = rsc_core.create("executors", "local")
-    results = executor.run_jobs(_reciprocal, [1, 0])
+    results = executor.run_jobs(reciprocal, [1, 0])
     assert results[0] == JobResult(1.0)
     assert "ZeroDivisionError" in results[1].error and "Traceback" in results[1].detail
 
@@ -243,7 +233,7 @@ def test_the_slurm_executor_needs_slurm_or_a_local_cluster(monkeypatch):
     monkeypatch.setenv("PATH", "")  # no sbatch
     executor = rsc_core.create("executors", "slurm")
     with pytest.raises(RscError, match="no sbatch"):
-        executor.run_jobs(_reciprocal, [1])
+        executor.run_jobs(reciprocal, [1])
     with pytest.raises(ConfigError, match="unknown slurm setting"):
         rsc_core.create("executors", "slurm",
                         settings=ExecutorSettings(slurm={"partitions": "gpu"}))

@@ -69,6 +69,8 @@ def rsc(*args: str):
                                                     "milestones must be strictly increasing"),
     ('dataset = "mnist"\nrecipe = [{optimizer = "sgd", momentum = "high"}]\n',
      "g.toml line 2: recipe = {'optimizer': 'sgd', 'momentum': 'high'}: momentum: must be"),
+    ('dataset = "mnist"\nrecipe = [{lr = [0.1, 0.2]}]\n',
+     "g.toml line 2: recipe = {'lr': [0.1, 0.2]}: lr: a recipe sets one value"),
     ('dataset = "mnist"\nepochs = \n', "g.toml: not valid TOML: Invalid value (at line 2"),
     ('n = [0, 1]\n', "g.toml: the grid names no dataset"),
 ])
