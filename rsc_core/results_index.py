@@ -46,7 +46,7 @@ from .subsets import TrainSubset
 
 INDEX_NAME = ".rsc-index.sqlite"
 #: Bump when the columns or their meaning change: an index of another version is rebuilt.
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 BUSY_TIMEOUT_S = 60.0
 #: File systems on which SQLite's WAL mode cannot work (it needs shared memory on one host).
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb", "smbfs", "smb3", "lustre", "gpfs",
@@ -80,6 +80,9 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "adam_impl": ("TEXT", "Adam kernel"),
     "subset": ("TEXT", "training rows used when not all, e.g. minus3-1a2b3c4d (rsc remove's "
                        "retraining); null: the whole training set"),
+    "removal": ("TEXT", "for a removal run (rsc remove), its method and tag, e.g. "
+                        "group-influence-lissa-reference; null: a trained run"),
+    "removal_of": ("TEXT", "for a removal run, the folder name of the run it started from"),
     "recipe": ("TEXT", "the training recipe without the seed, readable"),
     "recipe_id": ("TEXT", "hash of the training recipe without the seed: runs with equal "
                           "recipe_id differ only in seeds"),
@@ -106,14 +109,27 @@ def recipe_fields(train: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in train.items() if k != "seed"}
 
 
-def recipe_id(train: dict[str, Any], subset_kind: str | None = None) -> str:
+def recipe_id(train: dict[str, Any], subset_kind: str | None = None,
+              removal: dict[str, Any] | None = None) -> str:
     """A short hash of the recipe without the seed (and of the subset kind, for runs trained
-    on part of the training set)."""
+    on part of the training set, and of the removal method and options, for removal runs)."""
     fields = recipe_fields(train)
     if subset_kind:
         fields = {**fields, "subset": subset_kind}
+    if removal:
+        fields = {**fields, "removal": {"method": removal.get("method"),
+                                        "options": removal.get("options")}}
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def removal_label(removal: dict[str, Any] | None) -> str | None:
+    """``group-influence-lissa-reference``: the removal method and its tag (``rsc remove``);
+    the same for every seed of one removal experiment."""
+    if not removal:
+        return None
+    tag = removal.get("tag") or ""
+    return f"{removal.get('method')}{'-' + tag if tag else ''}"
 
 
 def subset_kind(subset: dict[str, Any] | None) -> str | None:
@@ -222,11 +238,14 @@ def _unreadable(folder: Path, error: str) -> dict[str, Any]:
     return row
 
 
-def _config_columns(folder: Path, spec: dict[str, Any], train: dict[str, Any],
-                    subset: dict[str, Any] | None) -> dict[str, Any]:
+def _config_columns(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
     """The columns a run's ``config.json`` determines."""
+    spec, train = config["spec"], config["train"]
+    subset, removal = config.get("subset"), config.get("removal")
     targets = list(spec.get("targets") or [])
     kind = subset_kind(subset)
+    removed = removal_label(removal)
+    variant = " ".join(w for w in (kind, f"rm-{removed}" if removed else None) if w)
     return {
         "name": folder.name, "dataset": spec.get("dataset"), "pattern": spec.get("pattern"),
         "n": spec.get("n"), "target": targets[0] if targets else None,
@@ -242,8 +261,11 @@ def _config_columns(folder: Path, spec: dict[str, Any], train: dict[str, Any],
         "precision": train.get("precision", "bf16" if train.get("amp") else "fp32"),
         "adam_impl": train.get("adam_impl", "fused"),
         "subset": TrainSubset.from_dict(subset).tag() if subset else None,
-        "recipe": recipe_label(train) + (f" {kind}" if kind else ""),
-        "recipe_id": recipe_id(train, kind), "path": str(folder.absolute()), "error": None,
+        "removal": removed,
+        "removal_of": ((removal.get("source") or {}).get("name") if removal else None),
+        "recipe": recipe_label(train) + (f" {variant}" if variant else ""),
+        "recipe_id": recipe_id(train, kind, removal), "path": str(folder.absolute()),
+        "error": None,
     }
 
 
@@ -258,13 +280,12 @@ def read_row(folder: str | Path) -> dict[str, Any]:
         if config.get("rsc_run") != RUN_FORMAT:
             return _unreadable(folder, f"folder format {config.get('rsc_run')!r}, not "
                                        f"{RUN_FORMAT}")
-        spec, train = config["spec"], config["train"]
     except RscError as exc:
         return _unreadable(folder, str(exc))
     except (KeyError, TypeError, OSError) as exc:
         return _unreadable(folder, f"{type(exc).__name__}: {exc}")
     try:
-        row = _config_columns(folder, spec, train, config.get("subset"))
+        row = _config_columns(folder, config)
     except (KeyError, TypeError, ValueError) as exc:
         return _unreadable(folder, f"config.json lacks a field ({type(exc).__name__}: {exc})")
     score = (metrics or {}).get("score") or {}

@@ -68,7 +68,7 @@ def test_rows_hold_config_metrics_status_and_path(root):
     rows = list_runs(runs_dir=root)
     assert (root / INDEX_NAME).is_file()
     assert len(rows) == 7 and list(rows[0]) == list(COLUMNS)
-    assert all(r["subset"] is None for r in rows)
+    assert all(r["subset"] is None and r["removal"] is None for r in rows)
     by_spec = {(r["spec"], r["lr"]): r for r in rows}
     v8 = by_spec[("mnistv8-3-0-1", 0.01)]
     assert (v8["dataset"], v8["pattern"], v8["n"], v8["target"], v8["dataset_seed"],
@@ -97,6 +97,22 @@ def test_runs_on_part_of_the_training_set_have_their_own_recipe(root):
     full = list_runs("pattern=v8 and subset=null and lr=0.01 and dataset=mnist", root)
     assert {r["recipe_id"] for r in full} != {rows[0]["recipe_id"]}
     assert rows[0]["recipe"].endswith(" minus3")
+
+
+def test_removal_runs_have_their_own_recipe(root):
+    source = next(r for r in list_runs("spec=mnistv8-3-0-0 and lr=0.01", root))
+    for method, tag in (("retrain", ""), ("group-influence", "lissa-reference")):
+        folder = root / f"{source['name']}_rm-{method}"
+        folder.mkdir()
+        config = json.loads((Path(source["path"]) / "config.json").read_text())
+        config["removal"] = {"method": method, "options": {"steps": 3}, "forget": [4],
+                             "tag": tag, "source": {"name": source["name"]}}
+        (folder / "config.json").write_text(json.dumps(config))
+    rows = list_runs("removal != null", root)
+    assert {r["removal"] for r in rows} == {"retrain", "group-influence-lissa-reference"}
+    assert {r["removal_of"] for r in rows} == {source["name"]}
+    assert len({r["recipe_id"] for r in rows} | {source["recipe_id"]}) == 3
+    assert any(r["recipe"].endswith(" rm-retrain") for r in rows)
 
 
 def test_index_follows_the_folders(root):
