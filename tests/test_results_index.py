@@ -306,3 +306,16 @@ def test_cli_errors_are_one_line(root, args, message):
 def test_cli_missing_runs_root(tmp_path):
     result = rsc("runs", "list", "--runs-dir", str(tmp_path / "none"))
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_docs_python_example_runs(root, monkeypatch):
+    import re
+
+    monkeypatch.chdir(root.parent)  # the example reads runs_dir="runs"
+    text = (Path(__file__).parent.parent / "docs" / "reports.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/reports.md", "exec"), namespace)
+    assert namespace["row"]["spec"] == "mnistv20-3-0-1" and len(namespace["rows"]) == 2
