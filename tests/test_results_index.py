@@ -319,3 +319,26 @@ def test_docs_python_example_runs(root, monkeypatch):
     for block in blocks:
         exec(compile(block, "docs/reports.md", "exec"), namespace)
     assert namespace["row"]["spec"] == "mnistv20-3-0-1" and len(namespace["rows"]) == 2
+
+
+def test_record_run_at_the_end_of_finish_run(tiny_data, tmp_path, monkeypatch):
+    """What the one-line hook in runs.finish_run does: the finished run's row is written
+    while its lock is still held, and reads back as finished."""
+    import rsc_core.runs as runs_module
+    from rsc_core.runs import train_run
+
+    finish = runs_module.finish_run
+
+    def finish_and_record(run, *args, **kwargs):
+        finish(run, *args, **kwargs)
+        assert record_run(run)
+
+    monkeypatch.setattr(runs_module, "finish_run", finish_and_record)
+    label = int(tiny_data["mnist"].train.labels[0])
+    run = train_run(SpuriousSpec.build("mnist", "v20", 1, (label,), 0), TrainConfig(epochs=1),
+                    runs_dir=tmp_path / "runs", data_dir=tiny_data.root, progress=False,
+                    device="cpu").run
+    with sqlite3.connect(tmp_path / "runs" / INDEX_NAME) as conn:
+        status, score = conn.execute("SELECT status, score FROM runs WHERE name = ?",
+                                     (run.name,)).fetchone()
+    assert status == "finished" and score == run.metrics["score"]["score"]
