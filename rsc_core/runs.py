@@ -362,6 +362,9 @@ def finish_run(run: Run, spec: SpuriousSpec, test: ImageData, spurious_indices: 
         "history": state.history,
     })
     run.log("finished")
+    from .results_index import record_run  # here: results_index imports this module
+
+    record_run(run)  # best effort: the folder is the truth, the index a cache of it
 
 
 def score_key(pattern: str, target: int, seed: int, threshold: float,
