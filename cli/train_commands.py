@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -18,6 +19,8 @@ from rsc_core.group_runs import (DEFAULT_GROUP_SIZE, RunRequest, RunResult, chec
 from rsc_core.runs import Run, TrainOutcome, resolve_device, score_run, train_run
 from rsc_core.scoring import DEFAULT_THRESHOLD, ScoreResult, resolve_target, score_model
 from rsc_core.spec import SpuriousSpec, parse_int_list
+from rsc_core.spurious import build_spurious_dataset
+from rsc_core.subsets import TrainSubset, read_index_list
 from rsc_core.training import MAX_TRAIN_SEED
 
 from .options import data_options, spec_options
@@ -48,8 +51,13 @@ device_option = click.option(
 @click.option("--group-size", type=int, default=DEFAULT_GROUP_SIZE, show_default=True,
               help="With several runs: how many compatible runs train at once, in lockstep, "
                    "as one batched computation (1: one after another).")
+@click.option("--exclude", default=None, metavar="spurious|FILE|i,j,k",
+              help="Train without these training examples (original indices): the spec's own "
+                   "spurious examples, a file of indices, or an inline list. Part of the run's "
+                   "identity (its folder ends _minus<count>-<digest>); the exact-retraining "
+                   "baseline of `rsc remove -m retrain`.")
 def train_command(specs: list[SpuriousSpec], data_dir, download, runs_dir, device, force, quiet,
-                  channels_last, as_json, paired_seeds, group_size, **kwargs) -> None:
+                  channels_last, as_json, paired_seeds, group_size, exclude, **kwargs) -> None:
     """Train networks on (spurious) datasets and record each run.
 
     The run folder (under --runs-dir) is named by the spec, the recipe and a hash of the full
@@ -68,13 +76,16 @@ def train_command(specs: list[SpuriousSpec], data_dir, download, runs_dir, devic
     train_kwargs, _ = split_train_kwargs(kwargs)
     check_group_size(group_size)
     requests = _requests(specs, train_kwargs, paired_seeds)
+    if exclude is not None:
+        requests = [replace(r, subset=_excluded(exclude, r.spec, data_dir, download))
+                    for r in requests]
     on_wait = lambda line: click.echo(line, err=True)  # noqa: E731
     if len(requests) == 1:
         request = requests[0]
         outcome = train_run(request.spec, request.config, runs_dir=runs_dir,
                             data_dir=data_dir, download=download, force=force,
                             progress=not quiet, device=device, channels_last=channels_last,
-                            on_wait=on_wait)
+                            on_wait=on_wait, subset=request.subset)
         _print_outcome(outcome, as_json)
         return
     results = train_runs(requests, group_size=1 if channels_last else group_size,
@@ -86,6 +97,18 @@ def train_command(specs: list[SpuriousSpec], data_dir, download, runs_dir, devic
         raise RscError(f"{len(failed)} of {len(results)} runs failed: " + "; ".join(
             f"{r.request.spec.name} (train seed {r.request.config.seed}): {r.error}"
             for r in failed))
+
+
+def _excluded(text: str, spec: SpuriousSpec, data_dir, download) -> TrainSubset:
+    """``--exclude``: the spec's planted examples (``spurious``), a file or an inline list."""
+    if text.strip() == "spurious":
+        if spec.is_clean:
+            raise RscError(f"--exclude spurious: {spec.name} has no spurious examples; give "
+                           f"training indices or a file instead")
+        indices = build_spurious_dataset(spec, data_dir, download).spurious_indices.tolist()
+    else:
+        indices = read_index_list(text, "--exclude")
+    return TrainSubset.excluding(indices)
 
 
 def _requests(specs: list[SpuriousSpec], train_kwargs: dict,

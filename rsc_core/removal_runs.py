@@ -45,10 +45,10 @@ from .run_lock import RunLock
 from .runs import Run, resolve_device
 from .scoring import score_model
 from .spurious import SpuriousDataset, build_spurious_dataset
+from .subsets import read_index_list
 from .training import make_loss
 
 REMOVAL_FORMAT = 1
-_INDEX_LIST = re.compile(r"\s*-?\d+(\s*,\s*-?\d+)*\s*,?\s*")
 
 
 class ForgetSetError(RscError, ValueError):
@@ -69,27 +69,7 @@ def parse_forget(text: str, source: Run) -> list[int] | None:
     text = (text or "spurious").strip()
     if text == "spurious":
         return None
-    if _INDEX_LIST.fullmatch(text):
-        return [int(part) for part in text.replace(",", " ").split()]
-    path = Path(text)
-    if not path.is_file():
-        raise ForgetSetError(f"forget set {text!r} is neither 'spurious', a list of training "
-                             f"indices like 3,17,42, nor an existing file")
-    try:
-        content = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ForgetSetError(f"forget file {path} is not a text file; write one training "
-                             f"index per line") from None
-    indices = []
-    for number, line in enumerate(content.splitlines(), start=1):
-        for word in line.split("#", 1)[0].replace(",", " ").split():
-            try:
-                indices.append(int(word))
-            except ValueError:
-                raise ForgetSetError(f"forget file {path} line {number}: {word!r} is not a "
-                                     f"training index; write whole numbers, one per line or "
-                                     f"comma-separated") from None
-    return indices
+    return read_index_list(text, "forget", ForgetSetError)
 
 
 def resolve_forget(indices: list[int] | None, source: Run, num_train: int) -> np.ndarray:

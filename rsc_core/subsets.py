@@ -9,7 +9,9 @@ run is exactly a run on the reduced dataset."""
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -82,6 +84,38 @@ class TrainSubset:
         return cls(data["mode"], _normalise(data["indices"]))
 
 
+_INDEX_LIST = re.compile(r"\s*-?\d+(\s*,\s*-?\d+)*\s*,?\s*")
+
+
+def read_index_list(text: str, noun: str, error: type[Exception] = SpecError) -> list[int]:
+    """Training indices as a user writes them: an inline list ``3,17,42`` or a text file of
+    indices (whitespace, commas or one per line; ``#`` starts a comment). ``noun`` names the
+    list in errors (``forget`` -> "forget set", "forget file"). Range is checked later,
+    against the loaded data (``TrainSubset.rows``)."""
+    text = text.strip()
+    if _INDEX_LIST.fullmatch(text):
+        return [int(part) for part in text.replace(",", " ").split()]
+    path = Path(text)
+    if not path.is_file():
+        raise error(f"{noun} set {text!r} is neither 'spurious', a list of training indices "
+                    f"like 3,17,42, nor an existing file")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{noun} file {path} is not a text file; write one training index per "
+                    f"line") from None
+    indices = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        for word in line.split("#", 1)[0].replace(",", " ").split():
+            try:
+                indices.append(int(word))
+            except ValueError:
+                raise error(f"{noun} file {path} line {number}: {word!r} is not a training "
+                            f"index; write whole numbers, one per line or comma-separated"
+                            ) from None
+    return indices
+
+
 def _normalise(indices: Iterable[int]) -> tuple[int, ...]:
     values = []
     for value in indices:
@@ -126,4 +160,5 @@ def kept_spurious_indices(data: SpuriousDataset) -> np.ndarray:
     return data.spurious_indices
 
 
-__all__ = ["TrainSubset", "SubsetDataset", "apply_subset", "kept_spurious_indices"]
+__all__ = ["TrainSubset", "SubsetDataset", "apply_subset", "kept_spurious_indices",
+           "read_index_list"]

@@ -3,6 +3,7 @@ the subset is part of the run's identity, a subset run is exactly a run on the r
 it never sees a removed row, and grouped subset runs match their single runs."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +146,50 @@ def test_a_subset_out_of_range_fails_that_run_alone_in_a_group(data, tmp_path):
     assert [r.error for r in results[:2]] == [None, None]
     assert isinstance(results[2].error, SpecError) and "out of range" in str(results[2].error)
     assert not find_run(spec, sgd(seed=9), tmp_path / "runs", bad.subset).path.exists()
+
+
+def _train_cli(root: Path, runs: Path, *args: str):
+    from click.testing import CliRunner
+
+    from rsc_cli.main import cli
+
+    return CliRunner().invoke(cli, ["train", "--data-dir", str(root), "--runs-dir", str(runs),
+                                    "--arch", "MLP", "--optimizer", "sgd", "--lr", "0.1",
+                                    "--epochs", "1", "--batch-size", "16", "--device", "cpu",
+                                    "--quiet", "--json", *args])
+
+
+def test_rsc_train_exclude_spurious_is_the_retraining_baseline(data, tmp_path):
+    root, target = data
+    spec = SpuriousSpec.build("mnist", "v8", 3, target, 0)
+    result = _train_cli(root, tmp_path / "runs", "--spec", spec.name, "--exclude", "spurious")
+    assert result.exit_code == 0, result.output
+    planted = build_spurious_dataset(spec, root).spurious_indices.tolist()
+    run = find_run(spec, sgd(), tmp_path / "runs", TrainSubset.excluding(planted))
+    assert run.finished and "_minus3-" in run.name
+    assert run.metrics["spurious_indices"] == []
+    listed = _train_cli(root, tmp_path / "runs", "--spec", spec.name, "--exclude",
+                        ",".join(map(str, planted)))
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output)["run"] == str(run.path)  # the same run, reused
+    assert len([p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]) == 1
+
+
+@pytest.mark.parametrize("value, message", [
+    ("bogus", "--exclude set 'bogus' is neither"),
+    ("5000", "index 5000 is out of range"),
+])
+def test_rsc_train_exclude_errors_are_one_line_and_write_nothing(data, tmp_path, value,
+                                                                 message):
+    root, target = data
+    result = _train_cli(root, tmp_path / "runs", "--spec", f"mnistv8-3-{target}-0",
+                        "--exclude", value)
+    assert result.exit_code == 2 and message in result.output
+    assert result.output.count("\n") == 1
+    assert not [p for p in (tmp_path / "runs").glob("*") if not p.name.startswith(".")]
+
+
+def test_rsc_train_exclude_spurious_needs_a_spurious_spec(data, tmp_path):
+    root, _ = data
+    result = _train_cli(root, tmp_path / "runs", "--spec", "mnist", "--exclude", "spurious")
+    assert result.exit_code == 2 and "has no spurious examples" in result.output
