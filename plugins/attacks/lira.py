@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy.special import logsumexp
-from scipy.stats import norm
 
 from rsc_core.attacks import (CLEAN_HALVES, DEFAULT_SHADOWS, TARGET_HALVES, Attack,
                               AttackOutput, Observations)
@@ -43,6 +41,8 @@ OFFLINE_ALPHA = 0.05
 
 def logit_confidence(observations: Observations) -> np.ndarray:
     """phi = z_y - logsumexp of the other logits, per example (stable for p_y near 0 or 1)."""
+    from scipy.special import logsumexp  # here: scipy.stats/special slow every plugin load
+
     logits = observations.logits
     rows = np.arange(len(observations))
     true = logits[rows, observations.labels]
@@ -117,6 +117,8 @@ class LiRAOnline(_LiRA):
     min_shadows = 4  # at least two shadows with and two without every example
 
     def attack(self, target: Observations, shadows: Sequence[Observations]) -> AttackOutput:
+        from scipy.stats import norm  # here: scipy.stats slows every plugin load
+
         phi, member = shadow_matrix(target, shadows)
         inside = fit_gaussian(phi, member, self.pooled)
         outside = fit_gaussian(phi, ~member, self.pooled)
@@ -137,6 +139,8 @@ class LiRAOffline(_LiRA):
     shadow_design = CLEAN_HALVES
 
     def attack(self, target: Observations, shadows: Sequence[Observations]) -> AttackOutput:
+        from scipy.stats import norm  # here: scipy.stats slows every plugin load
+
         phi, member = shadow_matrix(target, shadows)
         outside = fit_gaussian(phi, ~member, self.pooled)
         scores = norm.logcdf(logit_confidence(target), outside.mean, outside.std)

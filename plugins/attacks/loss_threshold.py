@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import roc_curve
 
 from rsc_core.attacks import SHADOW_POOL, Attack, AttackOutput, Observations
 from rsc_core.errors import ConfigError
@@ -17,6 +16,8 @@ from rsc_core.errors import ConfigError
 def best_threshold(member: np.ndarray, scores: np.ndarray) -> float:
     """The score threshold (call ``score >= threshold`` a member) with the highest balanced
     accuracy, (TPR + 1 - FPR) / 2, on labelled examples."""
+    from sklearn.metrics import roc_curve  # here: sklearn slows every plugin load
+
     fpr, tpr, thresholds = roc_curve(member, scores, drop_intermediate=False)
     best = int(np.argmax(tpr - fpr))
     return float(thresholds[best])

@@ -11,10 +11,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from rsc_core.attacks import SHADOW_POOL, Attack, AttackOutput, Observations
 from rsc_core.errors import ConfigError
@@ -42,6 +38,12 @@ class ShadowLogisticRegression(Attack):
         (shadow,) = shadows
         if shadow.member.all() or not shadow.member.any():
             raise ConfigError("shadow-lr needs shadow members and non-members to fit on")
+        # Imported here: sklearn slows every plugin load (each worker process loads all).
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import GridSearchCV
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
         search = GridSearchCV(model, {"logisticregression__C": list(C_GRID)}, cv=FOLDS)
         search.fit(features(shadow), shadow.member.astype(int))

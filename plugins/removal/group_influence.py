@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -27,8 +27,10 @@ from rsc_core.errors import ConfigError, DivergenceError
 from rsc_core.removal import RemovalRequest, RemovalResult, Remover
 
 from .cg import conjugate_gradient
-from .hessian import LossHessian
 from .lissa import COMPAT_MODES, LissaSettings, draw_samples, lissa
+
+if TYPE_CHECKING:
+    from .hessian import LossHessian
 
 #: The reference's LiSSA scale per dataset (PROTOCOL.md section 7).
 REFERENCE_SCALE = {"mnist": 25.0, "fashion": 100.0, "cifar10": 100.0}
@@ -106,6 +108,8 @@ class GroupInfluenceRemover(Remover):
         options = request.options
         checkpoint = read_checkpoint(request.source.path / "model.pt")
         model = build_model_from_checkpoint(checkpoint)
+        from .hessian import LossHessian  # here: torch.func's import slows every plugin load
+
         hessian = LossHessian(model, request.data.train.images, request.data.train.labels,
                               request.device)
         hessian.check()
