@@ -39,6 +39,19 @@ def figure_stems(report: Report) -> dict[str, str]:
     return {recipe: "_" + _slug(recipe) for recipe in recipes}
 
 
+TABLE_FORMATS = ("csv", "md", "tex")
+
+
+def _write_table(folder: Path, stem: str, records, columns, caption: str) -> str:
+    """One table as CSV, Markdown and LaTeX files; returns the Markdown for the report."""
+    headers, cells = display_rows(records, columns)
+    markdown = to_markdown(headers, cells)
+    write_text(folder / f"{stem}.csv", to_csv(records, columns))
+    write_text(folder / f"{stem}.md", markdown)
+    write_text(folder / f"{stem}.tex", to_latex(headers, cells, caption))
+    return markdown
+
+
 def write_report(report: Report, folder: Path, title: str) -> list[str]:
     """Every figure and table of ``report`` into ``folder``; returns the files written."""
     files: list[str] = []
@@ -60,29 +73,22 @@ def write_report(report: Report, folder: Path, title: str) -> list[str]:
                          f"*{label} against n, {what}; one panel per dataset, one curve per "
                          f"pattern; {runs_text(counts)} run(s) per point. {N_AXIS_CAPTION}.* "
                          f"([PDF]({stem}.pdf))", ""]
-    scores = score_records(report)
-    headers, cells = display_rows(scores, SCORE_COLUMNS)
     caption = (f"Spurious score (threshold {report.threshold:g}"
                f"{', test images with y != target' if report.exclude_target else ''}), clean "
                f"and patterned accuracy (y != target): mean ± SEM over runs; p: one-sided "
                f"Welch t-test of the pooled per-image indicators against the clean baseline "
                f"(n = 0) of the same recipe; seeds: the seed protocol pooled.")
-    write_text(folder / "scores.csv", to_csv(scores, SCORE_COLUMNS))
-    write_text(folder / "scores.md", to_markdown(headers, cells))
-    write_text(folder / "scores.tex", to_latex(headers, cells, caption))
-    files += ["scores.csv", "scores.md", "scores.tex"]
-    markdown += ["## Scores", "", caption, "", to_markdown(headers, cells)]
+    table = _write_table(folder, "scores", score_records(report), SCORE_COLUMNS, caption)
+    files += [f"scores.{ext}" for ext in TABLE_FORMATS]
+    markdown += ["## Scores", "", caption, "", table]
     if report.mitigations:
-        records = mitigation_records(report)
-        m_headers, m_cells = display_rows(records, MITIGATION_COLUMNS)
         m_caption = ("Mitigations: spurious score and clean accuracy averaged over the n "
                      "values listed (including the clean n = 0 runs of that recipe where "
                      "present), ± the SEM of that average.")
-        write_text(folder / "mitigations.csv", to_csv(records, MITIGATION_COLUMNS))
-        write_text(folder / "mitigations.md", to_markdown(m_headers, m_cells))
-        write_text(folder / "mitigations.tex", to_latex(m_headers, m_cells, m_caption))
-        files += ["mitigations.csv", "mitigations.md", "mitigations.tex"]
-        markdown += ["## Mitigations", "", m_caption, "", to_markdown(m_headers, m_cells)]
+        table = _write_table(folder, "mitigations", mitigation_records(report),
+                             MITIGATION_COLUMNS, m_caption)
+        files += [f"mitigations.{ext}" for ext in TABLE_FORMATS]
+        markdown += ["## Mitigations", "", m_caption, "", table]
     if report.notes:
         markdown += ["## Notes", ""] + [f"- {note}" for note in report.notes] + [""]
     markdown += ["## Runs", ""]
