@@ -128,6 +128,14 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def worker_count(settings: ExecutorSettings) -> int:
+    """Worker processes: ``settings.workers`` if given, else a quarter of the cores (at least
+    one), so each worker's training gets a few BLAS threads."""
+    workers = settings.workers
+    return check_count(workers if workers is not None else max(1, available_cores() // 4),
+                       "workers")
+
+
 def thread_share(workers: int, threads: int | None = None, cores: int | None = None) -> int:
     """BLAS threads per worker: ``threads`` if given, else the cores divided among the
     workers (at least 1)."""

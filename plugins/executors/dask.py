@@ -23,7 +23,7 @@ from rsc_core.errors import RscError
 from rsc_core.executors import (WORKER_THREADS_ENV, Executor, ExecutorSettings, JobResult,
                                 OnDone, available_cores, capture, check_count, failure,
                                 require_extra, thread_environment, thread_share,
-                                worker_environment)
+                                worker_count, worker_environment)
 
 
 class DaskExecutor(Executor):
@@ -35,9 +35,7 @@ class DaskExecutor(Executor):
     def __init__(self, settings: ExecutorSettings | None = None) -> None:
         super().__init__(settings)
         require_extra("distributed", "dask", "dask")
-        workers = self.settings.workers
-        self.workers = check_count(workers if workers is not None
-                                   else max(1, available_cores() // 4), "workers")
+        self.workers = worker_count(self.settings)
         if self.settings.threads is not None:
             check_count(self.settings.threads, "threads per worker")
 

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from rsc_core.errors import ConfigError
-from rsc_core.executors import (Executor, ExecutorSettings, JobResult, OnDone, available_cores,
-                                capture, check_count, thread_share, use_threads,
-                                worker_environment)
+from rsc_core.executors import (Executor, ExecutorSettings, JobResult, OnDone, capture,
+                                thread_share, use_threads, worker_count, worker_environment)
 
 #: How many times the jobs of a broken pool are retried on a fresh one.
 POOL_RESTARTS = 3
@@ -31,9 +30,7 @@ class ProcessesExecutor(Executor):
 
     def __init__(self, settings: ExecutorSettings | None = None) -> None:
         super().__init__(settings)
-        workers = self.settings.workers
-        self.workers = check_count(workers if workers is not None
-                                   else max(1, available_cores() // 4), "workers")
+        self.workers = worker_count(self.settings)
         self.threads = thread_share(self.workers, self.settings.threads)
 
     @property
