@@ -203,3 +203,22 @@ def test_hand_written_mlp_products_equal_torch_func(batch):
 def test_models_outside_the_mlp_family_take_the_generic_path(problem):
     hessian = problem[0]
     assert hessian.mlp is None  # an nn.Sequential: torch.func products
+
+
+def test_tiny_gradients_neither_underflow_nor_trip_the_divergence_guard():
+    """A memorised example's float32 gradient can be ~1e-23 per entry, whose squared norm
+    underflows float32 to 0: the guard's bound (proportional to |v|) was then 0 and the first
+    step "diverged" (seen on a real run). Norms are float64 now, and LiSSA stays linear in v."""
+    matrix = torch.diag(torch.tensor([1.0, 0.5]))
+    settings = LissaSettings(damp=0.01, scale=2.0, depth=50, repeats=2, batch=1)
+    samples = torch.zeros(50, 2, 1, dtype=torch.long)
+    ones = torch.tensor([1.0, 1.0])
+    assert (ones * 1e-23).norm().item() == 0.0  # the float32 underflow itself
+
+    def hvp(h, rows, out=None):
+        return h @ matrix
+
+    reference, _ = lissa(hvp, ones, samples, settings)
+    estimate, facts = lissa(hvp, ones * 1e-23, samples, settings)
+    assert facts["rhs_norm"] == pytest.approx(2 ** 0.5 * 1e-23)
+    torch.testing.assert_close(estimate, reference * 1e-23, rtol=1e-5, atol=0)

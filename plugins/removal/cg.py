@@ -28,7 +28,7 @@ def conjugate_gradient(hvp: Matvec, b: torch.Tensor, shift: float, *, tol: float
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
-    b_norm = b.norm().item()
+    b_norm = b.double().norm().item()  # float64: tiny right-hand sides must not underflow
     rr = r.dot(r)
     residual = math.sqrt(rr.item()) / b_norm if b_norm > 0 else 0.0
     iterations = 0

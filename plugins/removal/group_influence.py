@@ -120,10 +120,15 @@ class GroupInfluenceRemover(Remover):
             # Memorised examples can have a float32 loss of exactly 0 and so a gradient of
             # exactly 0: the influence update is 0 whatever the solver; say so, skip the work.
             ihvp, facts = torch.zeros_like(v), {"zero_gradient": True}
-        elif options["solver"] == "lissa":
-            ihvp, facts = self._lissa(hessian, v, options, generator, request.progress)
         else:
-            ihvp, facts = self._cg(hessian, v, options, generator, request.progress)
+            # The IHVP is linear in v: solve for the unit vector and scale back. A memorised
+            # example's gradient can be ~1e-23 per entry, where float32 iterates lose their
+            # precision to subnormals and squared norms underflow to 0 (measured on real runs).
+            v_norm = v.double().norm().item()
+            unit = (v.double() / v_norm).to(v.dtype)
+            solve = self._lissa if options["solver"] == "lissa" else self._cg
+            ihvp, facts = solve(hessian, unit, options, generator, request.progress)
+            ihvp = (ihvp.double() * v_norm).to(v.dtype)
         n = hessian.num_rows
         p = len(request.forget) / n
         theta = hessian.theta + ihvp / ((1 - p) * n)
@@ -133,8 +138,8 @@ class GroupInfluenceRemover(Remover):
         state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
         for name, value in hessian.unflatten(theta).items():
             state[name] = value.detach().cpu().clone()
-        facts.update({"gradient_norm": v.norm().item(), "update_norm":
-                      (ihvp / ((1 - p) * n)).norm().item(), "p": p, "num_train": n,
+        facts.update({"gradient_norm": v.double().norm().item(), "update_norm":
+                      (ihvp / ((1 - p) * n)).double().norm().item(), "p": p, "num_train": n,
                       "loss": "ce"})
         return RemovalResult(state, facts)
 

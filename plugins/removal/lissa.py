@@ -80,7 +80,9 @@ def lissa(hvp_batched: BatchedHvp, v: torch.Tensor, samples: torch.Tensor,
         raise DivergenceError(f"LiSSA needs 0 < damping per step < 1, got {c:g} (damp "
                               f"{settings.damp:g}, scale {settings.scale:g}); choose damp "
                               f"below 1 (and below scale in the correct mode)")
-    v_norm = v.norm().item()
+    # Norms in float64: a memorised example's gradient can be ~1e-23 per entry, whose square
+    # underflows float32 to 0 and would make the divergence bound 0 (a false alarm, measured).
+    v_norm = v.double().norm().item()
     bound = settings.max_norm_factor * v_norm / c
     started = time.perf_counter()
     if settings.vectorise:
@@ -98,7 +100,7 @@ def lissa(hvp_batched: BatchedHvp, v: torch.Tensor, samples: torch.Tensor,
         estimate = estimate / settings.scale
     facts = {"lissa_steps": settings.depth * settings.repeats,
              "lissa_seconds": time.perf_counter() - started,
-             "rhs_norm": v_norm, "estimate_norm": estimate.norm().item(),
+             "rhs_norm": v_norm, "estimate_norm": estimate.double().norm().item(),
              "chain_spread": _spread(h) if settings.repeats > 1 else None,
              "last_step_relative_change": last_change, "norm_bound": bound}
     return estimate, facts
@@ -118,7 +120,7 @@ def _chains(hvp_batched: BatchedHvp, v: torch.Tensor, samples: torch.Tensor,
         previous = h.clone() if step == samples.shape[0] - 1 else None
         # in place: the step is memory-bound, each pass over r x P floats counts
         h.mul_(1 - c).add_(v).add_(product, alpha=-1 / scale)
-        norms = torch.linalg.vector_norm(h, dim=1)
+        norms = torch.linalg.vector_norm(h, dim=1, dtype=torch.float64)
         worst = int(norms.argmax())
         if not (math.isfinite(norms[worst].item()) and norms[worst].item() <= bound):
             raise DivergenceError(
