@@ -117,13 +117,7 @@ def measure_rsc(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace,
                            build_regularisers(config.regularisers), device=device,
                            channels_last=channels_last)
 
-    if args.warmup_batches:
-        fit(copy.deepcopy(model), args.warmup_batches)
-    synchronize(device)
-    started = time.perf_counter()
-    state = fit(model, args.batches)
-    synchronize(device)
-    seconds = time.perf_counter() - started
+    state, seconds = timed(fit, model, args, device)
     record = state.history[-1]
     return {"seconds": seconds, "batches": args.batches,
             "epoch_seconds": seconds / args.batches * args.epoch_batches,
@@ -225,16 +219,23 @@ def measure_floor(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace,
             optimizer.step()
         return loss
 
-    if args.warmup_batches:
-        steps(copy.deepcopy(model), args.warmup_batches)
-    synchronize(device)
-    started = time.perf_counter()
-    loss = steps(model, args.batches)
-    synchronize(device)
-    seconds = time.perf_counter() - started
+    loss, seconds = timed(steps, model, args, device)
     return {"seconds": seconds, "batches": args.batches,
             "epoch_seconds": seconds / args.batches * args.epoch_batches,
             "train_loss": float(loss.detach())}
+
+
+def timed(train: Callable[[nn.Module, int], Any], model: nn.Module, args: argparse.Namespace,
+          device: torch.device) -> tuple[Any, float]:
+    """``train(model, args.batches)`` timed after ``args.warmup_batches`` on a copy (so the
+    timed run starts from the same weights); returns its result and the seconds it took."""
+    if args.warmup_batches:
+        train(copy.deepcopy(model), args.warmup_batches)
+    synchronize(device)
+    started = time.perf_counter()
+    result = train(model, args.batches)
+    synchronize(device)
+    return result, time.perf_counter() - started
 
 
 # --------------------------------------------------------------------------- (a) - (c)
