@@ -58,6 +58,15 @@ def test_gradient_sum_is_the_sum_of_per_example_gradients(problem):
     hessian, _, _, v = problem
     parts = sum(hessian.gradient_sum(torch.tensor([i])) for i in (0, 3, 7))
     assert torch.allclose(v, parts, atol=1e-12)
+    # and it is the gradient of the flat-parameter loss (``loss``, the function the HVPs
+    # differentiate), computed here independently through torch.func, in small chunks too
+    rows = torch.tensor([0, 3, 7])
+    images, labels = hessian.images[rows], hessian.labels[rows]
+    expected = torch.func.grad(lambda flat: hessian.loss(flat, images, labels, "sum"))(
+        hessian.theta)
+    assert torch.allclose(v, expected, atol=1e-12)
+    hessian.chunk = 2
+    assert torch.allclose(hessian.gradient_sum(rows), expected, atol=1e-12)
 
 
 def test_cg_matches_the_damped_solve(problem):
@@ -149,17 +158,37 @@ def test_chains_draw_their_own_samples():
     assert not torch.equal(samples[:, 0], samples[:, 1])
 
 
+def matrix_hvp(matrix: torch.Tensor):
+    """A ``BatchedHvp`` for a fixed Hessian ``matrix`` (every sample the same): plus + alpha H h."""
+    def hvp(h, rows, out=None, alpha=1.0, plus=None):
+        product = alpha * (h @ matrix)
+        return product if plus is None else product + plus
+    return hvp
+
+
 def test_divergence_guard_names_the_step_and_suggests_scale_or_damp():
     """Curvature 10 with scale 2: each step multiplies h by (1 - c - 5), so |h| explodes."""
     matrix = torch.diag(torch.tensor([10.0, 0.1], dtype=torch.float64))
     settings = LissaSettings(damp=0.01, scale=2.0, depth=100, repeats=2, batch=1)
     samples = torch.zeros(100, 2, 1, dtype=torch.long)
     with pytest.raises(DivergenceError) as info:
-        lissa(lambda h, rows, out=None: h @ matrix, torch.tensor([1.0, 1.0], dtype=torch.float64),
-              samples, settings)
+        lissa(matrix_hvp(matrix), torch.tensor([1.0, 1.0], dtype=torch.float64), samples,
+              settings)
     message = str(info.value)
     assert "\n" not in message
-    assert "diverged at step" in message and "--scale" in message and "--damp" in message
+    assert "diverged by step" in message and "--scale" in message and "--damp" in message
+
+
+def test_divergence_guard_catches_a_nan_product():
+    settings = LissaSettings(damp=0.01, scale=2.0, depth=10, repeats=3, batch=1)
+
+    def poisoned(h, rows, out=None, alpha=1.0, plus=None):
+        product = alpha * h + plus
+        product[1, 0] = float("nan")  # chain 2 only
+        return product
+
+    with pytest.raises(DivergenceError, match="diverged by step 10 of 10 \\(chain 2\\)"):
+        lissa(poisoned, torch.ones(4), torch.zeros(10, 3, 1, dtype=torch.long), settings)
 
 
 def test_architecture_torch_func_cannot_differentiate_is_one_line():
@@ -196,6 +225,14 @@ def test_hand_written_mlp_products_equal_torch_func(batch):
     rows = torch.randint(0, 30, (4, batch))
     expected = generic.hvp_rows_batched(vectors, rows)
     assert torch.allclose(fast.hvp_rows_batched(vectors, rows), expected, atol=1e-12)
+    plus = torch.randn(fast.theta.numel(), dtype=torch.float64)
+    for hessian in (fast, generic):  # the affine form LiSSA's step uses: plus + alpha H v
+        buffer = torch.empty_like(vectors)
+        affine = hessian.hvp_rows_batched(vectors, rows, out=buffer, alpha=-0.3, plus=plus)
+        assert affine.data_ptr() == buffer.data_ptr()
+        assert torch.allclose(affine, plus - 0.3 * expected, atol=1e-12)
+        assert torch.allclose(hessian.hvp_rows_batched(vectors, rows, alpha=2.0),
+                              2 * expected, atol=1e-12)
     fast.chunk = generic.chunk = 7
     assert torch.allclose(fast.hvp_mean(vectors[0]), generic.hvp_mean(vectors[0]), atol=1e-12)
 
@@ -208,16 +245,15 @@ def test_models_outside_the_mlp_family_take_the_generic_path(problem):
 def test_tiny_gradients_neither_underflow_nor_trip_the_divergence_guard():
     """A memorised example's float32 gradient can be ~1e-23 per entry, whose squared norm
     underflows float32 to 0: the guard's bound (proportional to |v|) was then 0 and the first
-    step "diverged" (seen on a real run). Norms are float64 now, and LiSSA stays linear in v."""
+    step "diverged" (seen on a real run). The bound is a float64 norm and the guard checks
+    the iterate's largest entry (no squares), and LiSSA stays linear in v."""
     matrix = torch.diag(torch.tensor([1.0, 0.5]))
     settings = LissaSettings(damp=0.01, scale=2.0, depth=50, repeats=2, batch=1)
     samples = torch.zeros(50, 2, 1, dtype=torch.long)
     ones = torch.tensor([1.0, 1.0])
     assert (ones * 1e-23).norm().item() == 0.0  # the float32 underflow itself
 
-    def hvp(h, rows, out=None):
-        return h @ matrix
-
+    hvp = matrix_hvp(matrix)
     reference, _ = lissa(hvp, ones, samples, settings)
     estimate, facts = lissa(hvp, ones * 1e-23, samples, settings)
     assert facts["rhs_norm"] == pytest.approx(2 ** 0.5 * 1e-23)

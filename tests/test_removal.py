@@ -208,7 +208,7 @@ def test_diverging_lissa_is_one_line_and_writes_nothing(env):
                                       "0.0001", "--depth", "50", "--repeats", "2", "-q",
                                       "--compat", "reference"])
     assert result.exit_code == 2, result.output
-    assert "diverged at step" in result.output and "--scale" in result.output
+    assert "diverged by step" in result.output and "--scale" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert listing(env["runs"]) == before
 

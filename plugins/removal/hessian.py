@@ -57,6 +57,7 @@ class LossHessian:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.parameters = [p for _, p in named]
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.numels = [p.numel() for _, p in named]
@@ -102,13 +103,20 @@ class LossHessian:
         return self._hvp(vector, self.images[rows], self.labels[rows])
 
     def hvp_rows_batched(self, vectors: torch.Tensor, rows: torch.Tensor,
-                         out: torch.Tensor | None = None) -> torch.Tensor:
-        """One H_k v_k per chain k in one vectorised pass: ``vectors`` is r x P, ``rows`` is
-        r x b (chain k's Hessian sample), the result r x P (written into ``out`` if given)."""
+                         out: torch.Tensor | None = None, alpha: float = 1.0,
+                         plus: torch.Tensor | None = None) -> torch.Tensor:
+        """plus + alpha H_k v_k per chain k in one vectorised pass: ``vectors`` is r x P,
+        ``rows`` is r x b (chain k's Hessian sample), ``plus`` a flat P vector or None; the
+        result is r x P (written into ``out`` if given). The affine form lets LiSSA's
+        memory-bound step skip passes over the r x P floats (see ``lissa``)."""
         if self.mlp is not None:
             return mlp_hvp_batched(self.mlp, vectors, self.images[rows].flatten(2),
-                                   self.labels[rows], out)
+                                   self.labels[rows], out, alpha, plus)
         result = vmap(self._hvp_rows_generic)(vectors, rows)
+        if plus is not None:
+            return torch.add(plus, result, alpha=alpha, out=out)
+        if alpha != 1.0:
+            result = result.mul_(alpha)
         return result if out is None else out.copy_(result)
 
     def _hvp_rows_generic(self, vector: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -127,8 +135,16 @@ class LossHessian:
     def gradient_sum(self, rows: torch.Tensor) -> torch.Tensor:
         """The SUM over ``rows`` of the per-example loss gradients (the IHVP's right-hand side
         for group influence: one vector for the whole forget set)."""
-        x, y = self.images[rows], self.labels[rows]
-        return grad(lambda flat: self.loss(flat, x, y, reduction="sum"))(self.theta)
+        total = torch.zeros_like(self.theta)
+        for start in range(0, rows.numel(), self.chunk):
+            part = rows[start:start + self.chunk]
+            # plain autograd on the module (the same function as ``loss`` at theta): torch.func
+            # would import torch._dynamo on first use, measured at 2.6 s of a removal's time
+            loss = F.cross_entropy(self.model(self.images[part]), self.labels[part],
+                                   reduction="sum")
+            pieces = torch.autograd.grad(loss, self.parameters)
+            total += torch.cat([piece.reshape(-1) for piece in pieces])
+        return total
 
     def check(self) -> None:
         """One HVP on one row, so an architecture torch.func cannot differentiate twice fails

@@ -43,11 +43,18 @@ def mlp_layers(model: nn.Module, names: Sequence[str]) -> list[nn.Linear] | None
 
 @torch.no_grad()
 def mlp_hvp_batched(layers: Sequence[nn.Linear], vectors: torch.Tensor, x: torch.Tensor,
-                    y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """H_k v_k for every chain k: ``vectors`` r x P (the flat layout: each layer's weight then
-    bias), ``x`` r x b x d flattened inputs, ``y`` r x b labels; returns r x P, written into
+                    y: torch.Tensor, out: torch.Tensor | None = None, alpha: float = 1.0,
+                    plus: torch.Tensor | None = None) -> torch.Tensor:
+    """plus + alpha H_k v_k for every chain k: ``vectors`` r x P (the flat layout: each layer's
+    weight then bias), ``x`` r x b x d flattened inputs, ``y`` r x b labels, ``plus`` a flat
+    P vector added to every chain's product (None: nothing); returns r x P, written into
     ``out`` when given (a solver's reused buffer: a fresh r x P allocation per step costs
-    page faults that measured several times the products themselves)."""
+    page faults that measured several times the products themselves).
+
+    Why alpha and plus: a LiSSA step is memory-bound, and each extra pass over the r x P
+    floats costs as much as a layer's products. alpha is applied to the two small backward
+    seeds (the product is linear in them) and plus is added while each block is written, so
+    the affine form costs no pass of its own."""
     r, batch = x.shape[0], x.shape[1]
     directions, offset = [], 0
     for layer in layers:
@@ -75,8 +82,8 @@ def mlp_hvp_batched(layers: Sequence[nn.Linear], vectors: torch.Tensor, x: torch
             logits, r_logits = z, rz
     # backward pass and its R-pass
     p = torch.softmax(logits, dim=-1)
-    delta = (p - F.one_hot(y, p.shape[-1]).to(p.dtype)) / batch
-    r_delta = (p * r_logits - p * (p * r_logits).sum(-1, keepdim=True)) / batch
+    delta = (p - F.one_hot(y, p.shape[-1]).to(p.dtype)) * (alpha / batch)
+    r_delta = (p * r_logits - p * (p * r_logits).sum(-1, keepdim=True)) * (alpha / batch)
     out = torch.empty_like(vectors) if out is None else out
     offset = sum(layer.weight.numel() + layer.bias.numel() for layer in layers)
     for index in range(len(layers) - 1, -1, -1):
@@ -84,16 +91,29 @@ def mlp_hvp_batched(layers: Sequence[nn.Linear], vectors: torch.Tensor, x: torch
         out_f, in_f = layer.weight.shape
         offset -= out_f * in_f + out_f
         grad_w = out[:, offset:offset + out_f * in_f].view(r, out_f, in_f)
+        grad_b = out[:, offset + out_f * in_f:offset + out_f * in_f + out_f]
         a_prev, ra_prev = activations[index], r_activations[index]
+        plus_w = None if plus is None else plus[offset:offset + out_f * in_f].view(out_f, in_f)
         if batch == 1:  # outer products as broadcast multiplies, written in place
-            torch.mul(r_delta.transpose(1, 2), a_prev, out=grad_w)
+            if plus_w is None:
+                torch.mul(r_delta.transpose(1, 2), a_prev, out=grad_w)
+            else:
+                torch.addcmul(plus_w, r_delta.transpose(1, 2), a_prev, out=grad_w)
             if index > 0:
                 grad_w.addcmul_(delta.transpose(1, 2), ra_prev)
         else:
-            torch.bmm(r_delta.transpose(1, 2), a_prev, out=grad_w)
+            if plus_w is None:
+                torch.bmm(r_delta.transpose(1, 2), a_prev, out=grad_w)
+            else:
+                torch.baddbmm(plus_w.expand(r, -1, -1), r_delta.transpose(1, 2), a_prev,
+                              out=grad_w)
             if index > 0:
                 grad_w.baddbmm_(delta.transpose(1, 2), ra_prev)
-        out[:, offset + out_f * in_f:offset + out_f * in_f + out_f] = r_delta.sum(1)
+        if plus is None:
+            grad_b.copy_(r_delta.sum(1))
+        else:
+            torch.add(plus[offset + out_f * in_f:offset + out_f * in_f + out_f],
+                      r_delta.sum(1), out=grad_b)
         if index > 0:
             mask = masks[index - 1]
             r_back = torch.matmul(r_delta, layer.weight) + torch.bmm(delta, weight)
