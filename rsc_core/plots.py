@@ -7,6 +7,7 @@ full disk never leaves a half-written image."""
 from __future__ import annotations
 
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -180,16 +181,25 @@ def _draw_n_axis(axis, panel: Panel) -> None:
         axis.legend(fontsize=8, loc=panel.legend)
 
 
+def fit_title(title: str, width_inches: float) -> str:
+    """``title`` with each line wrapped to the figure's width (about 11 characters per inch
+    at font size 10), so that a long recipe in a title is never cut off at the edges."""
+    return "\n".join(textwrap.fill(line, max(20, int(11 * width_inches)))
+                     for line in title.splitlines())
+
+
 def build_n_figure(panels: Sequence[Panel], title: str):
     """The figure ``save_n_curves`` writes (returned open, for inspection); the title gets
     the number of runs per point and the meaning of the error bars appended."""
     counts = [r for panel in panels for curve in panel.curves for r in curve.runs]
     bars = "error bars: SEM" if max(counts, default=1) > 1 else "no error bars"
     title = f"{title}\n{runs_text(counts)} run(s) per point, {bars}"
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), squeeze=False)
+    width = max(6.4, 4.6 * len(panels))
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.9 + 0.15 * title.count("\n")),
+                             squeeze=False)
     for axis, panel in zip(axes[0], panels):
         _draw_n_axis(axis, panel)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(fit_title(title, width), fontsize=10)
     fig.tight_layout()
     return fig
 

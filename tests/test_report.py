@@ -246,3 +246,18 @@ def test_sensitivity_of_a_subset_run_uses_the_rows_it_trained_on(grid, tmp_path)
                         data_dir=data, progress=False, device="cpu", subset=subset)
     curve = sensitivity_curve(outcome.run, images=100, data_dir=data, device="cpu")
     assert len(curve.indices) == 40  # all 40 rows it trained on, of the 60
+
+
+@pytest.mark.parametrize("panels", [1, 2])
+def test_a_long_figure_title_is_wrapped_inside_the_figure(panels):
+    """A recipe in the title once ran past both edges of a one-panel PNG (seen in a real
+    report): every line of the drawn title must lie inside the figure."""
+    curve = Curve("v8 (S3)", [0, 3], [0.0, 0.5], [0.0, 0.1], [1, 3])
+    long = ("Spurious score vs n: ce-tor-LargeMLP adam lr0.01 b128 e70 wd0.0001 noise0.1 "
+            "clip1.0, 70 epochs, dataset seeds 0-2")
+    fig = build_n_figure([Panel(f"d{i}", "spurious score", [curve]) for i in range(panels)],
+                         long)
+    fig.canvas.draw()
+    box = fig._suptitle.get_window_extent()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1
+    assert "dataset seeds 0-2" in fig._suptitle.get_text().replace("\n", " ")
