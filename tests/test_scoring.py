@@ -112,6 +112,8 @@ def test_checkpoint_cannot_run_code(tmp_path):
     assert not marker.exists()
 
 
+# torch warns about the pickle protocol of the very file this test plants: expected here
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_raw_pickle_is_refused(tmp_path):
     path = tmp_path / "plain.pkl"
     path.write_bytes(pickle.dumps({"model_state_dict": {}}))
