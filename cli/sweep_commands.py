@@ -254,15 +254,30 @@ def _run(planned, jobs: list[SweepJob], runner, quiet: bool, console: Console):
     def on_reports(job: SweepJob, reports: list[RunReport]) -> None:
         state["open"].remove(jobs.index(job))
         state["failed"] += sum(r.state == "failed" for r in reports)
+        state["done"] += len(reports)
         progress.update(task, advance=len(reports), status=status())
         for report in reports:
             if report.state == "failed":
                 progress.console.print(f"[red]failed[/red] {report.run}: {report.error}",
                                        highlight=False, soft_wrap=True)
+        if not quiet and not console.is_terminal:
+            # no live display in a log file (nohup, Slurm, CI): one line per finished job
+            console.print(_progress_line(state["done"], total, status(),
+                                         time.monotonic() - started), highlight=False)
+
+    started = time.monotonic()
 
     with progress:
         task = progress.add_task("runs", total=total, status=status())
         return run_sweep(planned, jobs, runner, on_reports)
+
+
+def _progress_line(done: int, total: int, status: str, elapsed: float) -> str:
+    """One log line, e.g. ``runs 16/58 done (running 16, failed 0), 31 min so far, about
+    82 min left``: the finished share of this sweep's runs and the time left at that pace."""
+    left = elapsed / done * (total - done) if done else None
+    tail = f", about {left / 60:.0f} min left" if left is not None and done < total else ""
+    return f"runs {done}/{total} done ({status}), {elapsed / 60:.0f} min so far{tail}"
 
 
 def _print_summary(reports: list[RunReport], seconds: float, record: Path,

@@ -217,8 +217,11 @@ def test_failed_runs_are_recorded_the_sweep_goes_on_and_the_exit_names_them(root
     grid.write_text(GRID.replace('dataset = "mnist"', 'dataset = ["fashion", "mnist"]')
                     .replace('n = [0, 3]', 'n = 3').replace('"0-1"', '0')
                     .replace('["v8", "v20"]', '"v8"'))
-    result = rsc("sweep", str(grid), "--runs-dir", str(runs), "--data-dir", str(root), "-q")
+    result = rsc("sweep", str(grid), "--runs-dir", str(runs), "--data-dir", str(root))
     assert result.exit_code == 2
+    # not a terminal: instead of the live display, one progress line per finished job
+    assert re.search(r"^runs 2/2 done \(running 0, failed 1\), \d+ min so far$", result.output,
+                     re.M), result.output
     error = result.output.strip().splitlines()[-1]
     assert re.match(r"Error: 1 of 2 runs failed: fashionv8-3-0-0_\S+: dataset 'fashion'", error)
     assert str(runs / ".sweeps") in error
@@ -277,3 +280,12 @@ def test_the_python_example_in_the_docs_runs(root, tmp_path, monkeypatch):
     # In process instead of two worker processes: the same calls, without the start-up cost.
     exec(code.replace('"processes"', '"local"'), {"print": lambda *args: None})
     assert len(list((tmp_path / "runs").glob("*/metrics.json"))) == 2
+
+
+def test_the_log_progress_line_estimates_the_time_left_at_the_pace_so_far():
+    from rsc_cli.sweep_commands import _progress_line
+
+    assert _progress_line(2, 8, "running 6, failed 0", 600.0) == \
+        "runs 2/8 done (running 6, failed 0), 10 min so far, about 30 min left"
+    assert _progress_line(8, 8, "running 0, failed 0", 900.0) == \
+        "runs 8/8 done (running 0, failed 0), 15 min so far"
