@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import json
 import statistics
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import ONE_THREAD_ENV
 
-# The numbers are not under test: one OpenMP thread keeps the tiny run fast on a shared
-# machine, where two busy-waiting threads made such runs up to 30x slower (measured).
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
 
 
@@ -26,7 +23,7 @@ def benchmark_result(tiny_data) -> dict:
         [sys.executable, str(SCRIPT), "--data-dir", str(tiny_data.root), "--repeats", "2",
          "--warmup-batches", "1", "--mm-size", "64", "--mm-reps", "2", "--json"],
         capture_output=True, text=True, timeout=300,
-        env=ONE_THREAD)
+        env=ONE_THREAD_ENV)
     assert completed.returncode == 0, completed.stderr
     return json.loads(completed.stdout)
 

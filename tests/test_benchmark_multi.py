@@ -3,14 +3,12 @@ test: nothing here asserts a speed)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-# The numbers are not under test: one OpenMP thread keeps the tiny run fast on a shared
-# machine, where two busy-waiting threads made such runs up to 30x slower (measured).
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+from conftest import ONE_THREAD_ENV
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "multi_model.py"
 
 
@@ -19,7 +17,7 @@ def test_multi_model_benchmark_measures_every_row_and_derives_its_ratios(tiny_da
         [sys.executable, str(SCRIPT), "--data-dir", str(tiny_data.root), "--batches", "1",
          "--ks", "2", "8", "--bmm-ks", "2", "--repeats", "2", "--mm-size", "64",
          "--mm-reps", "2", "--json"], capture_output=True, text=True, timeout=300,
-        env=ONE_THREAD)
+        env=ONE_THREAD_ENV)
     assert completed.returncode == 0, completed.stderr
     result = json.loads(completed.stdout)
     assert set(result["samples"]) == {"single", "group2", "group8", "bmm2"}

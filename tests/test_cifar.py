@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ONE_THREAD_ENV
 from torch import nn
 
 import rsc_core
@@ -407,7 +408,6 @@ def test_cifar_throughput_benchmark_runs_end_to_end(tiny_data):
     and verdicts follow from its own numbers."""
     import json
     import math
-    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -417,10 +417,7 @@ def test_cifar_throughput_benchmark_runs_end_to_end(tiny_data):
         [sys.executable, str(script), "--data-dir", str(tiny_data.root), "--batches", "2",
          "--batch-size", "4", "--warmup-batches", "1", "--batch-work-batches", "3",
          "--repeats", "1", "--json"],
-        capture_output=True, text=True, timeout=300,
-        # One thread: with two OpenMP threads busy-waiting on a shared 2-core machine this
-        # tiny run took 160 s instead of 30 (measured); the numbers are not under test here.
-        env={**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"})
+        capture_output=True, text=True, timeout=300, env=ONE_THREAD_ENV)
     assert completed.returncode == 0, completed.stderr
     result = json.loads(completed.stdout)
     epoch = result["epoch_seconds"]
