@@ -243,6 +243,7 @@ def _run(planned, jobs: list[SweepJob], runner, quiet: bool, console: Console):
     """Run the jobs with a live display of runs done / running / failed and the time left."""
     total = sum(len(job.requests) for job in jobs)
     state = {"done": 0, "failed": 0, "open": list(range(len(jobs)))}
+    started = time.monotonic()
     progress = Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
                         console=console, disable=quiet)
@@ -264,8 +265,6 @@ def _run(planned, jobs: list[SweepJob], runner, quiet: bool, console: Console):
             # no live display in a log file (nohup, Slurm, CI): one line per finished job
             console.print(_progress_line(state["done"], total, status(),
                                          time.monotonic() - started), highlight=False)
-
-    started = time.monotonic()
 
     with progress:
         task = progress.add_task("runs", total=total, status=status())

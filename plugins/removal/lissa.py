@@ -149,10 +149,10 @@ def _chains(hvp_batched: BatchedHvp, v: torch.Tensor, samples: torch.Tensor,
 def _check_bounded(h: torch.Tensor, bound: float, step: int, depth: int, first_chain: int,
                    settings: LissaSettings) -> None:
     """Stop with one line if any chain's largest entry is past ``bound`` or not finite."""
-    largest = torch.maximum(h.amax(1), h.amin(1).neg())
-    worst = int(largest.argmax())
+    largest = torch.maximum(h.amax(1), h.amin(1).neg())  # both propagate NaN
+    worst = int(largest.argmax())  # a NaN counts as the largest, so it is what is checked
     value = largest[worst].item()
-    if math.isfinite(value) and value <= bound and not bool(largest.isnan().any()):
+    if math.isfinite(value) and value <= bound:
         return
     raise DivergenceError(
         f"LiSSA diverged by step {step + 1} of {depth} (chain {first_chain + worst + 1}): "
