@@ -16,7 +16,7 @@ from rsc_core.group_runs import DEFAULT_GROUP_SIZE, check_group_size
 from rsc_core.atomic import write_json
 from rsc_core.membership import parse_membership_spec
 from rsc_core.membership_summary import summarise
-from rsc_core.membership_metrics import LOW_FPRS, fpr_key
+from rsc_core.membership_metrics import DIFFERENCE, LOW_FPRS, SLICES, fpr_key
 from rsc_core.mia import MiaResult, create_attacks, result_name, run_mia_many
 from rsc_core.runs import Run, resolve_device
 from rsc_core.spec import expand_names, parse_int_list
@@ -33,12 +33,23 @@ from .train_options import build_train_config, split_train_kwargs, train_options
                    "memmnistv20-3-0-0 (the split is described in docs/privacy.md). "
                    "Repeatable, with braces ('memmnistv20-{1,3,10}-0-{0..2}'): every model "
                    "of every spec then trains in one multi-model call.")
-@click.option("--attack", "attack_names", multiple=True, required=True, metavar="NAME",
-              help="Attack to run; repeat for several: shadow-lr (the study's), "
-                   "loss-threshold, lira (online), lira-offline.")
+@click.option("--attack", "attack_names", multiple=True, required=True,
+              metavar="NAME[:k=v,...]",
+              help="Attack to run, with options; repeat for several (`rsc plugins` lists "
+                   "them): shadow-lr (the study's; shadow-lr:compat=reference reproduces the "
+                   "reference's evaluation), loss-threshold, lira (online), lira-offline "
+                   "(options variance=per-example|fixed|pooled, center=median|mean; offline "
+                   "also test=two-sided|one-sided, alpha), rmia (offline RMIA; a, gamma, "
+                   "alpha, population). Defaults follow each attack's authors "
+                   "(docs/privacy.md).")
 @click.option("--shadows", type=int, default=DEFAULT_SHADOWS, show_default=True,
-              help="Shadow models of LiRA (even; at least 4 online, 2 offline). The study's "
-                   "attack and loss-threshold use one shadow model on the disjoint shadow pool.")
+              help="Shadow models of LiRA and RMIA (even; LiRA with a per-example variance "
+                   "needs 4, otherwise 2). The study's attack and loss-threshold use one "
+                   "shadow model on the disjoint shadow pool.")
+@click.option("--control-size", type=int, default=None, metavar="N",
+              help="Control images: the pattern drawn on N images of the target class that "
+                   "no model trained on, scored like the target's examples [default: 500, or "
+                   "as many as the split reserves if fewer; 0: no control].")
 @train_options
 @data_options
 @runs_dir_option
@@ -56,8 +67,8 @@ from .train_options import build_train_config, split_train_kwargs, train_options
                    "complete.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or stage lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json instead of a table.")
-def mia_command(spec_names, attack_names, shadows, data_dir, download, runs_dir, device,
-                group_size, target_run, out, quiet, as_json, **kwargs) -> None:
+def mia_command(spec_names, attack_names, shadows, control_size, data_dir, download, runs_dir,
+                device, group_size, target_run, out, quiet, as_json, **kwargs) -> None:
     """Membership inference on rare spurious examples.
 
     Splits the dataset into a target pool and a disjoint shadow pool (members = a model's
@@ -65,11 +76,15 @@ def mia_command(spec_names, attack_names, shadows, data_dir, download, runs_dir,
     in the target's training set), trains or reuses the target and the shadow models each
     attack needs as ordinary runs (listed and reused like any `rsc train` run), attacks the
     target and reports balanced accuracy, ROC AUC, TPR at 0.1% and 1% FPR, and how often the
-    spurious images are called members against unpatterned members of their class.
+    planted images are called members against unpatterned members of their class and against
+    the control: the same pattern drawn on images of the class that no model trained on. Only
+    the control tells membership from the learned pattern.
 
-    Writes metrics.json, scores.csv (one row per target example), split.json and roc.png.
+    Writes metrics.json, scores.csv (one row per target example and control image),
+    split.json and roc.png.
 
-    Example: rsc mia --spec memmnistv20-3-0-0 --attack shadow-lr --attack lira --shadows 16
+    Example: rsc mia --spec memmnistv20-3-0-0 --attack shadow-lr --attack lira-offline
+    --attack rmia --shadows 16
     """
     mems = list({m.name: m for m in (parse_membership_spec(name) for text in spec_names
                                      for name in expand_names(text))}.values())
@@ -94,11 +109,13 @@ def mia_command(spec_names, attack_names, shadows, data_dir, download, runs_dir,
     if out and len(mems) == 1:
         jobs = [(mems[0], root)]
     else:
-        jobs = [(mem, root / result_name(mem, config, attacks)) for mem in mems]
+        jobs = [(mem, root / result_name(mem, config, attacks, control_size))
+                for mem in mems]
     stage = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
     results = run_mia_many(jobs, config, attacks, runs_dir=runs_dir, data_dir=data_dir,
                            download=download, device=device, progress=not quiet,
-                           group_size=group_size, target_run=run, on_stage=stage)
+                           group_size=group_size, target_run=run, control=control_size,
+                           on_stage=stage)
     rows = [{"folder": str(r.folder), **r.metrics} for r in results]
     summary = None
     if len(results) > 1:  # over seeds, beside the study's numbers; kept with the results
@@ -138,21 +155,26 @@ def print_result(result: MiaResult, console: Console | None = None) -> None:
     low = LOW_FPRS[-1]
     table = Table(box=box.SIMPLE_HEAD,
                   title=f"{metrics['spec']['name']}: {split['part_size']} members, "
-                        f"{split['part_size']} non-members, {len(split['spurious'])} spurious",
+                        f"{split['part_size']} non-members, {len(split['spurious'])} planted, "
+                        f"{metrics['control']['count']} control",
                   caption=f"acc: balanced accuracy; K: shadow models; @x: TPR at x FPR; "
-                          f"spur./class: share of the spurious members / unpatterned "
-                          f"same-class members called members (the attack's decision; "
-                          f"@{low * 100:g}%: at {low * 100:g}% FPR)")
+                          f"plant/class/ctrl @{low * 100:g}%: share of the planted members / "
+                          f"unpatterned same-class members / control images (the pattern on "
+                          f"images no model saw) above the {low * 100:g}%-FPR threshold; "
+                          f"diff: planted - control, 95% interval; -: none or unscored")
     table.add_column("attack", no_wrap=True)
-    for header in ("K", "acc", "AUC", *(f"@{f * 100:g}%" for f in LOW_FPRS), "spur.",
-                   "class", f"spur@{low * 100:g}%"):
+    for header in ("K", "acc", "AUC", *(f"@{f * 100:g}%" for f in LOW_FPRS), "plant",
+                   "class", "ctrl", "diff"):
         table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
+    key = fpr_key(low)
     for name, row in metrics["attacks"].items():
-        spurious, same = row["spurious"], row["same_class_members"]
+        difference = row[DIFFERENCE][key]
         table.add_row(name, str(row["shadows"]), f"{row['balanced_accuracy']:.3f}",
                       f"{row['auc']:.3f}", *(f"{row[fpr_key(f)]:.4f}" for f in LOW_FPRS),
-                      _rate(spurious["member_rate"]), _rate(same["member_rate"]),
-                      _rate(spurious[fpr_key(low)]))
+                      *(_rate(row[s][key]) for s in SLICES),
+                      "-" if difference is None else
+                      f"{difference['difference']:+.2f} [{difference['low']:+.2f}, "
+                      f"{difference['high']:+.2f}]")
     console = console or Console()
     console.print(table)
     console.print(f"results: {result.folder}", soft_wrap=True, highlight=False, markup=False)
@@ -177,22 +199,24 @@ def _seeds(seeds: list[int]) -> str:
 def print_summary(rows: list[dict], console: Console) -> None:
     """Mean ± SEM over seeds per setting and attack, and the study's stored numbers."""
     table = Table(box=box.SIMPLE_HEAD, title="over seeds: mean ± SEM",
-                  caption="ref: the study's stored accuracy / spurious member rate "
-                          "(PROTOCOL.md 8; its non-members reused the members' logits)")
+                  caption="plant/class/ctrl@1%: share of planted / same-class members / "
+                          "control images above the 1%-FPR threshold; ref: the study's "
+                          "stored accuracy / spurious member rate (PROTOCOL.md 8; its "
+                          "non-members reused the members' logits)")
     names = [f"{row['dataset']}{row['pattern']}-{row['n']}-{row['target']}-"
              f"{_seeds(row['seeds'])}" for row in rows]
     table.add_column("specs", no_wrap=True, min_width=max(map(len, names)))
     table.add_column("attack", no_wrap=True, min_width=max(len(r["attack"]) for r in rows))
-    for header in ("acc", "@1%", "spur.", "class", "spur@1%"):  # AUC: in summary.json
+    for header in ("acc", "@1%", "plant", "ctrl", "plant@1%", "ctrl@1%"):  # more: summary.json
         table.add_column(header, justify="right", no_wrap=True, min_width=max(5, len(header)))
     table.add_column("ref", justify="right", no_wrap=True, min_width=10)
     for name, row in zip(names, rows):
         reference = row["reference"]
         table.add_row(
             name, row["attack"],
-            _mean_sem(row, "balanced_accuracy"),
-            _mean_sem(row, "tpr_at_1%_fpr"), _mean_sem(row, "spurious_member_rate"),
-            _mean_sem(row, "same_class_member_rate"), _mean_sem(row, "spurious_tpr_at_1%_fpr"),
+            _mean_sem(row, "balanced_accuracy"), _mean_sem(row, "tpr_at_1%_fpr"),
+            _mean_sem(row, "planted_member_rate"), _mean_sem(row, "control_member_rate"),
+            _mean_sem(row, "planted_tpr_at_1%_fpr"), _mean_sem(row, "control_tpr_at_1%_fpr"),
             "-" if reference is None else
             f"{reference['accuracy']:.3f}/{reference['spurious_member_rate']:.2f}")
     console.print(table)

@@ -14,6 +14,10 @@ construction is in docs/privacy.md and in ``membership_split`` below):
    non-members (the remainder of each class, at most 3 images, is left out).
 3. The n spurious images (patterned) replace n same-class images of the target members, so
    the target trains on as many images of each class as every other model, whatever n is.
+4. The control images (``control``): the LAST images of the reserved draw, which no model of
+   any n up to ``reserve - size`` trains on. ``rsc mia`` draws the planted pattern on them and
+   scores them exactly as the target's examples; being the same images for every such n, they
+   make results at different n comparable.
 
 Target and shadow models are ordinary runs: a ``SpuriousSpec`` plus a ``TrainSubset`` (the
 target: the planted spec keeping the target members; the shadow: the clean dataset keeping the
@@ -111,8 +115,9 @@ class MembershipSplit:
     shadow_non_members: np.ndarray
     spurious: np.ndarray   # the planted images, in the reference's draw order
     displaced: np.ndarray  # same-class images the planted ones replaced (never scored)
-    reserved: np.ndarray   # the reference's draw prefix kept out of every pool
+    reserved: np.ndarray   # the reference's draw prefix kept out of every pool (sorted)
     labels: np.ndarray     # labels of the whole training set
+    reserved_order: np.ndarray  # the same draw in the order it was drawn
 
     # -- the runs --------------------------------------------------------------------------
     @property
@@ -157,6 +162,21 @@ class MembershipSplit:
                 .permutation(pool)
             sets.extend([np.sort(order[:half]), np.sort(order[half:2 * half])])
         return sets
+
+    def control_available(self) -> int:
+        """How many reserved images no model trains on: the draw minus the planted prefix."""
+        return int(self.reserved_order.size - self.spec.spurious.n)
+
+    def control(self, size: int) -> np.ndarray:
+        """The ``size`` control images (see the module), sorted: images of the target class
+        that no target, shadow or reference model trains on."""
+        available = self.control_available()
+        if not 0 <= size <= available:
+            raise SpecError(f"{self.spec.name} has {available} reserved images of class "
+                            f"{self.spec.spurious.target} that no model trains on, fewer "
+                            f"than the {size} control images asked for; use --control-size "
+                            f"{available} or less (0: no control)")
+        return np.sort(self.reserved_order[self.reserved_order.size - size:])
 
     # -- slices -----------------------------------------------------------------------------
     def same_class_members(self) -> np.ndarray:
@@ -246,6 +266,6 @@ def membership_split(spec: MembershipSpec, labels: np.ndarray) -> MembershipSpli
     joined = [np.sort(np.concatenate(p)).astype(np.int64) for p in parts]
     joined[0] = np.sort(np.concatenate([np.setdiff1d(joined[0], displaced), spurious]))
     split = MembershipSplit(spec, *joined, spurious=spurious, displaced=displaced,
-                            reserved=np.sort(reserved), labels=labels)
+                            reserved=np.sort(reserved), labels=labels, reserved_order=reserved)
     split.check()
     return split

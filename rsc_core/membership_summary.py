@@ -32,9 +32,11 @@ METRICS = (
     ("auc", ("auc",)),
     ("tpr_at_0.1%_fpr", ("tpr_at_0.1%_fpr",)),
     ("tpr_at_1%_fpr", ("tpr_at_1%_fpr",)),
-    ("spurious_member_rate", ("spurious", "member_rate")),
+    ("planted_member_rate", ("planted", "member_rate")),
     ("same_class_member_rate", ("same_class_members", "member_rate")),
-    ("spurious_tpr_at_1%_fpr", ("spurious", "tpr_at_1%_fpr")),
+    ("control_member_rate", ("patterned_nonmembers", "member_rate")),
+    ("planted_tpr_at_1%_fpr", ("planted", "tpr_at_1%_fpr")),
+    ("control_tpr_at_1%_fpr", ("patterned_nonmembers", "tpr_at_1%_fpr")),
 )
 
 
@@ -66,7 +68,9 @@ def _mean_sem(values: list[float]) -> tuple[float | None, float | None]:
 
 def summarise(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, pattern, n, label, attack) over the seeds in ``results`` (each a
-    result's metrics.json), in first-seen order."""
+    result's metrics.json), in first-seen order. ``control_*`` is the control slice (the
+    pattern on images no model trained on), the comparison that separates membership from the
+    learned pattern."""
     groups: dict[tuple, list[tuple[int, dict[str, Any]]]] = {}
     for result in results:
         spec = result["spec"]["spurious"]
@@ -81,6 +85,7 @@ def summarise(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for name, path in METRICS:
             values = [v for _, m in members if (v := _lookup(m, path)) is not None]
             row[f"{name}_mean"], row[f"{name}_sem"] = _mean_sem(values)
-        row["reference"] = reference_numbers(dataset, pattern, n, target, attack)
+        plugin = members[0][1].get("attack", attack)  # the label may carry options
+        row["reference"] = reference_numbers(dataset, pattern, n, target, plugin)
         rows.append(row)
     return rows

@@ -25,34 +25,38 @@ from rich.progress import track
 
 from . import registry
 from .atomic import write_json, write_text
-from .attacks import SHADOW_POOL, TARGET_HALVES, Attack, AttackOutput, Observations
+from .attacks import (SHADOW_POOL, TARGET_HALVES, Attack, AttackOutput, Observations,
+                      Population)
 from .datasets import DatasetBundle, load_dataset
 from .errors import ConfigError, RscError
 from .evaluation import predict_logits
 from .group_runs import DEFAULT_GROUP_SIZE, RunRequest, RunResult, train_runs
 from .membership import PREFIX, MembershipSpec, MembershipSplit, membership_split
 from .membership_metrics import membership_metrics
+from .membership_queries import QueryImages, control_size, query_images
+from .named_options import parse_named_options
 from .roc_plot import save_roc_plot
 from .runs import Run, config_hash, resolve_device, run_config, run_slug
-from .spurious import patched_rows
 from .subsets import TrainSubset
 from .training import TrainConfig
 
-RESULT_FORMAT = 1
+RESULT_FORMAT = 2  # 2: the control slice, attack options, RMIA's population
 
 
-def create_attacks(names: Sequence[str], shadows: int, **options: Any) -> list[Attack]:
-    """The attacks by name (unknown names, repeats and too few shadows are one error each)."""
+def create_attacks(names: Sequence[str], shadows: int) -> list[Attack]:
+    """The attacks, each ``NAME[:key=value,...]`` (unknown names and options, repeats and too
+    few shadows are one error each). One attack may be given twice with other options."""
     if not names:
         raise ConfigError("no attack given; use e.g. --attack shadow-lr (`rsc plugins` lists "
                           "the attacks)")
     attacks, seen = [], set()
-    for name in names:
-        entry = registry("attacks").get(name)
-        if entry.name in seen:
-            raise ConfigError(f"attack {entry.name} is given twice; give each attack once")
-        seen.add(entry.name)
-        attacks.append(entry.obj(shadows=shadows, **options))
+    for text in names:
+        name, options = parse_named_options(text, "attack")
+        attack = registry("attacks").get(name).obj(shadows=shadows, **options)
+        if attack.label in seen:
+            raise ConfigError(f"attack {attack.label} is given twice; give each attack once")
+        seen.add(attack.label)
+        attacks.append(attack)
     return attacks
 
 
@@ -111,10 +115,11 @@ def check_target_run(run: Run, split: MembershipSplit) -> TrainConfig:
     return run.train_config
 
 
-def result_name(mem: MembershipSpec, config: TrainConfig, attacks: Sequence[Attack]) -> str:
-    """``memmnistv20-3-0-0_ce-tor-LargeMLP_adam-..._<hash of recipe and attacks>``."""
-    key = {"spec": mem.name, "train": config.as_dict(),
-           "attacks": [[a.name, a.num_shadows, getattr(a, "variance", None)] for a in attacks]}
+def result_name(mem: MembershipSpec, config: TrainConfig, attacks: Sequence[Attack],
+                control: int | None = None) -> str:
+    """``memmnistv20-3-0-0_ce-tor-LargeMLP_adam-..._<hash of recipe, attacks, control>``."""
+    key = {"spec": mem.name, "train": config.as_dict(), "format": RESULT_FORMAT,
+           "attacks": [[a.name, a.num_shadows, a.options] for a in attacks], "control": control}
     return f"{PREFIX}{run_slug(mem.spurious, config)}-{config_hash(key)}"
 
 
@@ -162,11 +167,13 @@ def run_mia_many(jobs: Sequence[tuple[MembershipSpec, Path]], config: TrainConfi
                  data_dir: str | Path | None = None, download: bool | None = None,
                  device: str = "auto", progress: bool = True,
                  group_size: int = DEFAULT_GROUP_SIZE, target_run: Run | None = None,
+                 control: int | None = None,
                  on_stage: Callable[[str], None] = lambda line: None) -> list[MiaResult]:
     """Several membership datasets (``(spec, result folder)`` each) in one call: every model
     they need trains in ONE ``train_runs`` call, so the targets of several n and seeds share
     multi-model groups and a shadow needed twice trains once; then each is attacked and
-    written. ``target_run`` (one job only) is attacked instead of training the target."""
+    written. ``target_run`` (one job only) is attacked instead of training the target.
+    ``control``: how many control images (``membership_queries``; None: the default)."""
     if target_run is not None and len(jobs) != 1:
         raise ConfigError("--target-run attacks one target; give one --spec with it")
     torch_device = resolve_device(device)
@@ -174,16 +181,21 @@ def run_mia_many(jobs: Sequence[tuple[MembershipSpec, Path]], config: TrainConfi
         check_output(out)
     bundles: dict[str, DatasetBundle] = {}
     plans = []
+    population = max((int(a.options["population"]) for a in attacks if a.needs_population),
+                     default=0)
     for mem, out in jobs:
         if mem.spurious.dataset not in bundles:
             bundles[mem.spurious.dataset] = load_dataset(mem.spurious.dataset, data_dir,
                                                          download)
-        split = membership_split(mem, bundles[mem.spurious.dataset].train.labels.numpy())
+        bundle = bundles[mem.spurious.dataset]
+        split = membership_split(mem, bundle.train.labels.numpy())
+        queries = query_images(bundle, split, control_size(split, control), population)
         job_config = check_target_run(target_run, split) if target_run is not None else config
-        plans.append((mem, out, split, job_config, plan_models(split, job_config, attacks)))
+        plans.append((mem, out, split, queries, job_config,
+                      plan_models(split, job_config, attacks)))
     given = {}
     if target_run is not None:  # used where it is, wherever its runs root
-        given[_key(plans[0][4]["target"].requests[0])] = target_run
+        given[_key(plans[0][5]["target"].requests[0])] = target_run
     requests = [r for *_, sets in plans for model_set in sets.values()
                 for r in model_set.requests if _key(r) not in given]
     on_stage(f"{', '.join(m.name for m, _ in jobs)}: {len(set(map(_key, requests)))} models "
@@ -193,37 +205,61 @@ def run_mia_many(jobs: Sequence[tuple[MembershipSpec, Path]], config: TrainConfi
                          download=download, progress=progress, device=device)
     _raise_failures(results)
     runs = {**given, **{_key(r.request): r.outcome.run for r in results}}
-    return [_attack_one(mem, out, split, job_config, sets, runs, bundles[mem.spurious.dataset],
-                        attacks, torch_device, progress)
-            for mem, out, split, job_config, sets in plans]
+    return [_attack_one(mem, out, split, queries, job_config, sets, runs, attacks,
+                        torch_device, progress)
+            for mem, out, split, queries, job_config, sets in plans]
 
 
-def _attack_one(mem: MembershipSpec, out: Path, split: MembershipSplit, config: TrainConfig,
-                sets: dict[str, ModelSet], runs: dict[str, Run], bundle: DatasetBundle,
+def _attack_one(mem: MembershipSpec, out: Path, split: MembershipSplit, queries: QueryImages,
+                config: TrainConfig, sets: dict[str, ModelSet], runs: dict[str, Run],
                 attacks: Sequence[Attack], device: torch.device, progress: bool) -> MiaResult:
-    images = _planted_training_images(bundle, split)
-    observed = _observe(sets, runs, images, bundle.train.labels.numpy(), device, progress)
+    population_designs = {a.shadow_design for a in attacks if a.needs_population}
+    observed, population = _observe(sets, runs, queries, population_designs, device, progress)
     target = observed["target"][0]
-    outputs = {a.name: a.attack(target, observed[a.shadow_design][:a.num_shadows])
-               for a in attacks}
-    metrics = _metrics(mem, split, config, attacks, sets, runs, target, outputs)
-    _write_result(out, metrics, split, target, outputs, sets["target"].observed[0][0])
+    outputs = {}
+    for attack in attacks:
+        shadows = observed[attack.shadow_design][:attack.num_shadows]
+        if attack.needs_population:
+            pool = population[attack.shadow_design][:attack.num_shadows]
+            outputs[attack.label] = attack.attack(
+                target, shadows, population=Population(population["target"][0], pool))
+        else:
+            outputs[attack.label] = attack.attack(target, shadows)
+    metrics = _metrics(mem, split, queries, config, attacks, sets, runs, target, outputs)
+    _write_result(out, metrics, split, queries, target, outputs,
+                  sets["target"].observed[0][0])
     return MiaResult(out, metrics)
 
 
-def _observe(sets: dict[str, ModelSet], runs: dict[str, Run], images: torch.Tensor,
-             labels: np.ndarray, device: torch.device,
-             progress: bool) -> dict[str, list[Observations]]:
-    """Every model's logits on the examples its design names (a progress bar per model)."""
+def _observe(sets: dict[str, ModelSet], runs: dict[str, Run], queries: QueryImages,
+             population_designs: set[str], device: torch.device,
+             progress: bool) -> tuple[dict[str, list[Observations]],
+                                      dict[str, list[Observations]]]:
+    """Every model's logits on the examples its design names, followed (for the target and
+    the halves shadows) by the control images, and the population where an attack of the
+    design needs it (a progress bar over the models)."""
     jobs = [(name, request, indices, member) for name, model_set in sets.items()
             for request, (indices, member) in zip(model_set.requests, model_set.observed)]
     observed: dict[str, list[Observations]] = {name: [] for name in sets}
+    population: dict[str, list[Observations]] = {name: [] for name in sets}
+    control_labels = queries.labels[queries.control]
     for name, request, indices, member in track(
             jobs, description="observing models", disable=not progress,
             console=Console(stderr=True)):
-        logits = _logits(runs[_key(request)], images, indices, device)
-        observed[name].append(Observations(logits, labels[indices], member))
-    return observed
+        model = runs[_key(request)].load_model().to(device)
+        logits = _logits(model, queries.train[torch.from_numpy(indices)], device)
+        labels = queries.labels[indices]
+        if name != SHADOW_POOL and queries.control.size:  # the pool shadow: its pool only
+            logits = np.concatenate([logits, _logits(model, queries.control_images, device)])
+            labels = np.concatenate([labels, control_labels])
+            member = np.concatenate([member, np.zeros(queries.control.size, dtype=bool)])
+        observed[name].append(Observations(logits, labels, member))
+        if population_designs and (name == "target" or name in population_designs):
+            rows = queries.population
+            population[name].append(Observations(
+                _logits(model, queries.train[torch.from_numpy(rows)], device),
+                queries.labels[rows], np.zeros(rows.size, dtype=bool)))
+    return observed, population
 
 
 def _key(request: RunRequest) -> str:
@@ -247,22 +283,8 @@ def _raise_failures(results: list[RunResult]) -> None:
                        f"{first.error}")
 
 
-def _planted_training_images(bundle: DatasetBundle, split: MembershipSplit) -> torch.Tensor:
-    """The training images as the target saw them: planted rows carry the pattern."""
-    indices, rows = patched_rows(bundle, split.spec.spurious)
-    if not np.array_equal(indices, split.spurious):  # the split reserves this very draw
-        raise RscError(f"{split.spec.name}: the planted images differ from the split's "
-                       f"spurious images; this is a bug, please report it")
-    images = bundle.train.images.clone()
-    if indices.size:
-        images[torch.from_numpy(indices)] = rows
-    return images
-
-
-def _logits(run: Run, images: torch.Tensor, indices: np.ndarray,
-            device: torch.device) -> np.ndarray:
-    model = run.load_model().to(device)
-    return predict_logits(model, images[torch.from_numpy(indices)], device).double().numpy()
+def _logits(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> np.ndarray:
+    return predict_logits(model, images, device).double().numpy()
 
 
 def _finite(value: Any) -> Any:
@@ -274,42 +296,71 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _metrics(mem: MembershipSpec, split: MembershipSplit, config: TrainConfig,
-             attacks: Sequence[Attack], sets: dict[str, ModelSet], runs: dict[str, Run],
-             target: Observations, outputs: dict[str, AttackOutput]) -> dict[str, Any]:
+def _check_output(attack: Attack, output: AttackOutput, rows: int) -> None:
+    """An attack returns one score and one decision per example it was given."""
+    if np.shape(output.scores) != (rows,) or np.shape(output.decisions) != (rows,):
+        raise RscError(f"attack {attack.label} returned {np.shape(output.scores)} scores and "
+                       f"{np.shape(output.decisions)} decisions for {rows} examples; an "
+                       f"attack must score every example it is given")
+
+
+def _metrics(mem: MembershipSpec, split: MembershipSplit, queries: QueryImages,
+             config: TrainConfig, attacks: Sequence[Attack], sets: dict[str, ModelSet],
+             runs: dict[str, Run], target: Observations,
+             outputs: dict[str, AttackOutput]) -> dict[str, Any]:
+    """metrics.json: every attack's metrics over the target's pool (the first rows of its
+    observations) and its slices, the control (the rows after the pool) among them."""
     indices = sets["target"].observed[0][0]
-    spurious = np.isin(indices, split.spurious)
+    pool = indices.size
+    planted = np.isin(indices, split.spurious)
     same_class = np.isin(indices, split.same_class_members())
     per_attack = {}
     for attack in attacks:
-        output = outputs[attack.name]
-        per_attack[attack.name] = {
-            **membership_metrics(target.member, output.scores, output.decisions, spurious,
-                                 same_class),
+        output = outputs[attack.label]
+        _check_output(attack, output, len(target))
+        scores = np.asarray(output.scores, dtype=np.float64)
+        decisions = np.asarray(output.decisions, dtype=bool)
+        per_attack[attack.label] = {
+            **membership_metrics(target.member[:pool], scores[:pool], decisions[:pool],
+                                 planted, same_class, scores[pool:], decisions[pool:]),
+            "attack": attack.name, "options": attack.options,
             "shadow_design": attack.shadow_design, "shadows": attack.num_shadows,
             "details": _finite(output.details)}
+    member = target.member[:pool]
+    correct = target.correct()
     return {
         "rsc_mia": RESULT_FORMAT,
         "created_at": _dt.datetime.now().isoformat(timespec="seconds"),
         "spec": mem.as_dict(), "split": split.summary(), "train": config.as_dict(),
-        "target_accuracy_members": float(target.correct()[target.member].mean()),
-        "target_accuracy_non_members": float(target.correct()[~target.member].mean()),
+        "control": {"count": int(queries.control.size),
+                    "pattern": mem.spurious.pattern, "seed": mem.spurious.seed,
+                    "class": mem.spurious.target,
+                    "target_accuracy": float(correct[pool:].mean()) if len(correct) > pool
+                    else None},
+        "population": int(queries.population.size),
+        "target_accuracy_members": float(correct[:pool][member].mean()),
+        "target_accuracy_non_members": float(correct[:pool][~member].mean()),
         "runs": {name: [runs[_key(r)].name for r in model_set.requests]
                  for name, model_set in sets.items()},
         "attacks": _finite(per_attack),
     }
 
 
-def _scores_csv(indices: np.ndarray, target: Observations, split: MembershipSplit,
-                outputs: dict[str, AttackOutput]) -> str:
-    spurious = np.isin(indices, split.spurious)
-    same_class = np.isin(indices, split.same_class_members())
-    header = ["index", "label", "member", "spurious", "same_class_member", "loss"]
-    columns = [indices, target.labels, target.member.astype(int), spurious.astype(int),
-               same_class.astype(int), target.losses()]
+def _scores_csv(indices: np.ndarray, queries: QueryImages, target: Observations,
+                split: MembershipSplit, outputs: dict[str, AttackOutput]) -> str:
+    """One row per scored example: the target's pool, then the control images (``control``
+    1; their ``index`` is the original image the pattern was drawn on)."""
+    rows = np.concatenate([indices, queries.control])
+    control = np.arange(rows.size) >= indices.size
+    planted = np.isin(rows, split.spurious) & ~control
+    same_class = np.isin(rows, split.same_class_members()) & ~control
+    header = ["index", "label", "member", "planted", "same_class_member", "control", "loss"]
+    columns = [rows, target.labels, target.member.astype(int), planted.astype(int),
+               same_class.astype(int), control.astype(int), target.losses()]
     for name, output in outputs.items():
         header += [f"{name}_score", f"{name}_member"]
-        columns += [output.scores, np.asarray(output.decisions).astype(int)]
+        columns += [np.asarray(output.scores, dtype=np.float64),
+                    np.asarray(output.decisions).astype(int)]
     lines = [",".join(header)]
     for row in zip(*columns):
         lines.append(",".join(repr(float(v)) if isinstance(v, (float, np.floating)) else
@@ -318,21 +369,25 @@ def _scores_csv(indices: np.ndarray, target: Observations, split: MembershipSpli
 
 
 def _write_result(out: Path, metrics: dict[str, Any], split: MembershipSplit,
-                  target: Observations, outputs: dict[str, AttackOutput],
-                  indices: np.ndarray) -> None:
+                  queries: QueryImages, target: Observations,
+                  outputs: dict[str, AttackOutput], indices: np.ndarray) -> None:
     """Fill a temporary folder beside ``out``, then rename it into place (an older result of
     the same name is replaced only once the new one is complete)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         write_json(tmp / "metrics.json", metrics)
-        write_json(tmp / "split.json", split.as_dict())
-        write_text(tmp / "scores.csv", _scores_csv(indices, target, split, outputs))
-        curves = {name: (target.member, output.scores) for name, output in outputs.items()}
+        write_json(tmp / "split.json", {**split.as_dict(), "control": queries.control.tolist(),
+                                        "population": queries.population.tolist()})
+        write_text(tmp / "scores.csv", _scores_csv(indices, queries, target, split, outputs))
+        pool = indices.size
+        curves = {name: (target.member[:pool], np.asarray(output.scores)[:pool])
+                  for name, output in outputs.items()}
         train = metrics["train"]
-        save_roc_plot(curves, f"{split.spec.name}: 1 target model\n{train['arch']}, "
-                              f"{train['epochs']} epoch(s), {len(indices)} examples",
-                      tmp / "roc.png")
+        save_roc_plot(curves, metrics["attacks"],
+                      f"{split.spec.name}: 1 target model, {train['arch']}, "
+                      f"{train['epochs']} epoch(s), {pool} examples, "
+                      f"{queries.control.size} control images", tmp / "roc.png")
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"

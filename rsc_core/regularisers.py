@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator
 
 import torch
 
+from .named_options import format_named_options, parse_named_options
+
 if TYPE_CHECKING:
     from .training import TrainConfig
 
@@ -141,42 +143,10 @@ def _refuse_repeats(specs: list[dict[str, Any]], regularisers: list[Regulariser]
 
 def format_regulariser(spec: dict[str, Any]) -> str:
     """A spec in the command line's ``NAME:key=value,...`` form, for messages."""
-    params = ",".join(f"{key}={value}" for key, value in spec.get("params", {}).items())
-    return f"{spec['name']}:{params}" if params else str(spec["name"])
+    return format_named_options(str(spec["name"]), spec.get("params", {}))
 
 
 def parse_regulariser_option(text: str) -> dict[str, Any]:
-    """``NAME[:key=value,...]`` -> ``{"name": NAME, "params": {...}}``; values are parsed as
-    int, float, true/false, or kept as strings. Dashes in keys become underscores, and a key
-    given twice (in either spelling) is an error rather than silently the last value."""
-    from .errors import ConfigError
-
-    name, _, rest = text.partition(":")
-    if not name.strip():
-        raise ConfigError(f"bad regulariser {text!r}; expected NAME[:key=value,...]")
-    params: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"bad regulariser parameter {item!r} in {text!r}; "
-                              f"expected key=value")
-        key = key.strip().replace("-", "_")
-        if key in params:
-            raise ConfigError(f"parameter {key!r} is given twice in {text!r} (dashes and "
-                              f"underscores in keys are the same); give it once")
-        params[key] = _parse_value(value.strip())
-    return {"name": name.strip(), "params": params}
-
-
-def _parse_value(value: str) -> Any:
-    lowered = value.lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
+    """``NAME[:key=value,...]`` -> ``{"name": NAME, "params": {...}}`` (``named_options``)."""
+    name, params = parse_named_options(text, "regulariser")
+    return {"name": name, "params": params}

@@ -16,16 +16,18 @@ from scipy.stats import norm
 import rsc_core
 from rsc_cli.main import cli
 from rsc_core.attacks import (CLEAN_HALVES, SHADOW_POOL, TARGET_HALVES, AttackOutput,
-                              Observations)
+                              Observations, Population)
 from rsc_core.errors import ConfigError, RscError, UnknownNameError
 from rsc_core.membership import membership_split, parse_membership_spec
-from rsc_core.membership_metrics import (membership_metrics, roc_points, threshold_at_fpr,
-                                         tpr_at_fpr)
+from rsc_core.membership_metrics import (clopper_pearson, membership_metrics, rate_difference,
+                                         roc_points, threshold_at_fpr, tpr_at_fpr)
 from rsc_core.membership_summary import summarise
 from rsc_core.mia import create_attacks, plan_models
 from rsc_core.training import TrainConfig
-from rsc_plugins.attacks.lira import fit_gaussian, logit_confidence
+from rsc_plugins.attacks.lira import fit_side, logit_confidence
 from rsc_plugins.attacks.loss_threshold import best_threshold
+from rsc_plugins.attacks.rmia import pairwise_share
+from rsc_plugins.attacks.shadow_lr import features, reference_logits
 
 # -- metrics ------------------------------------------------------------------------------------
 SCORES = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
@@ -45,20 +47,60 @@ def test_roc_points_match_a_hand_computation():
 
 def test_membership_metrics_by_hand():
     decisions = SCORES >= 0.65  # TPR 2/3, TNR 2/3
-    spurious = np.array([1, 0, 0, 1, 0, 0], dtype=bool)
+    planted = np.array([1, 0, 0, 1, 0, 0], dtype=bool)
     same_class = np.array([0, 1, 0, 0, 0, 0], dtype=bool)
-    m = membership_metrics(MEMBER, SCORES, decisions, spurious, same_class)
+    control = np.array([0.95, 0.7, 0.1, 0.85])  # scored like the pool, outside it
+    m = membership_metrics(MEMBER, SCORES, decisions, planted, same_class, control,
+                           control >= 0.65)
     assert m["auc"] == pytest.approx(8 / 9)  # 8 of 9 member/non-member pairs ordered right
     assert m["balanced_accuracy"] == pytest.approx(2 / 3)
     assert m["tpr_at_0.1%_fpr"] == m["tpr_at_1%_fpr"] == pytest.approx(2 / 3)
-    assert m["false_positive_rate"] == pytest.approx(1 / 3)
+    assert m["false_positive_rate"] == pytest.approx(1 / 3)  # the control is not in it
     assert m["members"] == m["non_members"] == 3
-    # threshold 0.8 at FPR <= 1%: of the spurious members (0.9, 0.6) only 0.9 passes
-    assert m["spurious"] == {"count": 2, "member_rate": 0.5, "tpr_at_0.1%_fpr": 0.5,
-                             "tpr_at_1%_fpr": 0.5}
+    # threshold 0.8 at FPR <= 1%: of the planted members (0.9, 0.6) only 0.9 passes
+    assert m["planted"] == {"count": 2, "member_rate": 0.5, "tpr_at_0.1%_fpr": 0.5,
+                            "tpr_at_1%_fpr": 0.5}
     assert m["same_class_members"]["member_rate"] == 1.0
+    # the control at the same threshold 0.8: 0.95 and 0.85 pass; decisions 0.95, 0.7, 0.85
+    assert m["patterned_nonmembers"] == {"count": 4, "member_rate": 0.75,
+                                         "tpr_at_0.1%_fpr": 0.5, "tpr_at_1%_fpr": 0.5}
+    difference = m["planted_minus_patterned_nonmembers"]["tpr_at_1%_fpr"]
+    assert difference["difference"] == 0.0
+    (l1, h1), (l2, h2) = clopper_pearson(1, 2), clopper_pearson(2, 4)
+    assert difference["low"] == pytest.approx(-math.hypot(0.5 - l1, h2 - 0.5))
+    assert difference["high"] == pytest.approx(math.hypot(h1 - 0.5, 0.5 - l2))
     empty = membership_metrics(MEMBER, SCORES, decisions, np.zeros(6, bool), None)
-    assert empty["spurious"]["count"] == 0 and empty["spurious"]["member_rate"] is None
+    assert empty["planted"]["count"] == 0 and empty["planted"]["member_rate"] is None
+    assert empty["patterned_nonmembers"]["count"] == 0
+    assert empty["planted_minus_patterned_nonmembers"]["member_rate"] is None
+
+
+def test_clopper_pearson_and_the_difference_interval_by_hand():
+    # 0 of 3: upper bound 1 - 0.025^(1/3); 3 of 3: lower bound 0.025^(1/3)
+    assert clopper_pearson(0, 3) == pytest.approx((0.0, 1 - 0.025 ** (1 / 3)))
+    assert clopper_pearson(3, 3) == pytest.approx((0.025 ** (1 / 3), 1.0))
+    low, high = clopper_pearson(5, 10)
+    assert low == pytest.approx(0.187086, abs=1e-6) and high == pytest.approx(0.812914,
+                                                                                abs=1e-6)
+    # 3 of 3 planted against 1 of 1000 controls: clearly above zero
+    d = rate_difference({"count": 3, "member_rate": 1.0, "tpr_at_0.1%_fpr": None,
+                         "tpr_at_1%_fpr": 1.0},
+                        {"count": 1000, "member_rate": 0.001, "tpr_at_0.1%_fpr": 0.0,
+                         "tpr_at_1%_fpr": 0.001})
+    assert d["tpr_at_0.1%_fpr"] is None
+    assert d["tpr_at_1%_fpr"]["difference"] == pytest.approx(0.999)
+    assert 0.25 < d["tpr_at_1%_fpr"]["low"] < 0.3  # 1 - 0.292 (the 3/3 bound) - ~0.005
+    # the upper end: 3/3 has no room above; 1/1000's lower bound is 2.5e-5 below 0.001
+    assert d["tpr_at_1%_fpr"]["high"] == pytest.approx(0.999 + 0.001 - clopper_pearson(
+        1, 1000)[0], abs=1e-12)
+
+
+def test_an_unscored_control_is_reported_as_such():
+    m = membership_metrics(MEMBER, SCORES, SCORES >= 0.65, None, None,
+                           np.array([np.nan, np.nan]), np.array([False, False]))
+    control = m["patterned_nonmembers"]
+    assert control["count"] == 2 and control["member_rate"] is None
+    assert "cannot score" in control["unscored"]
 
 
 def test_metrics_refuse_one_sided_or_non_finite_input():
@@ -68,7 +110,18 @@ def test_metrics_refuse_one_sided_or_non_finite_input():
         membership_metrics(MEMBER, np.array([0.1, np.nan, 0, 0, 0, 0]), MEMBER)
 
 
-# -- LiRA's pieces by hand ----------------------------------------------------------------------
+# -- exact per-example statistics --------------------------------------------------------------
+def test_losses_and_log_odds_do_not_round_to_zero():
+    # other classes' probabilities ~ e^-40 each: 1 + 2e^-40 rounds to 1, the old loss to 0
+    obs = Observations(np.array([[40.0, 0.0, 0.0], [0.0, 50.0, -50.0], [45.0, 0.0, 1.0]]),
+                       np.array([0, 2, 0]), np.array([True, False, True]))
+    losses = obs.losses()
+    assert losses[0] == pytest.approx(2 * math.exp(-40), rel=1e-12)
+    assert losses[2] == pytest.approx(math.exp(-45) + math.exp(-44), rel=1e-12)
+    assert losses[0] != losses[2] and (losses > 0).all()  # no ties at exactly 0
+    assert losses[1] == pytest.approx(100.0 + math.log1p(math.exp(-50)), rel=1e-12)
+
+
 def test_logit_confidence_is_log_odds_of_the_true_class():
     logits = np.array([[2.0, 0.0, 0.0], [0.0, 50.0, -50.0]])
     obs = Observations(logits, np.array([0, 2]), np.array([True, False]))
@@ -77,32 +130,147 @@ def test_logit_confidence_is_log_odds_of_the_true_class():
     assert logit_confidence(obs)[1] == pytest.approx(-100.0, abs=1e-9)  # p ~ e^-100, stable
 
 
-def test_gaussian_fit_on_a_hand_example():
-    phi = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [5.0, 40.0]])
-    use = np.array([[1, 1], [1, 0], [1, 1], [0, 0]], dtype=bool)
-    per = fit_gaussian(phi, use, pooled=False)
-    assert per.mean.tolist() == pytest.approx([2.0, 20.0])  # (1+2+3)/3, (10+30)/2
-    assert per.std.tolist() == pytest.approx([math.sqrt(2 / 3), 10.0])  # ddof 0
-    pooled = fit_gaussian(phi, use, pooled=True)
-    # deviations 1, 0, 1 and 10, 10 -> sqrt(202 / 5) for every example
+# -- LiRA's pieces by hand ----------------------------------------------------------------------
+PHI = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [5.0, 40.0]])
+USE = np.array([[1, 1], [1, 0], [1, 1], [0, 0]], dtype=bool)
+
+
+def test_lira_side_fit_follows_the_authors_procedure():
+    # example 0 has 3 observations (1, 2, 3), example 1 has 2 (10, 30): both are cut to 2,
+    # in shadow order: (1, 2) and (10, 30)
+    median = fit_side(PHI, USE, "median", "per-example")
+    assert median.mean.tolist() == pytest.approx([1.5, 20.0])
+    assert median.std.tolist() == pytest.approx([0.5, 10.0])  # ddof 0, + 1e-30
+    assert fit_side(PHI, USE, "mean", "per-example").mean.tolist() == pytest.approx([1.5, 20])
+    odd = fit_side(PHI, np.array([[1, 1], [1, 1], [1, 1], [0, 0]], bool), "median",
+                   "per-example")
+    assert odd.mean.tolist() == pytest.approx([2.0, 20.0])  # the median, not the mean of 3
+    # fixed: ONE standard deviation of all kept values (1, 2, 10, 30) around their mean
+    fixed = fit_side(PHI, USE, "median", "fixed")
+    assert fixed.std.tolist() == pytest.approx([np.std([1, 2, 10, 30])] * 2)
+    # pooled (rsc's earlier default): deviations from each example's own mean, all rows
+    pooled = fit_side(PHI, USE, "mean", "pooled")
     assert pooled.std.tolist() == pytest.approx([math.sqrt(202 / 5)] * 2)
-    assert pooled.mean.tolist() == pytest.approx([2.0, 20.0])
-    with pytest.raises(ConfigError, match="no shadow model"):
-        fit_gaussian(phi, np.zeros_like(use), pooled=True)
+    with pytest.raises(ConfigError, match="no example"):
+        fit_side(PHI, np.zeros_like(USE), "median", "fixed")
     with pytest.raises(ConfigError, match="at least 2"):
-        fit_gaussian(phi, np.eye(4, 2, dtype=bool), pooled=False)
+        fit_side(PHI, np.eye(4, 2, dtype=bool), "median", "per-example")
+    # an example with no observation on a side is left unscored (NaN), not an error
+    partial = fit_side(PHI, np.array([[1, 0], [1, 0], [0, 0], [0, 0]], bool), "median",
+                       "per-example")
+    assert partial.mean[0] == 1.5 and np.isnan(partial.mean[1])
 
 
-def test_lira_online_score_is_the_gaussian_likelihood_ratio():
-    # 4 shadows on 1 example; IN phi 3 and 5 (mean 4, sd 1), OUT phi 0 and 2 (mean 1, sd 1)
+def test_lira_scores_are_the_authors_likelihoods():
+    # 4 shadows on 1 example; IN phi 3 and 5 (median 4, sd 1), OUT 0 and 2 (median 1, sd 1)
     shadows = [observe([phi], [member]) for phi, member in ((3, 1), (0, 0), (5, 1), (2, 0))]
     target = observe([3.5], [True])
-    lira = rsc_core.create("attacks", "lira", shadows=4, variance="per-example")
+    lira = rsc_core.create("attacks", "lira", shadows=4)
     out = lira.attack(target, shadows)
     expected = norm.logpdf(3.5, 4, 1) - norm.logpdf(3.5, 1, 1)
     assert out.scores[0] == pytest.approx(expected) and out.decisions[0]
-    offline = rsc_core.create("attacks", "lira-offline", shadows=4, variance="per-example")
-    assert offline.attack(target, shadows).scores[0] == pytest.approx(norm.logcdf(3.5, 1, 1))
+    offline = rsc_core.create("attacks", "lira-offline", shadows=4)  # two-sided: the authors'
+    result = offline.attack(target, shadows)
+    assert result.scores[0] == pytest.approx(-norm.logpdf(3.5, 1, 1))
+    assert result.decisions[0]  # |3.5 - 1| / 1 > 1.96
+    low = offline.attack(observe([-1.5], [True]), shadows)  # as far below: the same score
+    assert low.scores[0] == pytest.approx(result.scores[0])
+    one_sided = rsc_core.create("attacks", "lira-offline", shadows=4, test="one-sided")
+    assert one_sided.attack(target, shadows).scores[0] == pytest.approx(norm.logcdf(3.5, 1, 1))
+    assert not one_sided.attack(observe([-1.5], [True]), shadows).decisions[0]
+    # fixed variance online: BOTH sides take the IN side's spread, std(3, 5) = 1, although
+    # the OUT side (0, 4) alone has 2
+    fixed = rsc_core.create("attacks", "lira", shadows=4, variance="fixed")
+    wide = [observe([phi], [member]) for phi, member in ((3, 1), (0, 0), (5, 1), (4, 0))]
+    assert fixed.attack(target, wide).scores[0] == pytest.approx(
+        norm.logpdf(3.5, 4, 1) - norm.logpdf(3.5, 2, 1))
+    # an example that no shadow trained on cannot be scored online
+    outside = [observe([phi, phi], [member, False]) for phi, member in
+               ((3, 1), (0, 0), (5, 1), (2, 0))]
+    scores = lira.attack(observe([3.5, 3.5], [True, False]), outside).scores
+    assert scores[0] == pytest.approx(expected) and np.isnan(scores[1])
+
+
+def test_lira_options_are_checked():
+    with pytest.raises(ConfigError, match="at least 4"):
+        create_attacks(["lira-offline:variance=per-example"], 2)
+    assert create_attacks(["lira-offline:variance=fixed"], 2)[0].shadows == 2
+    with pytest.raises(ConfigError, match="unknown LiRA center"):
+        create_attacks(["lira:center=mode"], 4)
+    with pytest.raises(ConfigError, match="no option 'varaince'"):
+        create_attacks(["lira:varaince=fixed"], 4)
+    with pytest.raises(ConfigError, match="alpha"):
+        create_attacks(["lira-offline:alpha=2"], 4)
+    assert create_attacks(["lira:variance=global"], 4)[0].variance == "pooled"
+    both = create_attacks(["lira-offline", "lira-offline:variance=fixed"], 4)
+    assert [a.label for a in both] == ["lira-offline", "lira-offline:variance=fixed"]
+
+
+# -- RMIA by hand -------------------------------------------------------------------------------
+def test_rmia_score_by_hand():
+    # two reference models; example 0 is OUT of the first only, example 1 of both
+    p_target = np.array([0.9, 0.5])
+    ref = np.array([[0.6, 0.4], [0.99, 0.2]])  # ref k on examples
+    member = np.array([[False, False], [True, False]])
+    z_target, z_ref = np.array([0.5, 0.8, 0.3]), np.array([[0.5, 0.4, 0.3], [0.7, 0.8, 0.1]])
+
+    def obs(p, flags):  # two classes: phi = log(p / (1 - p))
+        p = np.asarray(p, dtype=np.float64)
+        logits = np.column_stack([np.log(p / (1 - p)), np.zeros(p.size)])
+        return Observations(logits, np.zeros(p.size, int), flags)
+
+    a = 0.3
+    pr_x = ((1 + a) * np.array([0.6, 0.3]) + (1 - a)) / 2  # OUT means: 0.6; (0.4 + 0.2) / 2
+    pr_z = ((1 + a) * z_ref.mean(axis=0) + (1 - a)) / 2
+    ratio_x, ratio_z = p_target / pr_x, z_target / pr_z
+    expected = [(ratio_x[i] / ratio_z > 1).mean() for i in range(2)]
+    rmia = rsc_core.create("attacks", "rmia", shadows=2)
+    out = rmia.attack(obs(p_target, [True, False]), [obs(ref[k], member[k]) for k in range(2)],
+                      population=Population(obs(z_target, np.zeros(3, bool)),
+                                            [obs(z_ref[k], np.zeros(3, bool))
+                                             for k in range(2)]))
+    assert out.scores.tolist() == pytest.approx(expected)
+    assert pairwise_share(np.log([1.0, 3.0]), np.log([0.5, 2.0, 4.0]), 1.0).tolist() == \
+        pytest.approx([1 / 3, 2 / 3])
+    with pytest.raises(ConfigError, match="population"):
+        rmia.attack(obs(p_target, [True, False]), [obs(ref[k], member[k]) for k in range(2)])
+    with pytest.raises(ConfigError, match="RMIA's a"):
+        create_attacks(["rmia:a=1.5"], 2)
+
+
+# -- shadow-lr's reference evaluation -----------------------------------------------------------
+def test_shadow_lr_reference_reuses_the_members_logits_for_the_non_members():
+    logits = np.array([[3.0, 0.0], [0.0, 2.0], [1.0, 1.5], [0.5, 0.2], [9.0, 9.5]])
+    target = Observations(logits, np.array([0, 1, 0, 0, 1]),
+                          np.array([True, True, False, False, False]))
+    swapped = reference_logits(target)
+    # non-member k takes member k's logits; the row beyond the pairs (a control) keeps its own
+    assert swapped.tolist() == [[3, 0], [0, 2], [3, 0], [0, 2], [9, 9.5]]
+    # ... but keeps its own correctness flag (row 2 is wrong: label 0, argmax 1)
+    assert features(target, swapped)[:, -1].tolist() == [1, 1, 0, 1, 1]
+
+
+def test_shadow_lr_reference_mode_is_the_reference_notebook_computation():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.preprocessing import StandardScaler
+
+    target, shadows = constructed(memorises=True)
+    (shadow,) = shadows[SHADOW_POOL]
+    attack = rsc_core.create("attacks", "shadow-lr", compat="reference")
+    out = attack.attack(target, [shadow])
+    # the notebook, by hand: scaler on all shadow features, default regression, 3-fold CV
+    scaler = StandardScaler().fit(features(shadow))
+    search = GridSearchCV(LogisticRegression(), {"C": [0.01, 0.1, 1.0, 10.0]}, cv=3)
+    search.fit(scaler.transform(features(shadow)), shadow.member.astype(int))
+    members = np.flatnonzero(target.member)
+    logits = target.logits.copy()
+    logits[np.flatnonzero(~target.member)] = target.logits[members]
+    x = scaler.transform(np.column_stack([np.sort(logits, axis=1), target.correct()]))
+    assert out.scores.tolist() == pytest.approx(search.decision_function(x).tolist())
+    assert out.decisions.tolist() == search.predict(x).astype(bool).tolist()
+    with pytest.raises(ConfigError, match="compat"):
+        create_attacks(["shadow-lr:compat=paper"], 1)
 
 
 def test_loss_threshold_picks_the_best_separating_threshold():
@@ -141,21 +309,33 @@ def constructed(memorises: bool, shadows: int = 8, n: int = 300, seed: int = 0):
     half = np.arange(n) < n // 2
     target = model(rng.permutation(half), target_rows)
     pool_shadow = model(rng.permutation(half), shadow_rows)
-    halves = []
+    halves, population = [], []
+    nobody = np.zeros(n, dtype=bool)
     for _ in range(shadows // 2):
         first = rng.permutation(half)
         halves += [model(first, target_rows), model(~first, target_rows)]
-    return target, {SHADOW_POOL: [pool_shadow], TARGET_HALVES: halves, CLEAN_HALVES: halves}
+        population += [model(nobody, shadow_rows), model(nobody, shadow_rows)]
+    target_population = model(nobody, shadow_rows)
+    return target, {SHADOW_POOL: [pool_shadow], TARGET_HALVES: halves, CLEAN_HALVES: halves,
+                    "population": Population(target_population, population)}
 
 
-ATTACKS = ["shadow-lr", "loss-threshold", "lira", "lira-offline"]
+ATTACKS = ["shadow-lr", "loss-threshold", "lira", "lira-offline", "rmia",
+           "lira:variance=fixed", "lira-offline:variance=fixed,test=one-sided"]
+
+
+def run_attack(name: str, target: Observations, shadows: dict):
+    (attack,) = create_attacks([name], 8)
+    given = shadows[attack.shadow_design][:attack.num_shadows]
+    if attack.needs_population:
+        return attack.attack(target, given, population=shadows["population"])
+    return attack.attack(target, given)
 
 
 @pytest.mark.parametrize("name", ATTACKS)
 def test_attack_detects_a_model_that_memorises_its_members(name):
-    attack = rsc_core.create("attacks", name, shadows=8)
     target, shadows = constructed(memorises=True)
-    out = attack.attack(target, shadows[attack.shadow_design][:attack.num_shadows])
+    out = run_attack(name, target, shadows)
     metrics = membership_metrics(target.member, out.scores, out.decisions)
     assert metrics["auc"] > 0.97
     assert metrics["balanced_accuracy"] > 0.85
@@ -164,17 +344,28 @@ def test_attack_detects_a_model_that_memorises_its_members(name):
 
 @pytest.mark.parametrize("name", ATTACKS)
 def test_attack_is_at_chance_when_members_are_exchangeable(name):
-    attack = rsc_core.create("attacks", name, shadows=8)
     aucs = []
     for seed in range(3):
         target, shadows = constructed(memorises=False, seed=seed)
-        out = attack.attack(target, shadows[attack.shadow_design][:attack.num_shadows])
+        out = run_attack(name, target, shadows)
         aucs.append(membership_metrics(target.member, out.scores, out.decisions)["auc"])
     assert abs(np.mean(aucs) - 0.5) < 0.05, aucs
 
 
+def test_the_reference_evaluation_hides_what_the_logits_show():
+    """shadow-lr:compat=reference gives the non-members the members' logits, so on a model
+    that memorises its members only the correctness flags differ: the evaluation's defect,
+    reproduced on purpose."""
+    target, shadows = constructed(memorises=True)
+    corrected = run_attack("shadow-lr", target, shadows)
+    reference = run_attack("shadow-lr:compat=reference", target, shadows)
+    auc = [membership_metrics(target.member, out.scores, out.decisions)["auc"]
+           for out in (corrected, reference)]
+    assert auc[0] > 0.97 and auc[1] < 0.8, auc
+
+
 def test_attacks_are_registered_and_mia_is_a_command():
-    assert {"shadow-lr", "loss-threshold", "lira", "lira-offline"} <= set(
+    assert {"shadow-lr", "loss-threshold", "lira", "lira-offline", "rmia"} <= set(
         rsc_core.list_names("attacks"))
     assert rsc_core.get("attacks", "loss").name == "loss-threshold"
     assert rsc_core.get("attacks", "lira-online").name == "lira"
@@ -251,21 +442,38 @@ def run_folders(tmp_path: Path) -> list[str]:
 def test_rsc_mia_trains_attacks_writes_and_reuses(mem_data, tmp_path):
     out = tmp_path / "result"
     args = mia_args(mem_data, tmp_path, "--spec", "memmnistv20-1-0-0", "--attack", "shadow-lr",
-                    "--attack", "lira", "--attack", "lira-offline", "--shadows", "4",
-                    "--out", str(out))
+                    "--attack", "lira", "--attack", "lira-offline", "--attack",
+                    "rmia:population=50", "--shadows", "4", "--out", str(out))
     result = rsc(*args, "--json")
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.output)
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "roc.png", "scores.csv",
                                                      "split.json"]
     assert json.loads((out / "metrics.json").read_text())["attacks"] == metrics["attacks"]
-    assert set(metrics["attacks"]) == {"shadow-lr", "lira", "lira-offline"}
-    for row in metrics["attacks"].values():
-        assert 0 <= row["auc"] <= 1 and row["spurious"]["count"] == 1
+    assert set(metrics["attacks"]) == {"shadow-lr", "lira", "lira-offline",
+                                       "rmia:population=50"}
+    # the control: the 11 reserved class-0 images no model trained on (12 reserved, 1 planted)
+    split = json.loads((out / "split.json").read_text())
+    assert metrics["control"]["count"] == 11 == len(split["control"])
+    assert set(split["control"]) == set(split["reserved"]) - set(split["spurious"])
+    assert len(split["population"]) == metrics["population"] == 50
+    assert not set(split["population"]) & set(split["target_members"] +
+                                              split["target_non_members"] + split["reserved"])
+    for name, row in metrics["attacks"].items():
+        assert 0 <= row["auc"] <= 1 and row["planted"]["count"] == 1
+        assert row["patterned_nonmembers"]["count"] == 11
+        if name == "lira":  # no shadow trained on a control image: online LiRA cannot score
+            assert row["patterned_nonmembers"]["member_rate"] is None
+        else:
+            assert 0 <= row["patterned_nonmembers"]["tpr_at_1%_fpr"] <= 1
+            assert "low" in row["planted_minus_patterned_nonmembers"]["member_rate"]
     assert metrics["split"]["part_size"] == 57
     lines = (out / "scores.csv").read_text().splitlines()
-    assert len(lines) == 1 + 2 * 57 and lines[0].startswith("index,label,member,spurious")
-    assert sum(int(line.split(",")[3]) for line in lines[1:]) == 1
+    assert len(lines) == 1 + 2 * 57 + 11
+    assert lines[0].startswith("index,label,member,planted,same_class_member,control,loss")
+    rows = [line.split(",") for line in lines[1:]]
+    assert sum(int(row[3]) for row in rows) == 1 and sum(int(row[5]) for row in rows) == 11
+    assert {int(row[1]) for row in rows if row[5] == "1"} == {0}  # the target class
     runs = run_folders(tmp_path)
     assert len(runs) == 1 + 1 + 4 + 4  # target, pool shadow, online and offline halves
     assert runs == sorted(sum(metrics["runs"].values(), []))
@@ -318,10 +526,11 @@ def test_rsc_mia_several_specs_train_in_one_group(mem_data, tmp_path):
 
 def test_summary_over_seeds_by_hand():
     def result(seed: int, accuracy: float, rate: float | None) -> dict:
-        spurious = {"count": 3, "member_rate": rate, "tpr_at_1%_fpr": 0.0}
+        planted = {"count": 3, "member_rate": rate, "tpr_at_1%_fpr": 0.0}
         attack = {"balanced_accuracy": accuracy, "auc": 0.5, "tpr_at_0.1%_fpr": 0.0,
-                  "tpr_at_1%_fpr": 0.01, "spurious": spurious,
-                  "same_class_members": {"member_rate": 0.5}}
+                  "tpr_at_1%_fpr": 0.01, "planted": planted,
+                  "same_class_members": {"member_rate": 0.5},
+                  "patterned_nonmembers": {"member_rate": 0.9, "tpr_at_1%_fpr": 0.2}}
         spec = {"dataset": "mnist", "pattern": "v20", "n": 3, "targets": [0], "seed": seed}
         return {"spec": {"spurious": spec}, "attacks": {"shadow-lr": attack, "lira": attack}}
 
@@ -330,8 +539,10 @@ def test_summary_over_seeds_by_hand():
     assert (study["attack"], study["seeds"]) == ("shadow-lr", [0, 1, 2])
     assert study["balanced_accuracy_mean"] == pytest.approx(0.52)
     assert study["balanced_accuracy_sem"] == pytest.approx(0.02 / math.sqrt(3))
-    assert study["spurious_member_rate_mean"] == 0.5  # the seed without a rate is left out
-    assert study["spurious_member_rate_sem"] == pytest.approx(0.5)
+    assert study["planted_member_rate_mean"] == 0.5  # the seed without a rate is left out
+    assert study["planted_member_rate_sem"] == pytest.approx(0.5)
+    assert study["control_member_rate_mean"] == pytest.approx(0.9)
+    assert study["control_tpr_at_1%_fpr_mean"] == pytest.approx(0.2)
     assert study["reference"] == {"accuracy": 0.514, "spurious_member_rate": 0.77}
     assert rows[1]["attack"] == "lira" and rows[1]["reference"] is None
     one = summarise([result(0, 0.5, 1.0)])[0]
@@ -357,6 +568,17 @@ def assert_error_and_nothing_written(result: Result, tmp_path: Path, fragment: s
     (("--spec", "memmnistv20-50-0-0", "--attack", "shadow-lr"), "too large"),
     (("--spec", "memmnistv20-{1,2}-0-0", "--attack", "shadow-lr", "--target-run", "."),
      "one --spec"),
+    (("--spec", "memmnist", "--attack", "shadow-lr"), "names no pattern"),
+    (("--spec", "memmnistv20-1-0-0", "--attack", "shadow-lr", "--control-size", "12"),
+     "has 11 reserved images of class 0 that no model trains on, fewer than the 12"),
+    (("--spec", "memmnistv20-1-0-0", "--attack", "shadow-lr", "--control-size", "-1"),
+     "0 or more"),
+    (("--spec", "memmnistv20-1-0-0", "--attack", "lira-offline:variance=per-example",
+      "--shadows", "2"), "at least 4"),
+    (("--spec", "memmnistv20-1-0-0", "--attack", "lira-offline:tests=one-sided"),
+     "no option 'tests'"),
+    (("--spec", "memmnistv20-1-0-0", "--attack", "rmia:population=1000"), "at most 114"),
+    (("--spec", "memmnistv20-1-0-0", "--attack", "rmia", "--attack", "rmia"), "twice"),
 ])
 def test_rsc_mia_bad_input_is_one_line_and_writes_nothing(mem_data, tmp_path, extra, fragment):
     result = rsc(*mia_args(mem_data, tmp_path, *extra, "--out", str(tmp_path / "out")))
