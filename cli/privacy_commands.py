@@ -125,7 +125,7 @@ def mia_command(spec_names, attack_names, shadows, control_size, data_dir, downl
         click.echo(json.dumps(rows[0] if summary is None else
                               {"results": rows, "summary": summary}, indent=2))
         return
-    console = Console()
+    console = table_console()
     for result in results:
         print_result(result, console)
     if summary is not None:
@@ -141,6 +141,13 @@ def _refuse_recipe_flags(train_kwargs: dict) -> None:
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise ConfigError(f"--target-run brings its own recipe; drop {flags}")
+
+
+def table_console() -> Console:
+    """A terminal's own width; piped or logged, wide enough that no column is squeezed (a
+    pipe would otherwise get 80 columns and cut every number)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
 
 
 def _rate(value) -> str:
@@ -173,9 +180,9 @@ def print_result(result: MiaResult, console: Console | None = None) -> None:
                       f"{row['auc']:.3f}", *(f"{row[fpr_key(f)]:.4f}" for f in LOW_FPRS),
                       *(_rate(row[s][key]) for s in SLICES),
                       "-" if difference is None else
-                      f"{difference['difference']:+.2f} [{difference['low']:+.2f}, "
+                      f"{difference['difference']:+.2f} [{difference['low']:+.2f},"
                       f"{difference['high']:+.2f}]")
-    console = console or Console()
+    console = console or table_console()
     console.print(table)
     console.print(f"results: {result.folder}", soft_wrap=True, highlight=False, markup=False)
 

@@ -26,7 +26,7 @@ def save_roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]],
                   path: str | Path) -> Path:
     """``curves``: ``name: (member flags, scores)`` over the pool; ``attack_metrics``: each
     attack's metrics (its slices)."""
-    fig, (roc, bars) = plt.subplots(1, 2, figsize=(11, 4.8))
+    fig, (roc, bars) = plt.subplots(1, 2, figsize=(11, 5.6))
     _roc_panel(roc, curves)
     _slice_panel(bars, attack_metrics)
     fig.suptitle(title, fontsize=9, wrap=True)
@@ -73,12 +73,15 @@ def _slice_panel(axis, attack_metrics: dict[str, dict[str, Any]]) -> None:
             errors[1].append(high - rate)
         counts = {attack_metrics[n].get(slice_name, {}).get("count", 0) for n in names}
         label = f"{SLICE_LABELS[slice_name]} (n = {', '.join(map(str, sorted(counts)))})"
-        axis.bar(positions, heights, width, yerr=np.array(errors) if heights else None,
-                 capsize=3, label=label)
+        bars = axis.bar(positions, heights, width, yerr=np.array(errors) if heights else None,
+                        capsize=3, label=label)
+        # a dot at each value, so that a rate of exactly 0 is seen as measured, not missing
+        axis.plot(positions, heights, "o", markersize=3, color=bars.patches[0].get_facecolor()
+                  if heights else "none")
     axis.axhline(BAR_FPR, color="grey", linestyle="--", linewidth=1, label="1% (the FPR)")
-    axis.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    axis.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
     axis.set_ylim(0, 1)
     axis.set_ylabel("share above the 1%-FPR threshold")
     axis.set_title("slices at 1% FPR, 95% Clopper-Pearson intervals (unscored: no bar)",
                    fontsize=9)
-    axis.legend(loc="upper right", fontsize=7)
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=2, fontsize=7)
