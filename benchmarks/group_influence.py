@@ -52,7 +52,7 @@ def time_rsc(hessian: LossHessian, forget: np.ndarray, scale: float, steps: int,
     v = hessian.gradient_sum(torch.as_tensor(forget))
     gradient_seconds = time.perf_counter() - started
     settings = LissaSettings(damp=0.01, scale=scale, depth=steps, repeats=repeats,
-                             compat="reference", vectorise=vectorise, max_norm_factor=1e30)
+                             compat="paper", vectorise=vectorise, max_norm_factor=1e30)
     samples = draw_samples(hessian.num_rows, settings, torch.Generator().manual_seed(0),
                            hessian.device)
     lissa(hessian.hvp_rows_batched, v, samples[:2], settings)  # warm-up (jvp rules built)
