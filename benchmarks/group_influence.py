@@ -133,7 +133,7 @@ def reference_as_run(seconds: list[float], skip: int) -> dict[str, Any]:
     """The graph-kept procedure's measured step costs, summarised, with both fits."""
     linear, quadratic = fit_step_cost(seconds, skip, 1), fit_step_cost(seconds, skip, 2)
     near = {str(t): float(np.median(seconds[max(t - 5, 0):t + 5]))
-            for t in (10, 50, 100, 150, 250, 450) if t + 5 <= len(seconds)}
+            for t in (10, 50, 100, 150, 250, 350, 450) if t + 5 <= len(seconds)}
     return {"measured_steps": len(seconds), "fit_skips_first_steps": skip,
             "mean_seconds_per_step": float(np.mean(seconds)),
             "median_seconds_per_step_near_t": near,

@@ -63,7 +63,8 @@ def reference_depth(forget_size: int, dataset: str = "mnist") -> int:
 
 
 class GroupInfluenceRemover(Remover):
-    """First-order group influence with a LiSSA or CG inverse-HVP, computed once for S."""
+    """First-order group influence with a LiSSA or CG inverse-HVP: computed once for S, or
+    once per example of S as the reference code runs it (``compat=reference``)."""
 
     name = "group-influence"
     description = "theta + IHVP(sum of the forget set's gradients) / ((1-p)N) (LiSSA or CG)"
@@ -109,6 +110,8 @@ class GroupInfluenceRemover(Remover):
 
     @staticmethod
     def _drop_unused_by_reference(options: Mapping[str, Any], resolved: dict[str, Any]) -> None:
+        """The emulation has no use for ``_NOT_REFERENCE``: refuse them when given, drop
+        their defaults, and record the emulation's version (part of the identity)."""
         for key in _NOT_REFERENCE:
             if options.get(key) is not None:
                 raise ConfigError(f"option {key!r} does not apply to --compat reference (the "
