@@ -54,14 +54,16 @@ _METHOD_OPTIONS = ("extra_epochs", "solver", "compat", "damp", "scale", "depth",
                    "divides chain 0 as in the reference's code.")
 @click.option("--hvp-batch", type=int, default=None,
               help="LiSSA: training rows per Hessian sample (1, the reference; more lowers "
-                   "the variance at more cost per step).")
+                   "the variance at more cost per step). Not with --compat reference.")
 @click.option("--hessian-seed", "seed", type=int, default=None,
               help="Seed of the Hessian sample draws (0).")
 @click.option("--vectorise/--no-vectorise", default=None,
-              help="LiSSA: run the chains as one vmap pass (default) or one after another.")
+              help="LiSSA: run the chains as one vmap pass (default) or one after another. "
+                   "Not with --compat reference.")
 @click.option("--max-norm-factor", type=float, default=None,
               help="LiSSA divergence guard: stop when an iterate exceeds this times "
-                   "|v|/damping (10).")
+                   "|v|/damping (10). Not with --compat reference (it stops only on a "
+                   "non-finite iterate).")
 @click.option("--tol", type=float, default=None, help="CG: relative residual to stop at (1e-3).")
 @click.option("--max-iter", type=int, default=None, help="CG: iteration limit (100).")
 @click.option("--hvp-samples", type=int, default=None,

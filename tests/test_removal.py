@@ -311,6 +311,14 @@ def test_cli_remove_prints_before_and_after(env):
     assert data["reused"] and data["removal"]["method"] == "incremental-retraining"
 
 
+def test_remove_help_says_what_each_compat_mode_computes():
+    result = CliRunner().invoke(cli, ["remove", "--help"])
+    text = " ".join(result.output.split())
+    assert "[correct|paper|reference]" in text
+    assert "the only mode that reproduces its numbers" in text
+    assert "scale (H + damp scale I)^-1 v" in text and "chain 0 divided by --repeats" in text
+
+
 @pytest.mark.parametrize("args, message", [
     (["--forget", "3,99999"], "training index 99999 is out of range"),
     (["--forget", "-1"], "training index -1 is out of range"),
