@@ -123,10 +123,11 @@ def mlp_hvp_batched(layers: Sequence[nn.Linear], vectors: torch.Tensor, x: torch
 
 
 @torch.no_grad()
-def mlp_gradient_batched(layers: Sequence[nn.Linear], x: torch.Tensor,
-                         y: torch.Tensor) -> torch.Tensor:
+def mlp_gradient_batched(layers: Sequence[nn.Linear], x: torch.Tensor, y: torch.Tensor,
+                         out: torch.Tensor | None = None) -> torch.Tensor:
     """Per chain k, the gradient of the mean CE loss over its rows ``x[k]`` (r x b x d) with
-    labels ``y[k]`` (r x b): r x P in the flat layout of ``mlp_hvp_batched``.
+    labels ``y[k]`` (r x b): r x P in the flat layout of ``mlp_hvp_batched``, written into
+    ``out`` when given (a reused buffer: see ``mlp_hvp_batched`` on page faults).
 
     Why by hand: the reference emulation of group influence (``reference_lissa.py``) needs one
     sampled example's gradient per chain and step; through ``vmap`` its weight gradients are
@@ -143,7 +144,7 @@ def mlp_gradient_batched(layers: Sequence[nn.Linear], x: torch.Tensor,
     p = torch.softmax(z, dim=-1)
     delta = (p - F.one_hot(y, p.shape[-1]).to(p.dtype)) / batch
     total = sum(layer.weight.numel() + layer.bias.numel() for layer in layers)
-    out = torch.empty(r, total, dtype=x.dtype, device=x.device)
+    out = torch.empty(r, total, dtype=x.dtype, device=x.device) if out is None else out
     offset = total
     for index in range(len(layers) - 1, -1, -1):
         layer = layers[index]

@@ -47,7 +47,7 @@ from rsc_core.errors import DivergenceError
 
 from .lissa import GUARD_EVERY
 
-#: Chains (examples of S) advanced together; bounds memory at five such r x P buffers.
+#: Chains (examples of S) advanced together; bounds memory at six such k x P buffers.
 CHAINS_PER_PASS = 64
 
 
@@ -56,7 +56,8 @@ class ReferenceProducts(Protocol):
 
     num_rows: int
 
-    def gradient_rows_batched(self, rows: torch.Tensor) -> torch.Tensor: ...
+    def gradient_rows_batched(self, rows: torch.Tensor,
+                              out: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def hvp_rows_batched(self, vectors: torch.Tensor, rows: torch.Tensor,
                          out: torch.Tensor | None = None, alpha: float = 1.0,
@@ -123,13 +124,14 @@ def _chains(products: ReferenceProducts, forget: torch.Tensor, samples: torch.Te
     at_z = forget.unsqueeze(1)
     v = products.gradient_rows_batched(at_z)
     h = v.clone()
-    product, extra = torch.empty_like(h), torch.empty_like(h)
+    # reused buffers: a fresh k x P tensor per step costs page faults (mlp_hvp.py)
+    product, sampled, extra = torch.empty_like(h), torch.empty_like(h), torch.empty_like(h)
     coefficient, change = 0.0, math.inf
     for step in range(settings.depth):
         rows = samples[step]
         products.hvp_rows_batched(h, rows, out=product, alpha=-1 / scale)
         if coefficient:  # the graph the reference keeps: + k_t H_z g_i (module docstring)
-            sampled = products.gradient_rows_batched(rows)
+            products.gradient_rows_batched(rows, out=sampled)
             products.hvp_rows_batched(sampled, at_z, out=extra, alpha=-coefficient / scale)
             product += extra
         last = step == settings.depth - 1
