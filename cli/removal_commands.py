@@ -35,26 +35,35 @@ _METHOD_OPTIONS = ("extra_epochs", "solver", "compat", "damp", "scale", "depth",
                    "trained, 70 -> epochs 71..140).")
 @click.option("--solver", type=click.Choice(["lissa", "cg"]), default=None,
               help="group-influence: inverse-HVP solver (default lissa).")
-@click.option("--compat", type=click.Choice(["correct", "reference"]), default=None,
-              help="group-influence: 'correct' (default) computes (H + damp I)^-1 v; "
-                   "'reference' keeps the reference's missing division by scale, "
-                   "scale (H + damp scale I)^-1 v.")
+@click.option("--compat", type=click.Choice(["correct", "paper", "reference"]), default=None,
+              help="group-influence: what to compute. 'correct' (default): (H + damp I)^-1 v "
+                   "for the summed gradient v of the forget set. 'paper': what the "
+                   "reference meant, scale (H + damp scale I)^-1 v (its LiSSA without the "
+                   "division by scale). 'reference': what the reference's code computes, "
+                   "the only mode that reproduces its numbers: one LiSSA chain per forget "
+                   "example whose product keeps autograd's graph (an extra k_t H_z g_i per "
+                   "step), chain 0 divided by --repeats applied; LiSSA only.")
 @click.option("--damp", type=float, default=None, help="group-influence: damping (0.01).")
 @click.option("--scale", type=float, default=None,
               help="group-influence, LiSSA: scale (reference: MNIST 25, Fashion/CIFAR 100).")
 @click.option("--depth", type=int, default=None,
-              help="LiSSA steps per chain (reference: 2000 if |S| < 100, else 1000).")
-@click.option("--repeats", type=int, default=None, help="LiSSA chains averaged (10).")
+              help="LiSSA steps per chain (reference: CIFAR-10 1000; MNIST/Fashion 2000 if "
+                   "|S| < 100, else 1000).")
+@click.option("--repeats", type=int, default=None,
+              help="LiSSA chains averaged (10); with --compat reference r, which only "
+                   "divides chain 0 as in the reference's code.")
 @click.option("--hvp-batch", type=int, default=None,
               help="LiSSA: training rows per Hessian sample (1, the reference; more lowers "
-                   "the variance at more cost per step).")
+                   "the variance at more cost per step). Not with --compat reference.")
 @click.option("--hessian-seed", "seed", type=int, default=None,
               help="Seed of the Hessian sample draws (0).")
 @click.option("--vectorise/--no-vectorise", default=None,
-              help="LiSSA: run the chains as one vmap pass (default) or one after another.")
+              help="LiSSA: run the chains as one vmap pass (default) or one after another. "
+                   "Not with --compat reference.")
 @click.option("--max-norm-factor", type=float, default=None,
               help="LiSSA divergence guard: stop when an iterate exceeds this times "
-                   "|v|/damping (10).")
+                   "|v|/damping (10). Not with --compat reference (it stops only on a "
+                   "non-finite iterate).")
 @click.option("--tol", type=float, default=None, help="CG: relative residual to stop at (1e-3).")
 @click.option("--max-iter", type=int, default=None, help="CG: iteration limit (100).")
 @click.option("--hvp-samples", type=int, default=None,
@@ -82,6 +91,8 @@ def remove_command(run: str, method: str, forget: str, extra: tuple[str, ...], d
       rsc remove runs/mnistv20-3-0-0_... --method incremental-retraining
 
       rsc remove runs/mnistv20-3-0-0_... --method group-influence --compat reference
+
+      rsc remove runs/mnistv20-3-0-0_... --method group-influence --compat paper
 
       rsc remove runs/mnistv20-3-0-0_... --method group-influence --solver cg
 

@@ -96,14 +96,14 @@ def test_lissa_correct_mode_matches_the_damped_solve(problem):
     assert facts["last_step_relative_change"] < 1e-8
 
 
-def test_lissa_reference_mode_is_scale_times_the_solve_damped_by_damp_times_scale(problem):
+def test_lissa_paper_mode_is_scale_times_the_solve_damped_by_damp_times_scale(problem):
     """PROTOCOL 7: without the final division, h* = scale (H + scale damp I)^-1 v."""
     hessian, explicit, eigenvalues, v = problem
     shift = max(0.0, -eigenvalues.min().item()) + 1.0  # damp * scale
     scale = eigenvalues.max().item() + shift
     damp = shift / scale
     settings = LissaSettings(damp=damp, scale=scale, depth=100, repeats=1, batch=N,
-                             compat="reference")
+                             compat="paper")
     estimate, _ = lissa(hessian.hvp_rows_batched, v, full_samples(100, 1), settings)
     eye = torch.eye(len(v), dtype=v.dtype)
     exact = scale * torch.linalg.solve(explicit + damp * scale * eye, v)

@@ -179,7 +179,7 @@ def test_group_influence_with_cg_applies_the_influence_formula(env):
 
 
 def test_group_influence_lissa_writes_reference_defaults_and_a_finite_model(env):
-    outcome = remove(env, "group-influence", compat="reference", scale=500.0, depth=30,
+    outcome = remove(env, "group-influence", compat="paper", scale=500.0, depth=30,
                      repeats=3)
     options = outcome.run.metrics["removal"]["options"]
     assert options["scale"] == 500.0 and options["damp"] == 0.01 and options["hvp_batch"] == 1
@@ -191,26 +191,88 @@ def test_group_influence_lissa_writes_reference_defaults_and_a_finite_model(env)
 
 def test_reference_defaults_depend_on_dataset_and_forget_size(env):
     import rsc_core
+    from rsc_plugins.removal.group_influence import reference_depth
 
     remover = rsc_core.create("removers", "group-influence")
     small = remover.resolve_options({}, env["source"], np.arange(3))
     large = remover.resolve_options({}, env["source"], np.arange(100))
     assert (small["scale"], small["depth"], small["repeats"]) == (25.0, 2000, 10)
     assert large["depth"] == 1000
+    # the reference: CIFAR-10 1000 steps for every |S|; MNIST and Fashion 2000 below 100
+    assert [reference_depth(n, "cifar10") for n in (3, 99, 100)] == [1000, 1000, 1000]
+    assert [reference_depth(n, "fashion") for n in (3, 99, 100)] == [2000, 2000, 1000]
     assert "tol" not in small and "depth" not in remover.resolve_options(
         {"solver": "cg"}, env["source"], np.arange(3))
 
 
-def test_diverging_lissa_is_one_line_and_writes_nothing(env):
+@pytest.mark.parametrize("compat, message", [("paper", "diverged by step"),
+                                             ("reference", "produced a non-finite iterate")])
+def test_diverging_lissa_is_one_line_and_writes_nothing(env, compat, message):
     before = listing(env["runs"])
     result = CliRunner().invoke(cli, ["remove", str(env["source"].path), "--method",
                                       "group-influence", "--scale", "0.001", "--damp",
                                       "0.0001", "--depth", "50", "--repeats", "2", "-q",
-                                      "--compat", "reference"])
+                                      "--compat", compat])
     assert result.exit_code == 2, result.output
-    assert "diverged by step" in result.output and "--scale" in result.output
+    assert message in result.output and "--scale" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert listing(env["runs"]) == before
+
+
+def test_reference_mode_writes_what_the_reference_code_writes(env):
+    """--compat reference end to end: the stored weights are the independent
+    re-implementation's (tests/reference_group_influence.py: graph kept, chains
+    list-extended) given the Hessian samples the remover draws from its seed."""
+    from reference_group_influence import reference_new_weights
+    from rsc_plugins.removal.reference_lissa import draw_reference_samples
+
+    depth, repeats, seed = 25, 3, 4
+    outcome = remove(env, "group-influence", compat="reference", depth=depth,
+                     repeats=repeats, seed=seed)
+    removal = outcome.run.metrics["removal"]
+    assert removal["options"] == {"solver": "lissa", "compat": "reference", "damp": 0.01,
+                                  "scale": 25.0, "seed": seed, "depth": depth,
+                                  "repeats": repeats, "emulation": 2}
+    assert removal["facts"]["lissa_steps"] == depth * 3
+    source = env["source"]
+    data = build_spurious_dataset(source.spec, env["data"])
+    forget = sorted(source.metrics["spurious_indices"])
+    chain0 = draw_reference_samples(NUM_TRAIN, depth, len(forget),
+                                    torch.Generator().manual_seed(seed), torch.device("cpu"))
+    samples = [[chain0[:, j, 0].tolist()] * repeats for j in range(len(forget))]
+    model = source.load_model().double().eval()
+    images = data.train.images.double()
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    expected = reference_new_weights(model, images, data.train.labels, forget, samples,
+                                     0.01, 25.0, repeats) - theta
+    new = outcome.run.load_model()
+    written = torch.cat([p.detach().double().reshape(-1) for p in new.parameters()]) - theta
+    assert expected.norm() > 0
+    assert ((written - expected).norm() / expected.norm()).item() < 1e-3  # float32 weights
+
+
+def test_old_reference_removals_are_not_reused_as_the_emulation(env):
+    """Before issue 20, compat=reference meant what is now 'paper'; a removal folder made then
+    has the options below. The emulation's identity must differ from it."""
+    from rsc_core.removal_runs import removal_path, removal_section
+
+    source, forget = env["source"], np.array(sorted(env["source"].metrics["spurious_indices"]))
+    old = {"solver": "lissa", "compat": "reference", "damp": 0.01, "scale": 25.0, "seed": 0,
+           "depth": 2000, "repeats": 10, "hvp_batch": 1, "vectorise": True,
+           "max_norm_factor": 10.0}
+    import rsc_core
+
+    remover = rsc_core.create("removers", "group-influence")
+    new = remover.resolve_options({"compat": "reference"}, source, forget)
+    assert {k: new[k] for k in ("scale", "depth", "repeats", "damp")} == \
+        {"scale": 25.0, "depth": 2000, "repeats": 10, "damp": 0.01}
+
+    def path(options):
+        return removal_path(env["runs"], source, removal_section(
+            source, "group-influence", options, forget, remover.tag(options)))
+
+    assert path(old) != path(new)
+    assert path(old).name.rsplit("-", 1)[0] == path(new).name.rsplit("-", 1)[0]
 
 
 # --------------------------------------------------------------------------- folders
@@ -249,6 +311,14 @@ def test_cli_remove_prints_before_and_after(env):
     assert data["reused"] and data["removal"]["method"] == "incremental-retraining"
 
 
+def test_remove_help_says_what_each_compat_mode_computes():
+    result = CliRunner().invoke(cli, ["remove", "--help"])
+    text = " ".join(result.output.split())
+    assert "[correct|paper|reference]" in text
+    assert "the only mode that reproduces its numbers" in text
+    assert "scale (H + damp scale I)^-1 v" in text and "chain 0 divided by --repeats" in text
+
+
 @pytest.mark.parametrize("args, message", [
     (["--forget", "3,99999"], "training index 99999 is out of range"),
     (["--forget", "-1"], "training index -1 is out of range"),
@@ -260,6 +330,24 @@ def test_cli_remove_prints_before_and_after(env):
     (["--solver", "cg", "--depth", "5", "--method", "group-influence"], "does not apply to "
                                                                          "solver cg"),
     (["-O", "bogus=1"], "has no option 'bogus'"),
+    (["--method", "group-influence", "--depth", "0"], "option 'depth' must be a positive "
+                                                       "whole number, got 0; give e.g. --depth"),
+    (["--method", "group-influence", "--depth", "-5"], "'depth' must be a positive whole"),
+    (["--method", "group-influence", "--damp", "0"], "option 'damp' must be a positive number, "
+                                                      "got 0.0; give e.g. --damp 0.01"),
+    (["--method", "group-influence", "--damp", "-1"], "'damp' must be a positive number"),
+    (["--method", "group-influence", "--damp", "nan"], "'damp' must be a positive number"),
+    (["--method", "group-influence", "-O", "damp=inf"], "'damp' must be a positive number"),
+    (["--method", "group-influence", "-O", "depth=2.5"], "'depth' of method group-influence "
+                                                          "must be a int"),
+    (["--method", "group-influence", "--compat", "paper", "--damp", "1.5"],
+     "'damp' must be below 1 for LiSSA with --compat paper"),
+    (["--method", "group-influence", "--damp", "30"], "'damp' must be below scale (25)"),
+    (["--method", "group-influence", "--compat", "reference", "--solver", "cg"],
+     "--compat reference emulates the reference's LiSSA and has no CG form"),
+    (["--method", "group-influence", "--compat", "reference", "--hvp-batch", "2"],
+     "'hvp_batch' does not apply to --compat reference"),
+    (["--method", "group-influence", "-O", "emulation=2"], "has no option 'emulation'"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(env, tmp_path, args, message):
     (tmp_path / "empty.txt").write_text("# nothing\n")
@@ -333,11 +421,13 @@ def test_a_forget_set_with_zero_gradient_leaves_the_model_unchanged(env, monkeyp
 
 
 def test_folder_names_tell_variants_apart(env):
-    reference = remove(env, "group-influence", compat="reference", scale=500.0, depth=30,
-                       repeats=3).run
+    reference = remove(env, "group-influence", compat="reference", depth=10, repeats=3).run
+    paper = remove(env, "group-influence", compat="paper", scale=500.0, depth=30,
+                   repeats=3).run
     cg = remove(env, "group-influence", solver="cg", damp=5.0, tol=1e-8, max_iter=300).run
     incremental = remove(env, "incremental-retraining", extra_epochs=1).run
     source = env["source"].name
     assert reference.name.startswith(f"{source}_rm-group-influence-lissa-reference-")
+    assert paper.name.startswith(f"{source}_rm-group-influence-lissa-paper-")
     assert cg.name.startswith(f"{source}_rm-group-influence-cg-correct-")
     assert incremental.name.startswith(f"{source}_rm-incremental-retraining-e1-")

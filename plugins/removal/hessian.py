@@ -28,7 +28,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from rsc_core.errors import RscError
 
-from .mlp_hvp import mlp_hvp_batched, mlp_layers
+from .mlp_hvp import mlp_gradient_batched, mlp_hvp_batched, mlp_layers
 
 with warnings.catch_warnings():
     # torch's forward-mode rules for some backward ops are built with torch.jit.script on
@@ -121,6 +121,22 @@ class LossHessian:
 
     def _hvp_rows_generic(self, vector: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return self._hvp(vector, self.images[rows], self.labels[rows])
+
+    def gradient_rows_batched(self, rows: torch.Tensor,
+                              out: torch.Tensor | None = None) -> torch.Tensor:
+        """Per chain k, the gradient of the mean loss over the training rows ``rows[k]``
+        (``rows`` is r x b): r x P, written into ``out`` when given. The reference emulation
+        of group influence needs the sampled example's gradient at every step
+        (``reference_lissa.py``)."""
+        if self.mlp is not None:
+            return mlp_gradient_batched(self.mlp, self.images[rows].flatten(2),
+                                        self.labels[rows], out)
+        result = vmap(self._gradient_rows_generic)(rows)
+        return result if out is None else out.copy_(result)
+
+    def _gradient_rows_generic(self, rows: torch.Tensor) -> torch.Tensor:
+        return grad(lambda flat: self.loss(flat, self.images[rows], self.labels[rows]))(
+            self.theta)
 
     def hvp_mean(self, vector: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """H v, H the Hessian of the mean loss over ``rows`` (all rows when None), computed

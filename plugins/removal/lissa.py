@@ -9,8 +9,10 @@ step, and the chains are averaged. The fixed point is h* = scale (H + c scale I)
 Two modes (``compat``):
 * ``correct`` (rsc's default): c = damp / scale and the result is divided by scale, so the
   estimate is the damped inverse HVP (H + damp I)^-1 v that the influence formula needs.
-* ``reference``: c = damp and no final division (the reference's code), so the estimate is
-  scale (H + damp scale I)^-1 v: a more heavily damped inverse, multiplied by scale.
+* ``paper``: c = damp and no final division, what the reference's code means to compute: the
+  estimate is scale (H + damp scale I)^-1 v, a more heavily damped inverse times scale.
+The reference's code as it runs computes something else again (its product keeps autograd's
+graph, its chains are concatenated, not averaged): ``reference_lissa.py`` emulates that.
 
 The chains run as one ``vmap`` pass over the chain axis (``vectorise=True``), each with its
 own Hessian samples; ``vectorise=False`` runs them one after another with the SAME samples,
@@ -46,7 +48,7 @@ import torch
 
 from rsc_core.errors import DivergenceError
 
-COMPAT_MODES = ("correct", "reference")
+COMPAT_MODES = ("correct", "paper")
 GUARD_EVERY = 10  # steps between divergence checks (see the module docstring)
 
 #: ``hvp_batched(vectors, rows, out=buffer, alpha=a, plus=p)``: r x P vectors and r x b rows
@@ -72,7 +74,7 @@ class LissaSettings:
     @property
     def decay(self) -> float:
         """c in the recursion: the damping each step applies to h."""
-        return self.damp if self.compat == "reference" else self.damp / self.scale
+        return self.damp if self.compat == "paper" else self.damp / self.scale
 
 
 def draw_samples(num_rows: int, settings: LissaSettings,

@@ -120,3 +120,42 @@ def mlp_hvp_batched(layers: Sequence[nn.Linear], vectors: torch.Tensor, x: torch
             delta = torch.matmul(delta, layer.weight) * mask
             r_delta = r_back * mask
     return out
+
+
+@torch.no_grad()
+def mlp_gradient_batched(layers: Sequence[nn.Linear], x: torch.Tensor, y: torch.Tensor,
+                         out: torch.Tensor | None = None) -> torch.Tensor:
+    """Per chain k, the gradient of the mean CE loss over its rows ``x[k]`` (r x b x d) with
+    labels ``y[k]`` (r x b): r x P in the flat layout of ``mlp_hvp_batched``, written into
+    ``out`` when given (a reused buffer: see ``mlp_hvp_batched`` on page faults).
+
+    Why by hand: the reference emulation of group influence (``reference_lissa.py``) needs one
+    sampled example's gradient per chain and step; through ``vmap`` its weight gradients are
+    the slow inner-dimension-1 batched products this module exists to avoid."""
+    r, batch = x.shape[0], x.shape[1]
+    activations, masks, a = [x], [], x
+    for index, layer in enumerate(layers):
+        z = F.linear(a, layer.weight, layer.bias)
+        if index < len(layers) - 1:
+            mask = z > 0
+            masks.append(mask)
+            a = z * mask
+            activations.append(a)
+    p = torch.softmax(z, dim=-1)
+    delta = (p - F.one_hot(y, p.shape[-1]).to(p.dtype)) / batch
+    total = sum(layer.weight.numel() + layer.bias.numel() for layer in layers)
+    out = torch.empty(r, total, dtype=x.dtype, device=x.device) if out is None else out
+    offset = total
+    for index in range(len(layers) - 1, -1, -1):
+        layer = layers[index]
+        out_f, in_f = layer.weight.shape
+        offset -= out_f * in_f + out_f
+        grad_w = out[:, offset:offset + out_f * in_f].view(r, out_f, in_f)
+        if batch == 1:  # an outer product: one broadcast multiply (see the module docstring)
+            torch.mul(delta.transpose(1, 2), activations[index], out=grad_w)
+        else:
+            torch.bmm(delta.transpose(1, 2), activations[index], out=grad_w)
+        out[:, offset + out_f * in_f:offset + out_f * in_f + out_f] = delta.sum(1)
+        if index > 0:
+            delta = torch.matmul(delta, layer.weight) * masks[index - 1]
+    return out
