@@ -39,10 +39,11 @@ from .checkpoints import build_model_from_checkpoint, read_checkpoint, save_chec
 from .digests import file_digest
 from .errors import RscError
 from .evaluation import loss_and_accuracy
+from .paths import fitted_name
 from .paths import runs_dir as resolve_runs_dir
 from .removal import RemovalRequest, RemovalResult
 from .run_lock import RunLock
-from .runs import Run, resolve_device
+from .runs import RUN_NAME_RESERVE, Run, resolve_device
 from .scoring import score_model
 from .spurious import SpuriousDataset, build_spurious_dataset
 from .subsets import read_index_list
@@ -109,7 +110,8 @@ def removal_path(runs_dir: Path, source: Run, section: Mapping[str, Any]) -> Pat
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
     tag = re.sub(r"[^A-Za-z0-9._=+-]+", "-", section.get("tag") or "")
     label = f"{section['method']}-{tag}" if tag else section["method"]
-    return runs_dir / f"{source.name}_rm-{label}-{digest}"
+    return runs_dir / fitted_name(runs_dir, f"{source.name}_rm-{label}", digest,
+                                  RUN_NAME_RESERVE)
 
 
 def find_removal(source: Run, method: str, options: Mapping[str, Any], forget: np.ndarray,

@@ -341,3 +341,55 @@ def test_folder_names_tell_variants_apart(env):
     assert reference.name.startswith(f"{source}_rm-group-influence-lissa-reference-")
     assert cg.name.startswith(f"{source}_rm-group-influence-cg-correct-")
     assert incremental.name.startswith(f"{source}_rm-incremental-retraining-e1-")
+
+
+# --------------------------------------------------------------------------- long names
+def test_an_over_long_removal_folder_name_is_shortened_not_blamed_on_the_folder(env):
+    """Issue 26: a removal of a run whose folder name is long got a name over the file
+    system's 255 bytes, and the error blamed the runs folder. The readable part is cut; the
+    hash (which makes the name unique) stays."""
+    import shutil
+
+    long_source = env["runs"] / ("x" * 230 + "-" + env["source"].name[:8])
+    shutil.copytree(env["source"].path, long_source)
+    outcome = remove_run(long_source, "incremental-retraining", "spurious",
+                         {"extra_epochs": 1}, runs_dir=env["runs"], data_dir=env["data"],
+                         device="cpu")
+    name = outcome.run.name
+    assert len(name.encode()) <= 255 - 16 and name.startswith("x" * 100)
+    assert outcome.run.finished
+    again = remove_run(long_source, "incremental-retraining", "spurious",
+                       {"extra_epochs": 1}, runs_dir=env["runs"], data_dir=env["data"],
+                       device="cpu")
+    assert again.reused and again.run.path == outcome.run.path
+    shutil.rmtree(outcome.run.path)
+    shutil.rmtree(long_source)
+
+
+def test_over_long_run_names_are_shortened_and_existing_names_kept(tmp_path):
+    from rsc_core.paths import fitted_name
+    from rsc_core.runs import RUN_NAME_RESERVE, config_hash, find_run, run_config
+
+    spec = SpuriousSpec.build("mnist", "v20", 3, 0, 0)
+    regularisers = tuple({"name": name, "params": {"value": 0.12345678901234567,
+                                                   "sigma": 0.98765432109876543}}
+                         for name in ("weight-decay", "input-noise", "label-smoothing",
+                                      "confidence-penalty", "grad-clip"))
+    config = TrainConfig(arch="MLP", epochs=3, regularisers=regularisers)
+    run = find_run(spec, config, tmp_path)
+    assert len(run.name.encode()) <= 255 - RUN_NAME_RESERVE
+    assert run.name.endswith(config_hash(run_config(spec, config)))
+    assert find_run(spec, CONFIG, tmp_path).name == find_run(spec, CONFIG, tmp_path).name
+    label, digest = "a" * 240, "0123456789"
+    assert fitted_name(tmp_path, label, digest, RUN_NAME_RESERVE) != f"{label}-{digest}"
+    (tmp_path / f"{label}-{digest}").mkdir()  # written before names were shortened: found
+    assert fitted_name(tmp_path, label, digest, RUN_NAME_RESERVE) == f"{label}-{digest}"
+
+
+def test_a_name_too_long_for_the_file_system_is_named_in_the_error(tmp_path):
+    from rsc_core.errors import RscError
+    from rsc_core.run_lock import RunLock
+
+    with pytest.raises(RscError, match=r"the name 'y{300}' \(300 bytes\) is longer than"):
+        with RunLock(tmp_path / ("y" * 300)):
+            pass
