@@ -358,3 +358,18 @@ def test_report_keeps_experiments_apart_and_labels_them(variants):
     assert all("rm-" not in m.base_recipe for m in report.mitigations)
     assert baseline
 
+
+def test_removal_folders_written_before_the_rule_pool_with_new_ones(variants):
+    """A removal folder from before issue 26 records no pool identity: it reads as a removal
+    of a whole-set source, forgetting ``spurious`` when no planted row remains."""
+    from rsc_core.pooling import pool_identity, pool_mismatch
+
+    _, _, made = variants
+    for key in ("retrain0", "group-influence1"):
+        run = made[key]
+        legacy = json.loads(json.dumps(run.metrics))
+        del legacy["removal"]["pool"]
+        config = {k: v for k, v in run.config.items() if k != "subset"}  # dropped then
+        assert pool_mismatch(pool_identity(run.config, run.metrics),
+                             pool_identity(config, legacy)) is None
+        assert pool_identity(config, legacy)["removal.forget"] == "spurious"
