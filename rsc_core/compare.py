@@ -127,6 +127,16 @@ def _baseline_identity(run: Run) -> dict[str, Any]:
     return baseline_identity(run.config, run.metrics)
 
 
+def _unlike(mismatch: str) -> str:
+    """How a baseline differs from the runs, from the field ``pool_mismatch`` names."""
+    field = mismatch.split(" ", 1)[0]
+    if field == "subset":
+        return "was trained on other rows than the runs"
+    if field.startswith("removal."):
+        return "is a removal run, not a trained baseline"
+    return "was trained with another recipe"
+
+
 def unique_runs(runs: Sequence[Run]) -> list[Run]:
     """The runs with repeats (the same folder given twice, or matched by two globs) removed,
     in order; a warning says which were dropped."""
@@ -168,8 +178,7 @@ def check_poolable(spurious: Sequence[Run], baseline: Sequence[Run],
     for run in baseline:
         mismatch = pool_mismatch(wanted, _baseline_identity(run))
         if mismatch:
-            message = (f"baseline {run.path.name} was not trained like the runs (recipe and "
-                       f"training rows): it differs in {mismatch}")
+            message = f"baseline {run.path.name} {_unlike(mismatch)}: {mismatch}"
             if not allow_mixed_baseline:
                 raise RscError(message + "; use a baseline trained like the runs, or pass "
                                "--allow-mixed-baseline to compare anyway")

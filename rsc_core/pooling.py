@@ -101,7 +101,8 @@ def pool_identity(config: Mapping[str, Any],
 
 def recipe_identity(config: Mapping[str, Any],
                     metrics: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The pool identity without the spec: what a run's clean baseline must share with it."""
+    """The pool identity without the spec (``spec.*`` is what a report groups by first): the
+    recipe, subset and removal, whose hash is the results index's ``recipe_id``."""
     identity = {f"train.{k}": v for k, v in config["train"].items() if k != "seed"}
     variant = variant_identity(config, metrics)
     identity["subset"] = variant["subset"]

@@ -141,7 +141,7 @@ def build_report(rows: Sequence[dict[str, Any]], *, threshold: float = DEFAULT_T
         raise RscError("no finished spurious runs match; nothing to report (check --where "
                        "with `rsc runs list`)")
     errors = []
-    for (dataset, pattern, targets, rid), group_rows in sorted(
+    for (dataset, pattern, targets, _), group_rows in sorted(
             spurious.items(), key=lambda item: (*item[0][:3], item[1][0]["recipe"])):
         baseline_rows = clean.get((dataset, group_rows[0]["baseline_id"]), [])
         subsets = _split_protocols(group_rows)

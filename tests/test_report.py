@@ -331,9 +331,10 @@ def test_compare_refuses_a_baseline_trained_on_other_rows(variants):
     """An ``rsc mia`` shadow (clean, on kept rows) is no baseline for whole-set runs."""
     _, data, made = variants
     runs = [made["full0"], made["full1"]]
-    with pytest.raises(RscError, match=r"baseline .* differs in subset .*--allow-mixed"):
+    with pytest.raises(RscError, match=r"baseline .* on other rows than the runs: subset "
+                                       r"\(None vs 'keep30-.*--allow-mixed"):
         compare_runs(runs, [made["shadow"]], data_dir=data, device="cpu")
-    with pytest.warns(UserWarning, match="differs in subset"):
+    with pytest.warns(UserWarning, match="on other rows than the runs"):
         compare_runs(runs, [made["shadow"]], data_dir=data, device="cpu",
                      allow_mixed_baseline=True)
 
@@ -373,3 +374,4 @@ def test_removal_folders_written_before_the_rule_pool_with_new_ones(variants):
         assert pool_mismatch(pool_identity(run.config, run.metrics),
                              pool_identity(config, legacy)) is None
         assert pool_identity(config, legacy)["removal.forget"] == "spurious"
+
