@@ -375,3 +375,22 @@ def test_removal_folders_written_before_the_rule_pool_with_new_ones(variants):
                              pool_identity(config, legacy)) is None
         assert pool_identity(config, legacy)["removal.forget"] == "spurious"
 
+
+def test_sensitivity_of_a_removal_uses_the_rows_it_stands_for(variants):
+    """A removal folder records its rows (the source's without the forget set); before issue
+    26 it dropped its source's subset and drew images from the whole training set."""
+    _, data, made = variants
+    removal = made["retrain0"]
+    curve = sensitivity_curve(removal, images=1000, steps=2, data_dir=data, device="cpu")
+    assert len(curve.indices) == 60 - 1  # every row but the one forgotten planted image
+    subset = sensitivity_curve(made["spurious0"], images=1000, steps=2, data_dir=data,
+                               device="cpu")
+    assert len(subset.indices) == 60 - 1
+
+
+def test_cli_compare_refusal_is_one_line_naming_the_field(variants):
+    _, data, made = variants
+    result = rsc("compare", str(made["incremental-retraining0"].path),
+                 str(made["group-influence1"].path), "--data-dir", str(data), "--device", "cpu")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "in removal.method ('incremental-retraining' vs 'group-influence')" in result.output
