@@ -1,12 +1,17 @@
 """Removal runs: a data-removal method applied to a finished run, recorded in a NEW run folder
 linked to its source (the source is never modified, not even its score cache).
 
+A removal starts from exactly the source's training set (its subset's rows, when it trained
+on part of the training set) minus the forget set: the remover receives that set, so none
+needs a special case, and a forget index the source never trained on is refused.
+
 The folder is a normal run folder (``config.json`` with the source's spec and recipe plus a
-``removal`` section; ``model.pt``; ``metrics.json`` written last), so ``rsc score``,
-``rsc compare`` and ``rsc weights`` work on it. It is named
+``removal`` section and the rows it stands for, ``subset``; ``model.pt``; ``metrics.json``
+written last), so ``rsc score``, ``rsc compare`` and ``rsc weights`` work on it. It is named
 ``<source folder>_rm-<method>[-<tag>]-<hash>`` (the tag names the main options, e.g.
-``lissa-reference``), the hash covering the method, its resolved options, the
-forget set and the source model's checksum; a finished removal is reused unless ``force``.
+``lissa-reference``), the hash covering the method, its resolved options, the forget set, the
+source model's checksum and a subset source's rows; a finished removal is reused unless
+``force``.
 Everything is written in a temporary folder renamed into place at the end, so a failure
 (bad input, a diverging solver) leaves nothing behind and a finished result is never lost.
 
@@ -45,7 +50,7 @@ from .removal import RemovalRequest, RemovalResult
 from .run_lock import RunLock
 from .runs import RUN_NAME_RESERVE, Run, resolve_device
 from .scoring import score_model
-from .spurious import build_spurious_dataset
+from .spurious import SpuriousDataset, build_spurious_dataset
 from .pooling import forget_identity, variant_identity
 from .subsets import apply_subset, kept_spurious_indices, read_index_list, training_rows, without
 from .training import make_loss
@@ -152,6 +157,17 @@ def open_source(path: str | Path) -> Run:
     return source
 
 
+def source_training_set(source: Run, data_dir: str | Path | None,
+                        download: bool | None) -> tuple[SpuriousDataset, SpuriousDataset]:
+    """The source's planted dataset (every row) and its training set as it trained (the rows
+    its subset keeps): a removal starts from the latter, never from rows the source never
+    saw."""
+    planted = build_spurious_dataset(source.spec, data_dir, download)
+    if source.subset is None:
+        return planted, planted
+    return planted, apply_subset(planted, source.subset)
+
+
 def remove_run(source_path: str | Path, method: str, forget_text: str = "spurious",
                options: Mapping[str, Any] | None = None, *,
                runs_dir: str | Path | None = None, data_dir: str | Path | None = None,
@@ -166,8 +182,7 @@ def remove_run(source_path: str | Path, method: str, forget_text: str = "spuriou
     indices = parse_forget(forget_text, source)
     torch_device = resolve_device(device)
     root = resolve_runs_dir(runs_dir)
-    planted = build_spurious_dataset(source.spec, data_dir, download)
-    data = planted if source.subset is None else apply_subset(planted, source.subset)
+    planted, data = source_training_set(source, data_dir, download)
     rows = training_rows(data)
     forget = resolve_forget(indices, source, len(planted.train), rows)
     resolved = remover.resolve_options(dict(options or {}), source, forget)
@@ -178,9 +193,10 @@ def remove_run(source_path: str | Path, method: str, forget_text: str = "spuriou
             target.model_sha256()
             return RemovalOutcome(target, reused=True)
         started = time.perf_counter()
-        request = RemovalRequest(source, np.searchsorted(rows, forget), resolved, torch_device,
-                                 data, root, Path(data_dir) if data_dir else None, progress,
-                                 forget, without(source.subset, forget), planted)
+        request = RemovalRequest(
+            source, np.searchsorted(rows, forget), resolved, torch_device, data, root,
+            Path(data_dir) if data_dir else None, progress, forget_indices=forget,
+            training_subset=without(source.subset, forget), planted=planted)
         result = remover.remove(request)
         _check_finite(result, method)
         _write(target, source, section, request, result, root, time.perf_counter() - started)
