@@ -276,7 +276,8 @@ def print_comparison(comparison: Comparison, console: Console | None = None) -> 
               help="Probability rise that counts as spurious.")
 @click.option("--exclude-target", is_flag=True, help="Score only test images with y != target.")
 @click.option("--allow-mixed-baseline", is_flag=True,
-              help="Accept a baseline trained with another recipe than the runs (warns).")
+              help="Accept a baseline trained with another recipe or on other training rows "
+                   "than the runs (warns).")
 @click.option("--allow-mixed-seeds", is_flag=True,
               help="Pool runs that follow different seed protocols (e.g. some with training "
                    "seed = dataset seed, some with a fixed training seed).")
@@ -288,9 +289,10 @@ def compare_command(runs, baselines, threshold, exclude_target, allow_mixed_base
     """Aggregate runs that differ only in seed: mean ± SEM per n and the one-sided Welch
     t-test against the clean baseline. RUNS may be folders or globs (quote them).
 
-    The runs must share everything but their seeds (the differing fields are named
-    otherwise), a run given twice counts once, and the seed protocol is printed: the study
-    varies the dataset seed (the last number of the spec) with training seed 0."""
+    The runs must share everything but their seeds: recipe, training subset and removal
+    (docs/reports.md, "What pools as seeds"; the differing field is named otherwise), a run
+    given twice counts once, and the seed protocol is printed: the study varies the dataset
+    seed (the last number of the spec) with training seed 0."""
     resolve_device(device)
     comparison = compare_runs(_expand(runs), _expand(baselines) if baselines else (),
                               threshold, exclude_target, data_dir, device, download,

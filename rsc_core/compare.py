@@ -5,10 +5,11 @@ indicators against those of the clean baseline, scored with the same pattern and
 (seed 0, as the reference scores its clean models).
 
 Pooling is only honest for runs that differ in nothing but their seeds, so ``compare_runs``
-checks it: the same run given twice counts once; runs whose recipe or dataset differ in
-anything but the seeds (and n, the grouping) are refused, naming the fields; a baseline trained
-with another recipe is refused unless ``allow_mixed_baseline``; and runs must follow one seed
-protocol (``seed_protocol``) unless ``allow_mixed_seeds``."""
+checks it with the rule every command shares (``pooling.pool_mismatch``): the same run given
+twice counts once; runs whose dataset, recipe, training subset or removal differ in anything
+but the seeds (and n, the grouping) are refused, naming the field; a baseline trained with
+another recipe or on other rows is refused unless ``allow_mixed_baseline``; and runs must
+follow one seed protocol (``seed_protocol``) unless ``allow_mixed_seeds``."""
 from __future__ import annotations
 
 import functools
@@ -23,6 +24,7 @@ from scipy import stats
 
 from .datasets import ImageData, load_dataset
 from .errors import RscError
+from .pooling import baseline_identity, pool_identity, pool_mismatch
 from .runs import Run, score_run
 from .scoring import DEFAULT_THRESHOLD, ScoreResult, check_threshold
 
@@ -116,33 +118,23 @@ def seed_protocol(pairs: Sequence[tuple[int, int]]) -> str:
     return "mixed"
 
 
-def _recipe(run: Run) -> dict[str, Any]:
-    """What must be equal for runs to be pooled as seeds: the training recipe without its
-    seed and the dataset spec without its seed and n (n is the grouping)."""
-    train = {f"train.{k}": v for k, v in run.config["train"].items() if k != "seed"}
-    spec = {f"spec.{k}": v for k, v in run.config["spec"].items()
-            if k not in ("seed", "n", "name")}
-    return {**train, **spec}
+def _identity(run: Run) -> dict[str, Any]:
+    """The run's pool identity (``pooling.pool_identity``): what must be equal to pool."""
+    return pool_identity(run.config, run.metrics)
 
 
-def _differences(recipes: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Fields whose values differ across ``recipes``, with the distinct values."""
-    keys = sorted(set().union(*recipes))
-    differing = {}
-    for key in keys:
-        values: list[Any] = []
-        for recipe in recipes:
-            value = recipe.get(key, "<absent>")
-            if value not in values:
-                values.append(value)
-        if len(values) > 1:
-            differing[key] = values
-    return differing
+def _baseline_identity(run: Run) -> dict[str, Any]:
+    return baseline_identity(run.config, run.metrics)
 
 
-def _describe(differing: dict[str, list[Any]]) -> str:
-    return "; ".join(f"{key} ({' vs '.join(map(repr, values))})"
-                     for key, values in differing.items())
+def _unlike(mismatch: str) -> str:
+    """How a baseline differs from the runs, from the field ``pool_mismatch`` names."""
+    field = mismatch.split(" ", 1)[0]
+    if field == "subset":
+        return "was trained on other rows than the runs"
+    if field.startswith("removal."):
+        return "is a removal run, not a trained baseline"
+    return "was trained with another recipe"
 
 
 def unique_runs(runs: Sequence[Run]) -> list[Run]:
@@ -166,11 +158,14 @@ def check_poolable(spurious: Sequence[Run], baseline: Sequence[Run],
                    allow_mixed_baseline: bool = False,
                    allow_mixed_seeds: bool = False) -> SeedProtocol:
     """Refuse to pool runs that differ in anything but seeds; return their seed protocol."""
-    recipes = [_recipe(r) for r in spurious]
-    differing = _differences(recipes)
-    if differing:
-        raise RscError("runs compared as seeds must differ only in their seeds (and n); they "
-                       f"differ in {_describe(differing)}; compare each recipe separately")
+    first = spurious[0]
+    identity = _identity(first)
+    for run in spurious[1:]:
+        mismatch = pool_mismatch(identity, _identity(run))
+        if mismatch:
+            raise RscError(f"runs compared as seeds must differ only in their seeds (and n): "
+                           f"{run.path.name} differs from {first.path.name} in {mismatch}; "
+                           f"compare each recipe separately")
     seen: dict[tuple[int, int, int], str] = {}
     for run in spurious:
         key = (run.spec.n, run.spec.seed, run.train_config.seed)
@@ -179,13 +174,11 @@ def check_poolable(spurious: Sequence[Run], baseline: Sequence[Run],
                            f"{key[0]}, dataset seed {key[1]}, training seed {key[2]}); "
                            f"give each run once")
         seen[key] = str(run.path)
-    train_only = {k: v for k, v in recipes[0].items() if k.startswith("train.")}
+    wanted = _baseline_identity(first)
     for run in baseline:
-        base = {k: v for k, v in _recipe(run).items() if k.startswith("train.")}
-        differing = _differences([train_only, base])
-        if differing:
-            message = (f"baseline {run.path.name} was trained with another recipe: "
-                       f"{_describe(differing)}")
+        mismatch = pool_mismatch(wanted, _baseline_identity(run))
+        if mismatch:
+            message = f"baseline {run.path.name} {_unlike(mismatch)}: {mismatch}"
             if not allow_mixed_baseline:
                 raise RscError(message + "; use a baseline trained like the runs, or pass "
                                "--allow-mixed-baseline to compare anyway")

@@ -39,3 +39,27 @@ def download_allowed(explicit: bool | None = None) -> bool:
     if explicit is not None:
         return explicit
     return os.environ.get("RSC_DOWNLOAD", "") in ("1", "true", "yes")
+
+
+#: The longest file name most file systems allow (bytes).
+NAME_MAX = 255
+
+
+def fitted_name(root: Path, label: str, digest: str, reserve: int = 0) -> str:
+    """A folder name ``<label>-<digest>`` that fits the file system with ``reserve`` bytes to
+    spare (for names derived from it: ``.locks/<name>.owner``, ``.<name>.tmp-<pid>``).
+
+    The digest already makes the name unique, so an over-long readable label is cut short
+    (``label`` is ASCII: run names are sanitised). A folder that exists under the full name
+    is kept (names that fit never change), so runs written before are found and reused."""
+    name = f"{label}-{digest}"
+    if len(name.encode()) <= NAME_MAX - reserve:
+        return name
+    try:
+        if (root / name).is_dir():
+            return name
+    except OSError:  # ENAMETOOLONG: it cannot exist
+        pass
+    room = NAME_MAX - reserve - len(digest.encode()) - 1
+    short = label.encode()[:room].decode("utf-8", errors="ignore").rstrip("-_.")
+    return f"{short}-{digest}"

@@ -7,8 +7,11 @@ entry points sorted by name. The first registration of a name wins; a later one 
 with a one-line warning naming both packages and listed as a conflict by ``rsc plugins``.
 
 Isolation is per hook: a module that fails to import is skipped; a hook that raises registers
-nothing, and the plugin's other hooks still run. Either is a one-line warning and a listed
-failure. ``RSC_STRICT_PLUGINS=1`` turns failures and conflicts into errors (CI sets it).
+nothing, and the plugin's other hooks still run. "Fails" means any exception, ``SystemExit``
+included (a plugin calling ``sys.exit(0)`` at import would otherwise end every rsc command
+silently with status 0); only ``KeyboardInterrupt`` passes through. Either is a one-line
+warning and a listed failure. ``RSC_STRICT_PLUGINS=1`` turns failures and conflicts into
+errors (CI sets it).
 
 ``RSC_DISABLE_PLUGINS=a,b`` skips those distributions; ``RSC_LOAD_PLUGINS=a,b`` loads only
 those third-party distributions (set but empty: none). rsc's own plugins always load.
@@ -235,7 +238,9 @@ def _load_modules(state: PluginState) -> None:
         try:
             module = ep.load()
             state.manager.register(module, name=plugin_name)
-        except Exception as exc:  # a broken plugin must not break rsc
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken plugin must not break (or exit) rsc
             _fail(state, PluginFailure(source, ep.name, "import", _describe(exc)))
             continue
         state.plugins.append(LoadedPlugin(plugin_name, source, ep.name, module))
@@ -280,7 +285,9 @@ def _run_register_hook(state: PluginState, kind: str, plugin: LoadedPlugin,
 
     try:
         hook(register=register)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit too: a plugin must not end rsc silently
         _fail(state, PluginFailure(plugin.source, plugin.entry_point, f"register_{kind}",
                                    _describe(exc)))
         return
@@ -348,7 +355,9 @@ def _add_plugin_commands(state: PluginState, cli: Any, plugin: LoadedPlugin,
     before = dict(cli.commands)
     try:
         hook(cli=cli)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit too: a plugin must not end rsc silently
         _restore(cli, before)
         _fail(state, PluginFailure(plugin.source, plugin.entry_point, "register_commands",
                                    _describe(exc)))

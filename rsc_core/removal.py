@@ -1,12 +1,14 @@
 """The data-removal interface (PROTOCOL.md section 7): given a finished run and the training
 examples to forget, return a model that approximates one trained without them.
 
-A remover receives one ``RemovalRequest`` (the source run, the forget set in ORIGINAL
-training-set numbering, its resolved options, the device, and the source's planted dataset
-already loaded) and returns a ``RemovalResult`` (the new weights plus facts about how they were
-obtained: steps taken, residuals, a trained run's folder). Everything around it (parsing the
-forget set, the new run folder linked to its source, the before/after numbers, reuse and
-atomic writes) is ``rsc_core.removal_runs``, so a third-party method is only the maths.
+A remover receives one ``RemovalRequest`` (the source run, the forget set, its resolved
+options, the device, and the source's training set already loaded: exactly the rows the source
+trained on, so that a remover working on ``data.train`` and ``forget`` is right for a source
+trained on a subset with no special case) and returns a ``RemovalResult`` (the new weights
+plus facts about how they were obtained: steps taken, residuals, a trained run's folder).
+Everything around it (parsing the forget set, the new run folder linked to its source, the
+before/after numbers, reuse and atomic writes) is ``rsc_core.removal_runs``, so a
+third-party method is only the maths.
 
 Options are declared, not parsed ad hoc: ``defaults`` names every option a method accepts with
 its default value (whose type is the option's type); ``resolve_options`` fills and checks them
@@ -28,13 +30,19 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .runs import Run
     from .spurious import SpuriousDataset
+    from .subsets import TrainSubset
 
 
 @dataclass(frozen=True)
 class RemovalRequest:
-    """What a remover works on. ``forget`` holds sorted, distinct original training indices;
-    ``data`` is the source run's planted dataset (all rows, original order). ``runs_dir``,
-    ``data_dir`` and ``progress`` are for methods that train runs of their own (``retrain``)."""
+    """What a remover works on. ``data`` is the source run's training set as it trained: its
+    planted dataset restricted to the rows it trained on (its ``--exclude`` or kept rows), in
+    original order, and ``forget`` holds the sorted, distinct positions of the examples to
+    forget in ``data.train`` (the original training indices when the source trained on every
+    row; ``forget_indices`` always are). ``training_subset`` is what a model without the forget
+    set trains on, in original numbering, and ``planted`` the whole planted dataset it numbers:
+    for methods that train runs of their own (``retrain``), with ``runs_dir``, ``data_dir`` and
+    ``progress``."""
 
     source: "Run"
     forget: np.ndarray
@@ -44,6 +52,9 @@ class RemovalRequest:
     runs_dir: Path | None = None
     data_dir: Path | None = None
     progress: bool = False
+    forget_indices: np.ndarray | None = None
+    training_subset: "TrainSubset | None" = None
+    planted: "SpuriousDataset | None" = None
 
 
 @dataclass

@@ -1,12 +1,17 @@
 """Removal runs: a data-removal method applied to a finished run, recorded in a NEW run folder
 linked to its source (the source is never modified, not even its score cache).
 
+A removal starts from exactly the source's training set (its subset's rows, when it trained
+on part of the training set) minus the forget set: the remover receives that set, so none
+needs a special case, and a forget index the source never trained on is refused.
+
 The folder is a normal run folder (``config.json`` with the source's spec and recipe plus a
-``removal`` section; ``model.pt``; ``metrics.json`` written last), so ``rsc score``,
-``rsc compare`` and ``rsc weights`` work on it. It is named
+``removal`` section and the rows it stands for, ``subset``; ``model.pt``; ``metrics.json``
+written last), so ``rsc score``, ``rsc compare`` and ``rsc weights`` work on it. It is named
 ``<source folder>_rm-<method>[-<tag>]-<hash>`` (the tag names the main options, e.g.
-``lissa-reference``), the hash covering the method, its resolved options, the
-forget set and the source model's checksum; a finished removal is reused unless ``force``.
+``lissa-reference``), the hash covering the method, its resolved options, the forget set, the
+source model's checksum and a subset source's rows; a finished removal is reused unless
+``force``.
 Everything is written in a temporary folder renamed into place at the end, so a failure
 (bad input, a diverging solver) leaves nothing behind and a finished result is never lost.
 
@@ -39,13 +44,15 @@ from .checkpoints import build_model_from_checkpoint, read_checkpoint, save_chec
 from .digests import file_digest
 from .errors import RscError
 from .evaluation import loss_and_accuracy
+from .paths import fitted_name
 from .paths import runs_dir as resolve_runs_dir
 from .removal import RemovalRequest, RemovalResult
 from .run_lock import RunLock
-from .runs import Run, resolve_device
+from .runs import RUN_NAME_RESERVE, Run, resolve_device
 from .scoring import score_model
 from .spurious import SpuriousDataset, build_spurious_dataset
-from .subsets import read_index_list
+from .pooling import forget_identity, variant_identity
+from .subsets import apply_subset, kept_spurious_indices, read_index_list, training_rows, without
 from .training import make_loss
 
 REMOVAL_FORMAT = 1
@@ -72,8 +79,12 @@ def parse_forget(text: str, source: Run) -> list[int] | None:
     return read_index_list(text, "forget", ForgetSetError)
 
 
-def resolve_forget(indices: list[int] | None, source: Run, num_train: int) -> np.ndarray:
-    """Sorted distinct original training indices, checked against the training-set size."""
+def resolve_forget(indices: list[int] | None, source: Run, num_train: int,
+                   trained: np.ndarray | None = None) -> np.ndarray:
+    """Sorted distinct original training indices, checked against the training-set size and
+    against ``trained``, the rows the source trained on (all when None): forgetting a row the
+    model never saw is refused, since no removal can undo what was never learned and a
+    retrained baseline would silently train on it."""
     if indices is None:
         indices = list((source.metrics or {}).get("spurious_indices") or [])
         if not indices:
@@ -86,7 +97,15 @@ def resolve_forget(indices: list[int] | None, source: Run, num_train: int) -> np
         raise ForgetSetError(f"training index {bad[0]} is out of range: the training set has "
                              f"{num_train} images (indices 0-{num_train - 1})")
     forget = np.unique(np.asarray(indices, dtype=np.int64))
-    if forget.size >= num_train:
+    if trained is not None:
+        unseen = np.setdiff1d(forget, trained)
+        if unseen.size:
+            subset = source.subset
+            raise ForgetSetError(
+                f"training index {int(unseen[0])} is not among the {trained.size} rows run "
+                f"{source.name} trained on ({subset.tag() if subset else 'all'}); forget only "
+                f"rows the source trained on")
+    if forget.size >= (num_train if trained is None else trained.size):
         raise ForgetSetError("the forget set holds every training image; forget fewer")
     return forget
 
@@ -94,10 +113,16 @@ def resolve_forget(indices: list[int] | None, source: Run, num_train: int) -> np
 # --------------------------------------------------------------------------- identity
 def removal_section(source: Run, method: str, options: Mapping[str, Any],
                     forget: np.ndarray, tag: str = "") -> dict[str, Any]:
-    return {"format": REMOVAL_FORMAT, "method": method, "options": dict(options),
-            "forget": forget.tolist(), "tag": tag,
-            "source": {"name": source.name, "path": str(source.path.resolve()),
-                       "model_sha256": source.model_sha256()}}
+    """The removal's identity and provenance. A source trained on a subset adds its rows
+    (``source_subset``), so its removals never reuse a folder written before removals started
+    from the source's training set; removals of whole-set runs keep their old names."""
+    section = {"format": REMOVAL_FORMAT, "method": method, "options": dict(options),
+               "forget": forget.tolist(), "tag": tag,
+               "source": {"name": source.name, "path": str(source.path.resolve()),
+                          "model_sha256": source.model_sha256()}}
+    if source.subset is not None:
+        section["source_subset"] = source.subset.as_dict()
+    return section
 
 
 def removal_path(runs_dir: Path, source: Run, section: Mapping[str, Any]) -> Path:
@@ -109,7 +134,8 @@ def removal_path(runs_dir: Path, source: Run, section: Mapping[str, Any]) -> Pat
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
     tag = re.sub(r"[^A-Za-z0-9._=+-]+", "-", section.get("tag") or "")
     label = f"{section['method']}-{tag}" if tag else section["method"]
-    return runs_dir / f"{source.name}_rm-{label}-{digest}"
+    return runs_dir / fitted_name(runs_dir, f"{source.name}_rm-{label}", digest,
+                                  RUN_NAME_RESERVE)
 
 
 def find_removal(source: Run, method: str, options: Mapping[str, Any], forget: np.ndarray,
@@ -131,6 +157,17 @@ def open_source(path: str | Path) -> Run:
     return source
 
 
+def source_training_set(source: Run, data_dir: str | Path | None,
+                        download: bool | None) -> tuple[SpuriousDataset, SpuriousDataset]:
+    """The source's planted dataset (every row) and its training set as it trained (the rows
+    its subset keeps): a removal starts from the latter, never from rows the source never
+    saw."""
+    planted = build_spurious_dataset(source.spec, data_dir, download)
+    if source.subset is None:
+        return planted, planted
+    return planted, apply_subset(planted, source.subset)
+
+
 def remove_run(source_path: str | Path, method: str, forget_text: str = "spurious",
                options: Mapping[str, Any] | None = None, *,
                runs_dir: str | Path | None = None, data_dir: str | Path | None = None,
@@ -145,8 +182,9 @@ def remove_run(source_path: str | Path, method: str, forget_text: str = "spuriou
     indices = parse_forget(forget_text, source)
     torch_device = resolve_device(device)
     root = resolve_runs_dir(runs_dir)
-    data = build_spurious_dataset(source.spec, data_dir, download)
-    forget = resolve_forget(indices, source, len(data.train))
+    planted, data = source_training_set(source, data_dir, download)
+    rows = training_rows(data)
+    forget = resolve_forget(indices, source, len(planted.train), rows)
     resolved = remover.resolve_options(dict(options or {}), source, forget)
     section = removal_section(source, method, resolved, forget, remover.tag(resolved))
     target = Run(removal_path(root, source, section))
@@ -155,12 +193,13 @@ def remove_run(source_path: str | Path, method: str, forget_text: str = "spuriou
             target.model_sha256()
             return RemovalOutcome(target, reused=True)
         started = time.perf_counter()
-        request = RemovalRequest(source, forget, resolved, torch_device, data, root,
-                                 Path(data_dir) if data_dir else None, progress)
+        request = RemovalRequest(
+            source, np.searchsorted(rows, forget), resolved, torch_device, data, root,
+            Path(data_dir) if data_dir else None, progress, forget_indices=forget,
+            training_subset=without(source.subset, forget), planted=planted)
         result = remover.remove(request)
         _check_finite(result, method)
-        _write(target, source, section, data, forget, result, root,
-               time.perf_counter() - started)
+        _write(target, source, section, request, result, root, time.perf_counter() - started)
     return RemovalOutcome(target, reused=False)
 
 
@@ -171,9 +210,12 @@ def _check_finite(result: RemovalResult, method: str) -> None:
                            f"was written; try its options for a more stable computation")
 
 
-def _write(target: Run, source: Run, section: dict[str, Any], data: SpuriousDataset,
-           forget: np.ndarray, result: RemovalResult, root: Path, seconds: float) -> None:
-    """Fill a temporary folder and rename it into place (replacing an old result only now)."""
+def _write(target: Run, source: Run, section: dict[str, Any], request: RemovalRequest,
+           result: RemovalResult, root: Path, seconds: float) -> None:
+    """Fill a temporary folder and rename it into place (replacing an old result only now).
+    Its config records the rows the new model stands for (``subset``: the source's training
+    rows without the forget set), so ``rsc sensitivity`` and the index see what it learned
+    from."""
     source_checkpoint = read_checkpoint(source.path / "model.pt")
     before = build_model_from_checkpoint(source_checkpoint)
     after = build_model_from_checkpoint({**source_checkpoint,
@@ -182,21 +224,21 @@ def _write(target: Run, source: Run, section: dict[str, Any], data: SpuriousData
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        config = {**source.config, "removal": section}
-        config.pop("subset", None)
+        config = {**source.config, "removal": section,
+                  "subset": request.training_subset.as_dict()}
         write_json(tmp / "config.json", config)
         history = result.history or list(source_checkpoint.get("history") or [])
         save_checkpoint_states(tmp / "model.pt", after.state_dict(), result.optimizer_state,
                                result.scheduler_state, len(history), history,
                                source_checkpoint.get("meta") or {})
-        metrics = _metrics(source, section, data, forget, before, after, result, root, seconds)
+        metrics = _metrics(source, section, request, before, after, result, root, seconds)
         metrics["model_file"] = {"sha256": file_digest(tmp / "model.pt"),
                                  "bytes": (tmp / "model.pt").stat().st_size}
         metrics["history"] = history
         write_json(tmp / "metrics.json", metrics)
         with open(tmp / "log.txt", "w", encoding="utf-8") as fh:
             fh.write(f"{_dt.datetime.now().isoformat(timespec='seconds')} {section['method']} "
-                     f"removed {len(forget)} examples from {source.path}\n")
+                     f"removed {len(request.forget)} examples from {source.path}\n")
         old = None
         if target.path.exists():
             old = root / f".{target.path.name}.old-{os.getpid()}"
@@ -208,21 +250,22 @@ def _write(target: Run, source: Run, section: dict[str, Any], data: SpuriousData
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _metrics(source: Run, section: dict[str, Any], data: SpuriousDataset, forget: np.ndarray,
+def _metrics(source: Run, section: dict[str, Any], request: RemovalRequest,
              before: nn.Module, after: nn.Module, result: RemovalResult, root: Path,
              seconds: float) -> dict[str, Any]:
-    spec = source.spec
+    spec, data, forget = source.spec, request.data, request.forget_indices
     score_before = score_after = None
     if not spec.is_clean:
         score_before = score_model(before, data.test, spec.pattern, spec.target, spec.seed)
         score_after = score_model(after, data.test, spec.pattern, spec.target, spec.seed)
-    forget_rows = torch.from_numpy(forget)
+    forget_rows = torch.from_numpy(request.forget)  # positions in the source's training set
     images, labels = data.train.images[forget_rows], data.train.labels[forget_rows]
     loss = make_loss("ce")
     forget_before = loss_and_accuracy(before, images, labels, loss)
     forget_after = loss_and_accuracy(after, images, labels, loss)
     clean_after = loss_and_accuracy(after, data.test.images, data.test.labels, loss)[1]
-    remaining = np.setdiff1d(data.spurious_indices, forget)
+    trained_planted = kept_spurious_indices(data)
+    remaining = np.setdiff1d(trained_planted, forget)
     return {
         "status": "finished",
         "finished_at": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -236,6 +279,10 @@ def _metrics(source: Run, section: dict[str, Any], data: SpuriousDataset, forget
             "forget": section["forget"], "source": section["source"],
             "before": _summary(score_before, source.metrics.get("clean_accuracy")),
             "after": _summary(score_after, clean_after),
+            "training_rows": {"source": len(data.train),
+                              "after": len(data.train) - int(forget.size)},
+            "pool": {"forget": forget_identity(forget.tolist(), trained_planted.tolist()),
+                     "source": variant_identity(source.config, source.metrics)},
             "forget_set": {"size": int(forget.size),
                            "before": {"loss": forget_before[0], "accuracy": forget_before[1]},
                            "after": {"loss": forget_after[0], "accuracy": forget_after[1]}},

@@ -3,12 +3,15 @@ against the clean baseline and mitigation tables (``rsc report``).
 
 All statistics come from ``compare.compare_runs`` (mean and SEM per n, the one-sided Welch
 t-test of the pooled per-image indicators against the clean baseline), and only runs that it
-would pool are pooled: runs are grouped by dataset, pattern, target(s) and the full training
-recipe (``recipe_id``: everything but the seed), so runs of two recipes are never averaged.
+would pool are pooled: runs are grouped by dataset, pattern, target(s) and ``recipe_id`` (the
+hash of ``pooling.recipe_identity``: the recipe, the training subset relative to the spec and
+the removal; everything but the seeds), so runs that do not pool are separate groups, each
+with its own label.
 Within a group the runs must follow one seed protocol; a group that mixes them (e.g. some runs
 with training seed 0, some with training seed = dataset seed) is split into one group per
-protocol, and the report says so. A group's baseline is the clean runs of its dataset trained
-with the same recipe; without one, its rows have no p-values and the report says that too.
+protocol, and the report says so. A group's baseline is the clean runs of its dataset whose
+``recipe_id`` is the group's ``baseline_id`` (trained with the same recipe on the same rows);
+without one, its rows have no p-values and the report says that too.
 
 A *mitigation table* compares groups that differ only in their regularisers (PROTOCOL.md
 section 6): per regulariser setting, the spurious score and clean accuracy averaged over the n
@@ -30,6 +33,7 @@ from typing import Any, Sequence
 
 from .compare import Comparison, compare_runs, seed_protocol
 from .errors import RscError
+from .pooling import identity_hash, recipe_identity, variant_label
 from .results_index import recipe_label
 from .runs import Run
 from .scoring import DEFAULT_THRESHOLD
@@ -52,7 +56,8 @@ class CurveGroup:
     runs: tuple[str, ...]
     baseline: tuple[str, ...]
     regularisers: str = ""  # the -r label; empty: none
-    base_recipe: str = ""  # the recipe without seed and regularisers
+    base_recipe: str = ""  # the recipe without seed and regularisers, with subset, removal
+    base_id: str = ""  # the hash of the pool identity without the regularisers
 
     @property
     def label(self) -> str:
@@ -104,9 +109,15 @@ def _split_protocols(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return subsets
 
 
-def _base_recipe(train: dict[str, Any]) -> str:
-    """The recipe without seed and regularisers: what mitigation rows share."""
-    return recipe_label({**train, "regularisers": []})
+def _base_recipe(run: Run) -> tuple[str, str]:
+    """What mitigation rows share, readable and as a hash: the pool identity without the
+    regularisers (so a removal or a subset run is its own family, labelled as such)."""
+    config, metrics = run.config, run.metrics
+    variant = variant_label(config, metrics)
+    label = recipe_label({**config["train"], "regularisers": []})
+    identity = {k: v for k, v in recipe_identity(config, metrics).items()
+                if k != "train.regularisers"}
+    return label + (f" {variant}" if variant else ""), identity_hash(identity)
 
 
 def build_report(rows: Sequence[dict[str, Any]], *, threshold: float = DEFAULT_THRESHOLD,
@@ -122,7 +133,7 @@ def build_report(rows: Sequence[dict[str, Any]], *, threshold: float = DEFAULT_T
     clean: dict[tuple, list[dict]] = defaultdict(list)
     for row in finished:
         if row["pattern"] is None:
-            clean[(row["dataset"], row["recipe_id"])].append(row)
+            clean[(row["dataset"], row["recipe_id"])].append(row)  # matched by baseline_id
         else:
             spurious[(row["dataset"], row["pattern"], row["targets"], row["recipe_id"])
                      ].append(row)
@@ -130,9 +141,9 @@ def build_report(rows: Sequence[dict[str, Any]], *, threshold: float = DEFAULT_T
         raise RscError("no finished spurious runs match; nothing to report (check --where "
                        "with `rsc runs list`)")
     errors = []
-    for (dataset, pattern, targets, rid), group_rows in sorted(
+    for (dataset, pattern, targets, _), group_rows in sorted(
             spurious.items(), key=lambda item: (*item[0][:3], item[1][0]["recipe"])):
-        baseline_rows = clean.get((dataset, rid), [])
+        baseline_rows = clean.get((dataset, group_rows[0]["baseline_id"]), [])
         subsets = _split_protocols(group_rows)
         recipe = group_rows[0]["recipe"]
         if len(subsets) > 1:
@@ -141,7 +152,8 @@ def build_report(rows: Sequence[dict[str, Any]], *, threshold: float = DEFAULT_T
                 f"reported as {len(subsets)} separate groups, never pooled")
         if not baseline_rows:
             report.notes.append(f"{dataset} {pattern} ({recipe}): no clean run with this "
-                                f"recipe, so no baseline row and no p-values")
+                                f"recipe and these training rows, so no baseline row and no "
+                                f"p-values")
         for subset in subsets:
             try:
                 report.groups.append(_compare_group(subset, baseline_rows, report, data_dir,
@@ -161,13 +173,13 @@ def _compare_group(rows: list[dict], baseline_rows: list[dict], report: Report, 
     baseline = [Run(r["path"]) for r in baseline_rows]
     comparison = compare_runs(runs, baseline, report.threshold, report.exclude_target,
                               data_dir, device, download)
-    train = runs[0].config["train"]
     first = rows[0]
+    base_label, base_id = _base_recipe(runs[0])
     return CurveGroup(first["dataset"], first["pattern"], first["targets"], first["recipe"],
                       first["recipe_id"], int(first["epochs"]), comparison,
                       tuple(r["name"] for r in rows), tuple(r["name"] for r in baseline_rows),
                       regularisers=first["regularisers"] or "",
-                      base_recipe=_base_recipe(train))
+                      base_recipe=base_label, base_id=base_id)
 
 
 def _combined_sem(sems: Sequence[float]) -> float:
@@ -181,9 +193,10 @@ def mitigation_rows(groups: Sequence[CurveGroup]) -> list[MitigationRow]:
     without regularisers) that hold more than one setting."""
     families: dict[tuple, list[CurveGroup]] = defaultdict(list)
     for group in groups:
-        families[(group.dataset, group.pattern, group.targets, group.base_recipe)].append(group)
+        families[(group.dataset, group.pattern, group.targets, group.base_recipe,
+                  group.base_id)].append(group)
     rows = []
-    for (dataset, pattern, targets, base), members in sorted(families.items()):
+    for (dataset, pattern, targets, base, _), members in sorted(families.items()):
         if len({m.regularisers for m in members}) < 2:
             continue
         for member in sorted(members, key=lambda m: (m.regularisers != "", m.regularisers)):

@@ -27,7 +27,6 @@ into SQL: column names are checked against ``COLUMNS`` and every value is a boun
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -41,12 +40,13 @@ from typing import Any, Iterable, Sequence
 
 from .errors import ConfigError, RscError
 from .paths import runs_dir as resolve_runs_dir
+from .pooling import baseline_identity, identity_hash, recipe_identity, variant_label
 from .runs import RUN_FORMAT, Run, format_number
 from .subsets import TrainSubset
 
 INDEX_NAME = ".rsc-index.sqlite"
 #: Bump when the columns or their meaning change: an index of another version is rebuilt.
-INDEX_VERSION = 3
+INDEX_VERSION = 4
 BUSY_TIMEOUT_S = 60.0
 #: File systems on which SQLite's WAL mode cannot work (it needs shared memory on one host).
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb", "smbfs", "smb3", "lustre", "gpfs",
@@ -78,14 +78,18 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "trainer": ("TEXT", "trainer"),
     "precision": ("TEXT", "fp32 or bf16"),
     "adam_impl": ("TEXT", "Adam kernel"),
-    "subset": ("TEXT", "training rows used when not all, e.g. minus3-1a2b3c4d (rsc remove's "
-                       "retraining); null: the whole training set"),
+    "subset": ("TEXT", "training rows used when not all, e.g. minus3-1a2b3c4d (--exclude, "
+                       "rsc remove, rsc mia); null: the whole training set"),
     "removal": ("TEXT", "for a removal run (rsc remove), its method and tag, e.g. "
                         "group-influence-lissa-reference; null: a trained run"),
     "removal_of": ("TEXT", "for a removal run, the folder name of the run it started from"),
-    "recipe": ("TEXT", "the training recipe without the seed, readable"),
-    "recipe_id": ("TEXT", "hash of the training recipe without the seed: runs with equal "
-                          "recipe_id differ only in seeds"),
+    "recipe": ("TEXT", "the training recipe without the seed, readable, with the training "
+                       "subset and removal (e.g. minus-spurious, rm-retrain)"),
+    "recipe_id": ("TEXT", "hash of everything but the seeds and the spec (recipe, training "
+                          "subset relative to the spec, removal): runs of one spec with equal "
+                          "recipe_id pool as seeds (rsc_core.pooling)"),
+    "baseline_id": ("TEXT", "the recipe_id a clean run needs to be this run's baseline "
+                            "(trained like it, on the same rows)"),
     "epochs_done": ("INTEGER", "epochs completed"),
     "clean_accuracy": ("REAL", "clean test accuracy at the end"),
     "train_accuracy": ("REAL", "training accuracy at the end"),
@@ -103,26 +107,6 @@ def index_path(runs_root: str | Path) -> Path:
     return Path(runs_root) / INDEX_NAME
 
 
-def recipe_fields(train: dict[str, Any]) -> dict[str, Any]:
-    """The training recipe as recorded in ``config.json`` without the seed: runs with equal
-    recipe fields are seeds of one experiment (``compare.check_poolable``'s rule)."""
-    return {k: v for k, v in train.items() if k != "seed"}
-
-
-def recipe_id(train: dict[str, Any], subset_kind: str | None = None,
-              removal: dict[str, Any] | None = None) -> str:
-    """A short hash of the recipe without the seed (and of the subset kind, for runs trained
-    on part of the training set, and of the removal method and options, for removal runs)."""
-    fields = recipe_fields(train)
-    if subset_kind:
-        fields = {**fields, "subset": subset_kind}
-    if removal:
-        fields = {**fields, "removal": {"method": removal.get("method"),
-                                        "options": removal.get("options")}}
-    text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
 def removal_label(removal: dict[str, Any] | None) -> str | None:
     """``group-influence-lissa-reference``: the removal method and its tag (``rsc remove``);
     the same for every seed of one removal experiment."""
@@ -130,15 +114,6 @@ def removal_label(removal: dict[str, Any] | None) -> str | None:
         return None
     tag = removal.get("tag") or ""
     return f"{removal.get('method')}{'-' + tag if tag else ''}"
-
-
-def subset_kind(subset: dict[str, Any] | None) -> str | None:
-    """``minus3`` (trained without 3 rows) or ``keep100``: what runs of one removal
-    experiment share across seeds (their exact rows differ with the seed)."""
-    if not subset:
-        return None
-    return f"{'minus' if subset.get('mode') == 'exclude' else 'keep'}" \
-           f"{len(subset.get('indices') or [])}"
 
 
 def regulariser_label(regularisers: Iterable[dict[str, Any]]) -> str:
@@ -238,14 +213,14 @@ def _unreadable(folder: Path, error: str) -> dict[str, Any]:
     return row
 
 
-def _config_columns(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """The columns a run's ``config.json`` determines."""
+def _config_columns(folder: Path, config: dict[str, Any],
+                    metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """The columns a run's ``config.json`` determines (and its pool identity, for which a
+    finished run's ``metrics.json`` tells whether its subset removed its planted rows)."""
     spec, train = config["spec"], config["train"]
     subset, removal = config.get("subset"), config.get("removal")
     targets = list(spec.get("targets") or [])
-    kind = subset_kind(subset)
-    removed = removal_label(removal)
-    variant = " ".join(w for w in (kind, f"rm-{removed}" if removed else None) if w)
+    variant = variant_label(config, metrics)
     return {
         "name": folder.name, "dataset": spec.get("dataset"), "pattern": spec.get("pattern"),
         "n": spec.get("n"), "target": targets[0] if targets else None,
@@ -261,10 +236,12 @@ def _config_columns(folder: Path, config: dict[str, Any]) -> dict[str, Any]:
         "precision": train.get("precision", "bf16" if train.get("amp") else "fp32"),
         "adam_impl": train.get("adam_impl", "fused"),
         "subset": TrainSubset.from_dict(subset).tag() if subset else None,
-        "removal": removed,
+        "removal": removal_label(removal),
         "removal_of": ((removal.get("source") or {}).get("name") if removal else None),
         "recipe": recipe_label(train) + (f" {variant}" if variant else ""),
-        "recipe_id": recipe_id(train, kind, removal), "path": str(folder.absolute()),
+        "recipe_id": identity_hash(recipe_identity(config, metrics)),
+        "baseline_id": identity_hash(baseline_identity(config, metrics)),
+        "path": str(folder.absolute()),
         "error": None,
     }
 
@@ -285,7 +262,7 @@ def read_row(folder: str | Path) -> dict[str, Any]:
     except (KeyError, TypeError, OSError) as exc:
         return _unreadable(folder, f"{type(exc).__name__}: {exc}")
     try:
-        row = _config_columns(folder, config)
+        row = _config_columns(folder, config, metrics)
     except (KeyError, TypeError, ValueError) as exc:
         return _unreadable(folder, f"config.json lacks a field ({type(exc).__name__}: {exc})")
     score = (metrics or {}).get("score") or {}

@@ -9,6 +9,7 @@ separate ``.owner`` file, so a waiting process can say which process it waits fo
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import os
 import socket
 from pathlib import Path
@@ -20,8 +21,15 @@ from filelock import FileLock, Timeout
 from .errors import RscError
 
 
-def runs_root_error(root: Path, exc: OSError) -> RscError:
-    """One line for a runs root that cannot hold runs (read-only, under a file, disk full)."""
+def runs_root_error(root: Path, exc: OSError, name: str | None = None) -> RscError:
+    """One line for a runs root that cannot hold runs (read-only, under a file, disk full),
+    or for a name too long for the file system (the folder is not to blame then): ``name``
+    (the run's folder name) or else the file the error names."""
+    if exc.errno == errno.ENAMETOOLONG:
+        name = name or Path(exc.filename or "").name or "a run folder name"
+        return RscError(f"the name {name!r} ({len(name.encode())} bytes) is longer than the "
+                        f"file system under {root} allows; shorten what goes into it (spec, "
+                        f"recipe, regulariser names)")
     reason = exc.strerror or type(exc).__name__
     return RscError(f"cannot write runs under {root} ({reason}); choose a writable folder "
                     f"with --runs-dir or RSC_RUNS_DIR")
@@ -76,7 +84,7 @@ class RunLock:
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
-            raise runs_root_error(root, exc) from None
+            raise runs_root_error(root, exc, self.run_path.name) from None
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -34,6 +34,7 @@ from .checkpoints import build_model_from_checkpoint, read_checkpoint, save_chec
 from .digests import file_digest
 from .errors import CheckpointError, RscError
 from .hardware import check_precision
+from .paths import fitted_name
 from .paths import runs_dir as resolve_runs_dir
 from .regularisers import build_regularisers
 from .run_lock import RunLock
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
 
 #: Format 2 records the model file's checksum at finish; format 1 folders cannot be verified.
 RUN_FORMAT = 2
+#: Bytes a run folder's name leaves free for the names made from it (``<name>.owner`` in
+#: ``.locks``, ``.<name>.tmp-<pid>`` of a removal): a longer name is shortened.
+RUN_NAME_RESERVE = 16
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -235,7 +239,9 @@ class TrainOutcome:
 def find_run(spec: SpuriousSpec, config: TrainConfig, runs_dir: str | Path | None = None,
              subset: TrainSubset | None = None) -> Run:
     cfg = run_config(spec, config, subset)
-    return Run(resolve_runs_dir(runs_dir) / f"{run_slug(spec, config, subset)}-{config_hash(cfg)}")
+    root = resolve_runs_dir(runs_dir)
+    return Run(root / fitted_name(root, run_slug(spec, config, subset), config_hash(cfg),
+                                  RUN_NAME_RESERVE))
 
 
 def train_run(spec: SpuriousSpec, config: TrainConfig, *, runs_dir: str | Path | None = None,

@@ -140,7 +140,9 @@ class SubsetDataset(SpuriousDataset):
 
 
 def apply_subset(data: SpuriousDataset, subset: TrainSubset) -> SubsetDataset:
-    """``data`` with only the rows ``subset`` keeps; the input is not modified."""
+    """``data`` with only the rows ``subset`` keeps; the input is not modified. ``subset``
+    numbers the rows of ``data.train``: applied to a ``SubsetDataset`` it narrows that subset
+    further, and ``train_rows`` stays in original numbering."""
     rows = subset.rows(len(data.train))
     index = torch.from_numpy(rows)
     train = ImageData(data.train.images.index_select(0, index),
@@ -149,8 +151,27 @@ def apply_subset(data: SpuriousDataset, subset: TrainSubset) -> SubsetDataset:
     positions = np.minimum(positions, rows.size - 1)
     remains = rows[positions] == data.spurious_indices
     fields = {name: getattr(data, name) for name in data.__dataclass_fields__}
-    fields.update(train=train, spurious_indices=positions[remains].astype(np.int64))
-    return SubsetDataset(**fields, train_rows=rows)
+    fields.update(train=train, spurious_indices=positions[remains].astype(np.int64),
+                  train_rows=training_rows(data)[rows])
+    return SubsetDataset(**fields)
+
+
+def training_rows(data: SpuriousDataset) -> np.ndarray:
+    """The original indices of ``data.train``'s rows, in order."""
+    if isinstance(data, SubsetDataset):
+        return data.train_rows
+    return np.arange(len(data.train), dtype=np.int64)
+
+
+def without(subset: TrainSubset | None, indices: Iterable[int]) -> TrainSubset:
+    """The training subset of a run trained on ``subset`` (None: every row) with ``indices``
+    (original numbering) removed too: what exact unlearning of a subset run trains on."""
+    indices = _normalise(indices)
+    if subset is None:
+        return TrainSubset.excluding(indices)
+    if subset.mode == "exclude":
+        return TrainSubset.excluding((*subset.indices, *indices))
+    return TrainSubset.keeping(sorted(set(subset.indices) - set(indices)))
 
 
 def kept_spurious_indices(data: SpuriousDataset) -> np.ndarray:
@@ -161,4 +182,4 @@ def kept_spurious_indices(data: SpuriousDataset) -> np.ndarray:
 
 
 __all__ = ["TrainSubset", "SubsetDataset", "apply_subset", "kept_spurious_indices",
-           "read_index_list"]
+           "read_index_list", "training_rows", "without"]

@@ -492,3 +492,51 @@ def test_every_kind_has_a_hook_and_a_registry():
         assert hasattr(hookspecs, f"register_{kind}")
         assert isinstance(rsc_core.list_names(kind), list)
     assert hasattr(hookspecs, "register_commands")
+
+
+EXITING_IMPORT = "raise SystemExit(0)\n"
+EXITING_HOOKS = """
+import sys
+
+from rsc_core import hookimpl
+
+@hookimpl
+def register_patterns(register):
+    sys.exit(0)
+
+@hookimpl
+def register_commands(cli):
+    raise SystemExit(3)
+"""
+
+
+def test_a_plugin_that_exits_is_a_broken_plugin_not_the_end_of_rsc(site, capsys):
+    """Issue 26: ``SystemExit(0)`` at import or in a hook made every rsc command exit 0 with
+    no output. It is caught like any failure (only KeyboardInterrupt passes through)."""
+    import click
+
+    from rsc_core.plugins import add_commands
+
+    make_distribution(site, "rsc-exit-import", "rsc_test_exit_import", EXITING_IMPORT,
+                      {"exit": "rsc_test_exit_import"})
+    make_distribution(site, "rsc-exit-hooks", "rsc_test_exit_hooks", EXITING_HOOKS,
+                      {"hooks": "rsc_test_exit_hooks"})
+    reset_plugins()
+    state = load_plugins()
+    add_commands(click.Group())
+    failed = {(f.source, f.stage, f.error) for f in state.failures}
+    assert failed == {("rsc-exit-import", "import", "SystemExit: 0"),
+                      ("rsc-exit-hooks", "register_patterns", "SystemExit: 0"),
+                      ("rsc-exit-hooks", "register_commands", "SystemExit: 3")}
+    assert len(capsys.readouterr().err.strip().splitlines()) == 3
+    result = run_rsc(["plugins", "--json"], site)
+    assert result.returncode == 0 and json.loads(result.stdout)["failed"]
+    assert "rsc-exit-import" in result.stderr
+
+
+def test_keyboard_interrupt_in_a_plugin_still_stops_rsc(site):
+    make_distribution(site, "rsc-interrupt", "rsc_test_interrupt",
+                      "raise KeyboardInterrupt\n", {"stop": "rsc_test_interrupt"})
+    reset_plugins()
+    with pytest.raises(KeyboardInterrupt):
+        load_plugins()

@@ -431,3 +431,173 @@ def test_folder_names_tell_variants_apart(env):
     assert paper.name.startswith(f"{source}_rm-group-influence-lissa-paper-")
     assert cg.name.startswith(f"{source}_rm-group-influence-cg-correct-")
     assert incremental.name.startswith(f"{source}_rm-incremental-retraining-e1-")
+
+
+# --------------------------------------------------------------------------- issue 26
+# A removal starts from exactly the source's training set (its --exclude rows, its kept rows)
+# minus the forget set, and records it.
+EXCLUDED = [100, 101, 102]
+
+
+def subset_source(env, subset) -> Run:
+    """A finished source run of the world's spec trained on ``subset`` only."""
+    return train_run(env["spec"], CONFIG, runs_dir=env["runs"], data_dir=env["data"],
+                     progress=False, device="cpu", subset=subset).run
+
+
+def remove_from(env, source: Run, method: str, forget: str = "spurious", **options):
+    return remove_run(source.path, method, forget, options, runs_dir=env["runs"],
+                      data_dir=env["data"], device="cpu")
+
+
+def test_retrain_of_an_excluding_source_keeps_its_excluded_rows_out(env):
+    from rsc_core.subsets import TrainSubset
+
+    source = subset_source(env, TrainSubset.excluding(EXCLUDED))
+    planted = source.metrics["spurious_indices"]
+    outcome = remove_from(env, source, "retrain")
+    trained = Run(outcome.run.metrics["removal"]["facts"]["trained_run"])
+    rows = trained.subset.rows(NUM_TRAIN)
+    assert rows.size == NUM_TRAIN - 3 - 3  # not 197: rows 100-102 were never seen
+    assert not set(EXCLUDED) & set(rows.tolist()) and not set(planted) & set(rows.tolist())
+    removal = outcome.run.metrics["removal"]
+    assert removal["facts"]["num_train"] == NUM_TRAIN - 6
+    assert removal["training_rows"] == {"source": NUM_TRAIN - 3, "after": NUM_TRAIN - 6}
+    assert outcome.run.subset == trained.subset  # the removal records the rows it stands for
+    assert removal["l2_to_source"] == pytest.approx(math.sqrt(sum(
+        float((a.double() - b.double()).pow(2).sum()) for a, b in zip(
+            source.load_model().state_dict().values(),
+            outcome.run.load_model().state_dict().values()))), rel=1e-9)
+
+
+def test_incremental_retraining_of_an_excluding_source_never_re_adds_its_rows(env,
+                                                                               monkeypatch):
+    from rsc_core.subsets import TrainSubset
+
+    source = subset_source(env, TrainSubset.excluding(EXCLUDED))
+    data = build_spurious_dataset(source.spec, env["data"])
+    never = data.train.images[[*EXCLUDED, *source.metrics["spurious_indices"]]].flatten(1)
+    seen_rows = []
+    original = ErmTrainer._train_epoch
+
+    def spy(self, ctx, x_all, y_all, *args, **kwargs):
+        seen_rows.append(x_all.flatten(1).clone())
+        return original(self, ctx, x_all, y_all, *args, **kwargs)
+
+    monkeypatch.setattr(ErmTrainer, "_train_epoch", spy)
+    outcome = remove_from(env, source, "incremental-retraining", extra_epochs=1)
+    assert len(seen_rows) == 1 and seen_rows[0].shape[0] == NUM_TRAIN - 6
+    assert not (seen_rows[0][:, None, :] == never[None]).all(-1).any()
+    assert outcome.run.metrics["removal"]["facts"]["num_train"] == NUM_TRAIN - 6
+
+
+def test_removal_of_a_kept_rows_source_works_on_those_rows_only(env):
+    """An ``rsc mia`` target trains on kept rows (``TrainSubset.keeping``): its retraining
+    baseline and group influence's Hessian (N, p) use those rows, never the whole set."""
+    from rsc_core.subsets import TrainSubset
+
+    planted = env["source"].metrics["spurious_indices"]
+    kept = sorted({*range(0, NUM_TRAIN, 4), *planted})
+    source = subset_source(env, TrainSubset.keeping(kept))
+    assert sorted(source.metrics["spurious_indices"]) == sorted(planted)
+    retrain = remove_from(env, source, "retrain").run.metrics["removal"]
+    trained = Run(retrain["facts"]["trained_run"])
+    assert trained.subset.rows(NUM_TRAIN).tolist() == sorted(set(kept) - set(planted))
+    assert retrain["facts"]["num_train"] == len(kept) - 3
+    influence = remove_from(env, source, "group-influence", compat="reference", scale=500.0,
+                            depth=5, repeats=1).run.metrics["removal"]["facts"]
+    assert influence["num_train"] == len(kept)
+    assert influence["p"] == pytest.approx(3 / len(kept))
+
+
+def test_group_influence_gradient_is_that_of_the_forget_rows_of_the_source_set(env):
+    """The remover gets the source's training set and the forget set's positions in it, so
+    the gradient it computes is that of the forgotten examples, wherever they sit."""
+    from rsc_core.subsets import TrainSubset, apply_subset
+
+    source = subset_source(env, TrainSubset.excluding(EXCLUDED))
+    outcome = remove_from(env, source, "group-influence", solver="cg", damp=5.0, tol=1e-8,
+                          max_iter=300)
+    data = apply_subset(build_spurious_dataset(source.spec, env["data"]), source.subset)
+    hessian = LossHessian(source.load_model(), data.train.images, data.train.labels)
+    v = hessian.gradient_sum(torch.from_numpy(data.spurious_indices))
+    facts = outcome.run.metrics["removal"]["facts"]
+    assert facts["num_train"] == NUM_TRAIN - 3
+    assert facts["gradient_norm"] == pytest.approx(v.double().norm().item(), rel=1e-5)
+
+
+def test_forgetting_a_row_the_source_never_trained_on_is_refused(env):
+    from rsc_core.removal_runs import ForgetSetError
+    from rsc_core.subsets import TrainSubset
+
+    source = subset_source(env, TrainSubset.excluding(EXCLUDED))
+    before = listing(env["runs"])
+    with pytest.raises(ForgetSetError, match="training index 101 is not among the 197 rows"):
+        remove_from(env, source, "retrain", "5,101")
+    assert listing(env["runs"]) == before
+    result = CliRunner().invoke(cli, ["remove", str(source.path), "-m", "retrain",
+                                      "--forget", "101", "-q"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "forget only rows the source trained on" in result.output
+
+
+def test_removals_of_whole_set_runs_keep_their_folder_names(env):
+    """Folders written before issue 26 are still found: a whole-set source's removal hashes
+    exactly what it hashed before; only subset sources (whose old results were wrong) move."""
+    from rsc_core.removal_runs import removal_section
+
+    source = env["source"]
+    section = removal_section(source, "retrain", {}, np.array([1, 2]))
+    assert "source_subset" not in section
+
+
+# --------------------------------------------------------------------------- long names
+def test_an_over_long_removal_folder_name_is_shortened_not_blamed_on_the_folder(env):
+    """Issue 26: a removal of a run whose folder name is long got a name over the file
+    system's 255 bytes, and the error blamed the runs folder. The readable part is cut; the
+    hash (which makes the name unique) stays."""
+    import shutil
+
+    long_source = env["runs"] / ("x" * 230 + "-" + env["source"].name[:8])
+    shutil.copytree(env["source"].path, long_source)
+    outcome = remove_run(long_source, "incremental-retraining", "spurious",
+                         {"extra_epochs": 1}, runs_dir=env["runs"], data_dir=env["data"],
+                         device="cpu")
+    name = outcome.run.name
+    assert len(name.encode()) <= 255 - 16 and name.startswith("x" * 100)
+    assert outcome.run.finished
+    again = remove_run(long_source, "incremental-retraining", "spurious",
+                       {"extra_epochs": 1}, runs_dir=env["runs"], data_dir=env["data"],
+                       device="cpu")
+    assert again.reused and again.run.path == outcome.run.path
+    shutil.rmtree(outcome.run.path)
+    shutil.rmtree(long_source)
+
+
+def test_over_long_run_names_are_shortened_and_existing_names_kept(tmp_path):
+    from rsc_core.paths import fitted_name
+    from rsc_core.runs import RUN_NAME_RESERVE, config_hash, find_run, run_config
+
+    spec = SpuriousSpec.build("mnist", "v20", 3, 0, 0)
+    regularisers = tuple({"name": name, "params": {"value": 0.12345678901234567,
+                                                   "sigma": 0.98765432109876543}}
+                         for name in ("weight-decay", "input-noise", "label-smoothing",
+                                      "confidence-penalty", "grad-clip"))
+    config = TrainConfig(arch="MLP", epochs=3, regularisers=regularisers)
+    run = find_run(spec, config, tmp_path)
+    assert len(run.name.encode()) <= 255 - RUN_NAME_RESERVE
+    assert run.name.endswith(config_hash(run_config(spec, config)))
+    assert find_run(spec, CONFIG, tmp_path).name == find_run(spec, CONFIG, tmp_path).name
+    label, digest = "a" * 240, "0123456789"
+    assert fitted_name(tmp_path, label, digest, RUN_NAME_RESERVE) != f"{label}-{digest}"
+    (tmp_path / f"{label}-{digest}").mkdir()  # written before names were shortened: found
+    assert fitted_name(tmp_path, label, digest, RUN_NAME_RESERVE) == f"{label}-{digest}"
+
+
+def test_a_name_too_long_for_the_file_system_is_named_in_the_error(tmp_path):
+    from rsc_core.errors import RscError
+    from rsc_core.run_lock import RunLock
+
+    with pytest.raises(RscError, match=r"the name 'y{300}' \(300 bytes\) is longer than"):
+        with RunLock(tmp_path / ("y" * 300)):
+            pass

@@ -261,3 +261,136 @@ def test_a_long_figure_title_is_wrapped_inside_the_figure(panels):
     box = fig._suptitle.get_window_extent()
     assert box.x0 >= 0 and box.x1 <= fig.bbox.x1
     assert "dataset seeds 0-2" in fig._suptitle.get_text().replace("\n", " ")
+
+
+# --- issue 26: only seeds of one experiment pool ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def variants(grid, tmp_path_factory):
+    """Runs that share spec and recipe but not training rows or removal: v8 n = 1, seeds 0
+    and 1, trained on all rows, without their planted rows, without rows 1-3; a weight-decay
+    run; a clean run on kept rows (an ``rsc mia`` shadow); removals of the whole-set runs."""
+    from rsc_core.removal_runs import remove_run
+    from rsc_core.subsets import TrainSubset
+
+    _, data, target = grid
+    runs = tmp_path_factory.mktemp("variants") / "runs"
+    config = TrainConfig(epochs=1, batch_size=16)
+    made = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RSC_CACHE_DIR", str(runs.parent / "cache"))
+
+        def train(key, spec, subset=None, train_config=config):
+            made[key] = train_run(spec, train_config, runs_dir=runs, data_dir=data,
+                                  progress=False, device="cpu", subset=subset).run
+
+        for seed in (0, 1):
+            spec = SpuriousSpec.build("mnist", "v8", 1, (target,), seed)
+            train(f"full{seed}", spec)
+            planted = made[f"full{seed}"].metrics["spurious_indices"]
+            train(f"spurious{seed}", spec, TrainSubset.excluding(planted))
+            train(f"rows{seed}", spec, TrainSubset.excluding([1, 2, 3]))
+            train(f"wd{seed}", spec, train_config=TrainConfig(epochs=1, batch_size=16,
+                                                              regularisers=WD))
+        train("clean", SpuriousSpec.build("mnist"))
+        train("shadow", SpuriousSpec.build("mnist"), TrainSubset.keeping(range(0, 60, 2)))
+        for seed in (0, 1):
+            for method, options in (("retrain", {}), ("incremental-retraining",
+                                                      {"extra_epochs": 1}),
+                                    ("group-influence", {"compat": "reference", "scale": 500.0,
+                                                         "depth": 3, "repeats": 1})):
+                made[f"{method}{seed}"] = remove_run(
+                    made[f"full{seed}"].path, method, "spurious", options, runs_dir=runs,
+                    data_dir=data, device="cpu").run
+    return runs, data, made
+
+
+@pytest.mark.parametrize("first, second, field", [
+    ("incremental-retraining0", "group-influence1", "removal.method"),
+    ("full0", "retrain1", "removal.method"),
+    ("full0", "spurious1", "subset"),
+    ("spurious0", "rows1", "subset"),
+])
+def test_compare_refuses_runs_that_are_not_seeds_of_one_experiment(variants, first, second,
+                                                                   field):
+    _, data, made = variants
+    with pytest.raises(RscError, match=f"differs from .* in {field} "):
+        compare_runs([made[first], made[second]], [made["clean"]], data_dir=data,
+                     device="cpu")
+
+
+def test_compare_pools_seeds_of_one_removal_and_of_one_subset(variants):
+    _, data, made = variants
+    for key in ("group-influence", "retrain", "spurious"):
+        comparison = compare_runs([made[f"{key}0"], made[f"{key}1"]], [made["clean"]],
+                                  data_dir=data, device="cpu")
+        assert [r.runs for r in comparison.rows] == [1, 2]
+
+
+def test_compare_refuses_a_baseline_trained_on_other_rows(variants):
+    """An ``rsc mia`` shadow (clean, on kept rows) is no baseline for whole-set runs."""
+    _, data, made = variants
+    runs = [made["full0"], made["full1"]]
+    with pytest.raises(RscError, match=r"baseline .* on other rows than the runs: subset "
+                                       r"\(None vs 'keep30-.*--allow-mixed"):
+        compare_runs(runs, [made["shadow"]], data_dir=data, device="cpu")
+    with pytest.warns(UserWarning, match="on other rows than the runs"):
+        compare_runs(runs, [made["shadow"]], data_dir=data, device="cpu",
+                     allow_mixed_baseline=True)
+
+
+def test_report_keeps_experiments_apart_and_labels_them(variants):
+    runs, data, made = variants
+    report = build_report(list_runs(None, runs), data_dir=data, device="cpu")
+    groups = {frozenset(g.runs): g for g in report.groups}
+    for key in ("full", "spurious", "rows", "wd", "retrain", "incremental-retraining",
+                "group-influence"):
+        names = frozenset(made[f"{key}{seed}"].name for seed in (0, 1))
+        assert names in groups, key  # exactly the two seeds, nothing else
+    assert len(report.groups) == 7
+    assert len({g.recipe for g in report.groups}) == 7  # no two groups labelled alike
+    baseline = {g.recipe: g.baseline for g in report.groups}
+    full = groups[frozenset(made[f"full{s}"].name for s in (0, 1))]
+    assert full.baseline == (made["clean"].name,)  # never the shadow on kept rows
+    # the mitigation table compares regularisers of one experiment, never a removal's "none"
+    labels = [(m.base_recipe, m.mitigation) for m in report.mitigations]
+    assert len(labels) == len(set(labels)) == 2
+    assert [m.mitigation for m in report.mitigations] == ["none", "weight-decay:value=0.01"]
+    assert all("rm-" not in m.base_recipe for m in report.mitigations)
+    assert baseline
+
+
+def test_removal_folders_written_before_the_rule_pool_with_new_ones(variants):
+    """A removal folder from before issue 26 records no pool identity: it reads as a removal
+    of a whole-set source, forgetting ``spurious`` when no planted row remains."""
+    from rsc_core.pooling import pool_identity, pool_mismatch
+
+    _, _, made = variants
+    for key in ("retrain0", "group-influence1"):
+        run = made[key]
+        legacy = json.loads(json.dumps(run.metrics))
+        del legacy["removal"]["pool"]
+        config = {k: v for k, v in run.config.items() if k != "subset"}  # dropped then
+        assert pool_mismatch(pool_identity(run.config, run.metrics),
+                             pool_identity(config, legacy)) is None
+        assert pool_identity(config, legacy)["removal.forget"] == "spurious"
+
+
+def test_sensitivity_of_a_removal_uses_the_rows_it_stands_for(variants):
+    """A removal folder records its rows (the source's without the forget set); before issue
+    26 it dropped its source's subset and drew images from the whole training set."""
+    _, data, made = variants
+    removal = made["retrain0"]
+    curve = sensitivity_curve(removal, images=1000, steps=2, data_dir=data, device="cpu")
+    assert len(curve.indices) == 60 - 1  # every row but the one forgotten planted image
+    subset = sensitivity_curve(made["spurious0"], images=1000, steps=2, data_dir=data,
+                               device="cpu")
+    assert len(subset.indices) == 60 - 1
+
+
+def test_cli_compare_refusal_is_one_line_naming_the_field(variants):
+    _, data, made = variants
+    result = rsc("compare", str(made["incremental-retraining0"].path),
+                 str(made["group-influence1"].path), "--data-dir", str(data), "--device", "cpu")
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "in removal.method ('incremental-retraining' vs 'group-influence')" in result.output

@@ -24,7 +24,7 @@ from rsc_core.training import TrainConfig
 
 
 def fake_run(root: Path, spec: str | SpuriousSpec, finished: bool = True, score: float = 0.5,
-             subset=None, **train) -> Path:
+             subset=None, kept_spurious=None, **train) -> Path:
     """A run folder as rsc writes it, without training: config.json, and when finished
     metrics.json and a (dummy) model.pt."""
     from rsc_core.spec import parse_spec
@@ -40,6 +40,8 @@ def fake_run(root: Path, spec: str | SpuriousSpec, finished: bool = True, score:
                    "train_accuracy": 0.95, "finished_at": "2026-11-29T10:00:00",
                    "score": None if spec.is_clean else {"score": score,
                                                          "patterned_accuracy": 0.8}}
+        if kept_spurious is not None:  # the planted rows it trained on, as finish_run writes
+            metrics["spurious_indices"] = list(kept_spurious)
         (folder / "metrics.json").write_text(json.dumps(metrics))
     else:
         (folder / "checkpoint.pt").write_bytes(b"epoch")
@@ -86,17 +88,45 @@ def test_rows_hold_config_metrics_status_and_path(root):
 
 
 def test_runs_on_part_of_the_training_set_have_their_own_recipe(root):
+    """``--exclude spurious`` removes other rows for every dataset seed but is one experiment;
+    explicit rows are an experiment of their own, never pooled with it (issue 26)."""
     from rsc_core.subsets import TrainSubset
 
-    for seed, rows in ((0, (4, 9, 17)), (1, (2, 5, 30))):
-        fake_run(root, f"mnistv8-3-0-{seed}", subset=TrainSubset("exclude", rows))
+    for seed, rows in ((0, (4, 9, 17)), (1, (2, 5, 30))):  # each seed's planted rows
+        fake_run(root, f"mnistv8-3-0-{seed}", subset=TrainSubset("exclude", rows),
+                 kept_spurious=[])
     rows = list_runs("subset != null", root)
     assert len(rows) == 2 and all(r["subset"].startswith("minus3-") for r in rows)
     assert rows[0]["subset"] != rows[1]["subset"]  # the rows differ with the seed...
     assert rows[0]["recipe_id"] == rows[1]["recipe_id"]  # ...the experiment does not
     full = list_runs("pattern=v8 and subset=null and lr=0.01 and dataset=mnist", root)
     assert {r["recipe_id"] for r in full} != {rows[0]["recipe_id"]}
-    assert rows[0]["recipe"].endswith(" minus3")
+    assert rows[0]["recipe"].endswith(" minus-spurious")
+    # the clean baseline of runs without their planted rows is the whole-set clean run
+    clean = list_runs("pattern=null and lr=0.01", root)[0]
+    assert rows[0]["baseline_id"] == clean["recipe_id"]
+
+
+def test_excluding_explicit_rows_is_not_excluding_the_spurious_rows(root):
+    """Issue 26: ``--exclude spurious`` (seed 0) and ``--exclude 1,2,3`` (seed 1) have
+    subsets of one size but are different experiments; explicit rows kept every planted row."""
+    from rsc_core.subsets import TrainSubset
+
+    fake_run(root, "mnistv8-3-0-0", subset=TrainSubset("exclude", (4, 9, 17)), kept_spurious=[])
+    fake_run(root, "mnistv8-3-0-1", subset=TrainSubset("exclude", (1, 2, 3)),
+             kept_spurious=[5, 8, 30])
+    fake_run(root, "mnistv8-3-0-2", subset=TrainSubset("exclude", (1, 2, 3)),
+             kept_spurious=[6, 7, 31])
+    rows = {r["dataset_seed"]: r for r in list_runs("subset != null", root)}
+    assert rows[0]["recipe_id"] != rows[1]["recipe_id"]
+    assert rows[1]["recipe_id"] == rows[2]["recipe_id"]  # the same explicit rows pool
+    assert rows[0]["recipe"] != rows[1]["recipe"]
+    assert rows[1]["recipe"].endswith(" " + TrainSubset("exclude", (1, 2, 3)).tag())
+    # a kept-rows subset (an rsc mia target) is identified by its rows, not its size
+    fake_run(root, "mnistv8-3-0-3", subset=TrainSubset("keep", (1, 2, 3, 4)), kept_spurious=[])
+    fake_run(root, "mnistv8-3-0-4", subset=TrainSubset("keep", (5, 6, 7, 8)), kept_spurious=[])
+    kept = list_runs("subset ~ 'keep*'", root)
+    assert len({r["recipe_id"] for r in kept}) == 2
 
 
 def test_removal_runs_have_their_own_recipe(root):
@@ -112,7 +142,7 @@ def test_removal_runs_have_their_own_recipe(root):
     assert {r["removal"] for r in rows} == {"retrain", "group-influence-lissa-reference"}
     assert {r["removal_of"] for r in rows} == {source["name"]}
     assert len({r["recipe_id"] for r in rows} | {source["recipe_id"]}) == 3
-    assert any(r["recipe"].endswith(" rm-retrain") for r in rows)
+    assert any(" rm-retrain" in r["recipe"] for r in rows)
 
 
 def test_index_follows_the_folders(root):

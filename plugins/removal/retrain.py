@@ -1,7 +1,8 @@
 """``retrain``: exact unlearning, the baseline the approximate methods are judged against.
 Trains from scratch with the source run's full recipe (same seeds, same schedule) on the
 training set without the forget set, as an ordinary rsc run on a training subset
-(``TrainSubset.excluding``): the trained run lives in the runs folder beside its source, is
+(``request.training_subset``: the source's own training rows, its ``--exclude`` or kept rows,
+without the forget set): the trained run lives in the runs folder beside its source, is
 reused when it exists, and is exactly ``rsc train --exclude ...`` of the source's recipe."""
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ class RetrainRemover(Remover):
 
     def remove(self, request: RemovalRequest) -> RemovalResult:
         source = request.source
+        subset = request.training_subset or TrainSubset.excluding(request.forget.tolist())
+        planted = request.data if request.planted is None else request.planted
         outcome = train_run(source.spec, source.train_config, runs_dir=request.runs_dir,
                             data_dir=request.data_dir, progress=request.progress,
-                            device=str(request.device), dataset=request.data,
-                            subset=TrainSubset.excluding(request.forget.tolist()))
+                            device=str(request.device), dataset=planted, subset=subset)
         model = outcome.run.load_model()
         return RemovalResult({k: v.detach().cpu() for k, v in model.state_dict().items()},
                              {"trained_run": str(outcome.run.path), "reused": outcome.reused,
