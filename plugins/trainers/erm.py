@@ -19,6 +19,7 @@ from rsc_core.errors import ConfigError, DivergenceError
 from rsc_core.evaluation import loss_and_accuracy
 from rsc_core.group_training import GroupTrainer
 from rsc_core.hardware import precision_autocast
+from rsc_core.memory_format import match_state_layouts
 from rsc_core.progress import EpochProgress
 from rsc_core.regularisers import Regulariser, TrainContext, iter_batches
 from rsc_core.training import (AUGMENT, EpochCallback, Trainer, TrainConfig, TrainState,
@@ -90,6 +91,7 @@ class ErmTrainer(Trainer, GroupTrainer):
         if resume is not None:
             ctx.model.load_state_dict(resume["model_state_dict"])
             ctx.optimizer.load_state_dict(resume["optimizer_state_dict"])
+            match_state_layouts(ctx.optimizer)  # saved in another memory format? (fused Adam)
             scheduler.load_state_dict(resume["scheduler_state_dict"])
             state = TrainState(resume["epoch"], list(resume.get("history", [])))
         loss_fn = make_loss(config.loss)
