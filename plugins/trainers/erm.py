@@ -26,6 +26,13 @@ from rsc_core.training import (AUGMENT, EpochCallback, Trainer, TrainConfig, Tra
                                make_loss, make_optimizer, reference_milestones)
 
 
+#: Test images per forward pass of the per-epoch evaluation. Measured on a 2-core AVX2 CPU
+#: (ResNet-20, 1,000 images, one thread): 3.1-4.2 s in chunks of 128-250 against 5.5-6.4 s in
+#: chunks of 2,000, whose activations (130 MB per layer) do not stay in cache; for an MLP either
+#: is a few milliseconds. Logits do not depend on the chunk beyond rounding (eval mode).
+EVAL_BATCH = 256
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """A distinct, reproducible seed for each (run seed, epoch)."""
     return (seed * 1_000_003 + epoch * 7_919) % (2**63 - 1)
@@ -110,7 +117,8 @@ class ErmTrainer(Trainer, GroupTrainer):
                           "train_accuracy": train_acc}
                 if test is not None:
                     record["test_loss"], record["test_accuracy"] = loss_and_accuracy(
-                        ctx.model, test.images, test.labels, loss_fn, device)
+                        ctx.model, test.images, test.labels, loss_fn, device,
+                        batch_size=EVAL_BATCH)
                 for regulariser in regularisers:
                     record.update(regulariser.end_epoch(ctx))
                 record["seconds"] = time.perf_counter() - started
