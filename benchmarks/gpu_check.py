@@ -125,12 +125,12 @@ def step_architectures(args: argparse.Namespace, budget: Budget) -> dict[str, An
         model = rsc_core.create("architectures", arch).build(tuple(train.images.shape[1:]), 10)
         config = TrainConfig(arch=arch, optimizer="adam", lr=0.001, batch_size=128, epochs=1,
                              aug="aug01" if dataset == "cifar10" else None)
-        torch.cuda.synchronize(device)
+        _synchronize(device)
         started = time.perf_counter()
         state = rsc_core.create("trainers", "erm").fit(
             model, train, None, config, device=device,
             channels_last=use_channels_last("auto", model))  # as rsc train does
-        torch.cuda.synchronize(device)
+        _synchronize(device)
         seconds = time.perf_counter() - started
         loss, accuracy = loss_and_accuracy(model, test.images, test.labels,
                                            make_loss("ce"), device)
@@ -146,6 +146,13 @@ def step_architectures(args: argparse.Namespace, budget: Budget) -> dict[str, An
                             1, state.history, meta)
         print(f"  {arch}: {seconds:.1f} s, test accuracy {accuracy:.3f}", flush=True)
     return results
+
+
+def _synchronize(device: Any) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _resident(bundle: Any, limit: int, device: Any) -> tuple[Any, Any]:
@@ -215,7 +222,7 @@ def _script(args: argparse.Namespace, budget: Budget, name: str, options: list[s
 
 def step_cifar_runs(args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
     """The study's CIFAR-10 runs one after another until the budget is spent. Each is cut
-    off 20 s before the end (SIGTERM, then its last checkpoint stays in ``runs/``)."""
+    off 20 s before the end (killed; its last epoch's checkpoint stays in ``runs/``)."""
     results: dict[str, Any] = {}
     for spec in CIFAR_RUNS:
         limit = budget.left() - 20
