@@ -17,27 +17,43 @@ decay 1e-4 (the optimizer's coupled term), cross-entropy, ``aug01``.
               processes, as each reference epoch does) + the steady per-batch time x the rest.
   (c) floor   forward + backward + step on ONE fixed batch already on the device, nothing
               else: the least any trainer can spend per batch.
+  (u) user    rsc as a user runs it: ``rsc_core.runs.train_run`` (what ``rsc train`` calls)
+              on the clean ``cifar10`` spec, its training rows cut to the first B x 128 images
+              (``TrainSubset``), one epoch, then the trainer's evaluation on the whole test
+              split on disk, the epoch checkpoint, the final scoring and model file. Its epoch
+              = the training steps scaled to the epoch + the evaluation scaled to the 10,000
+              test images of CIFAR-10 (timed by wrapping the trainer's ``loss_and_accuracy``)
+              + the run's once-only work (building the dataset, saving, scoring) spread over
+              ``--run-epochs`` (70, the study's runs).
+  (c') floor, compiled  with ``--compile``: (c) with ``torch.compile`` (inductor) of the model,
+              fp32 only; the compile time (wall clock, always) is reported, not counted.
   batch_work  (a)'s own per-batch work besides the model (``index_select`` of the batch and
               aug01), timed alone over ``--batch-work-batches`` batches: on a busy machine,
               where (a) and (c) cannot be timed closely, batch_work / floor bounds what rsc
               adds to the floor more tightly than (a) / (c) does.
 
-Each of (a) and (c) runs in every variant: fp32 or bf16 autocast, channel-first or
+Each of (a), (u) and (c) runs in every variant: fp32 or bf16 autocast, channel-first or
 channels-last. bf16 on a CPU without bfloat16 matrix instructions (``rsc_core.hardware``) is
 reported as not available, not timed, unless ``--allow-emulated-bf16`` asks for one clearly
 labelled emulated measurement. On a GPU (``--device cuda``) the data are moved to the GPU before
 (a) starts (resident, as rsc trains), and times are taken after ``torch.cuda.synchronize()``.
 
+Clock: wall time, or with ``--cpu-time`` the process's CPU time (one thread, CPU, no (b)): on
+a shared machine the wall clock measures what the other processes leave of the cores, the CPU
+clock what the work costs (cache and memory-bandwidth contention still show).
+
 Timing: B batches (``--batches``; 0 = a whole epoch) after ``--warmup-batches`` on a throwaway
 copy of the model, extrapolated to an epoch of ceil(N / 128) batches. ``--repeats`` > 1
 interleaves the measurements and reports medians.
 
-Targets (issue 12). CPU: (a) >= 2x faster than (b); (a) within 15% of (c) in the same precision
-and memory format. GPU: (a) channels-last bf16 within 1.5x of (c) channels-last bf16. PASS/FAIL
-is printed; the exit status is 0 either way (a benchmark, not a test).
+Targets (issues 12 and 21). CPU: (a) >= 2x faster than (b); (a) and (u) within 15% of (c) in
+the same precision and memory format. GPU: (a) channels-last bf16 within 1.5x of (c)
+channels-last bf16. PASS/FAIL is printed; the exit status is 0 either way (a benchmark, not a
+test).
 
 Run:  RSC_DATA_DIR=/work/shared/data OMP_NUM_THREADS=1 \\
       .venv/bin/python benchmarks/cifar_throughput.py --batches 20 [--device cuda] [--json]
+      (shared CPU: --threads 1 --cpu-time --skip-reference; torch.compile: --compile)
 """
 from __future__ import annotations
 
@@ -48,6 +64,7 @@ import math
 import os
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from contextlib import nullcontext
@@ -63,6 +80,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_throughput as base  # noqa: E402  (machine facts)
 
 import rsc_core  # noqa: E402
+import rsc_core.runs as rsc_runs  # noqa: E402
 from rsc_core.datasets import ImageData, load_dataset  # noqa: E402
 from rsc_core.hardware import ALLOW_EMULATED_ENV, cpu_bf16_flags, cpu_has_bf16  # noqa: E402
 from rsc_core.regularisers import build_regularisers  # noqa: E402
@@ -71,6 +89,8 @@ from rsc_core.training import TrainConfig  # noqa: E402
 ARCH = "altResNet20Norm02"
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-4
 VARIANTS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
+FULL_TEST_IMAGES = 10_000  # CIFAR-10's test split; a partial copy on disk is scaled up to it
+clock = time.perf_counter  # the benchmark's clock: wall time, or with --cpu-time process time
 CPU_FLOOR_SLACK = 1.15  # (a) within 15% of (c)
 CPU_VS_REFERENCE = 2.0  # (a) at least 2x faster than (b)
 GPU_FLOOR_SLACK = 1.5   # (a) within 1.5x of (c), channels-last bf16
@@ -122,6 +142,78 @@ def measure_rsc(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace,
     return {"seconds": seconds, "batches": args.batches,
             "epoch_seconds": seconds / args.batches * args.epoch_batches,
             "train_loss": record["train_loss"]}
+
+
+# --------------------------------------------------------------------------- (u) user
+
+
+def measure_user(args: argparse.Namespace, device: torch.device, precision: str,
+                 channels_last: bool) -> dict:
+    """``train_run`` as ``rsc train`` calls it, on the first ``batches`` batches (see the
+    module docstring for how its epoch is assembled)."""
+    from rsc_core.spec import parse_spec
+    from rsc_core.subsets import TrainSubset
+
+    weight_decay = ({"name": "weight-decay", "params": {"value": WEIGHT_DECAY}},)
+    config = TrainConfig(arch=ARCH, aug="aug01", optimizer="sgd", lr=LR, momentum=MOMENTUM,
+                         batch_size=args.batch_size, epochs=1, seed=args.seed,
+                         regularisers=weight_decay, precision=precision)
+    memory_format = "channels-last" if channels_last else "contiguous"
+    evaluations: list[float] = []
+    epochs: list[float] = []
+    module = sys.modules[type(rsc_core.create("trainers", "erm")).__module__]
+
+    def one_run(batches: int) -> tuple[dict, float]:
+        subset = TrainSubset.keeping(range(batches * args.batch_size))
+        with tempfile.TemporaryDirectory(prefix="rsc-cifar-bench-") as runs_dir, \
+                _timing(module, "loss_and_accuracy", evaluations), \
+                _timing(module.ErmTrainer, "_train_epoch", epochs):
+            started = clock()
+            outcome = rsc_runs.train_run(parse_spec("cifar10"), config, runs_dir=runs_dir,
+                                         data_dir=args.data_dir, progress=False,
+                                         device=str(device), memory_format=memory_format,
+                                         subset=subset)
+            synchronize(device)
+            return outcome.run.metrics, clock() - started
+
+    if args.warmup_batches:
+        one_run(max(args.warmup_batches, 1))
+    evaluations.clear()
+    epochs.clear()
+    metrics, total = one_run(args.batches)
+    steps, evaluation = sum(epochs), sum(evaluations)
+    once = total - steps - evaluation
+    scale = FULL_TEST_IMAGES / max(args.test_images, 1)
+    epoch = (steps / args.batches * args.epoch_batches + evaluation * scale
+             + once / args.run_epochs)
+    return {"seconds": total, "batches": args.batches, "epoch_seconds": epoch,
+            "steps_seconds": steps, "evaluation_seconds": evaluation,
+            "evaluation_scale": scale, "once_seconds": once,
+            "train_loss": metrics["history"][-1]["train_loss"]}
+
+
+class _timing:
+    """Wraps ``owner.name`` (a module's function or a class's method) for the duration,
+    appending the seconds of each call, on the benchmark's clock, to ``sink``: how (u) splits
+    a run into its training steps, its evaluation and the rest without changing rsc."""
+
+    def __init__(self, owner: Any, name: str, sink: list[float]) -> None:
+        self.owner, self.name, self.sink = owner, name, sink
+
+    def __enter__(self) -> None:
+        self.original = original = getattr(self.owner, self.name)
+        sink = self.sink
+
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            started = clock()
+            result = original(*args, **kwargs)
+            sink.append(clock() - started)
+            return result
+
+        setattr(self.owner, self.name, timed_call)
+
+    def __exit__(self, *exc: Any) -> None:
+        setattr(self.owner, self.name, self.original)
 
 
 # --------------------------------------------------------------------------- (b) reference
@@ -225,6 +317,40 @@ def measure_floor(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace,
             "train_loss": float(loss.detach())}
 
 
+def measure_floor_compiled(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace,
+                           device: torch.device, channels_last: bool) -> dict:
+    """(c) with ``torch.compile`` of the model (inductor), fp32. The warm-up runs on the same
+    compiled model (a copy would compile again); the first call's compile time is reported."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    xb = x[:args.batch_size].to(device).contiguous(memory_format=memory_format)
+    yb = y[:args.batch_size].to(device)
+    model = torch.compile(fresh_model(args.seed, device, channels_last))
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM,
+                                weight_decay=WEIGHT_DECAY)
+    model.train()
+
+    def steps(count: int) -> torch.Tensor:
+        loss = torch.zeros(())
+        for _ in range(count):
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+        synchronize(device)
+        return loss
+
+    started = time.perf_counter()  # wall: inductor compiles in worker processes too
+    steps(1)
+    compile_seconds = time.perf_counter() - started
+    steps(max(args.warmup_batches, 1))
+    started = clock()
+    loss = steps(args.batches)
+    seconds = clock() - started
+    return {"seconds": seconds, "batches": args.batches, "compile_seconds": compile_seconds,
+            "epoch_seconds": seconds / args.batches * args.epoch_batches,
+            "train_loss": float(loss.detach())}
+
+
 def timed(train: Callable[[nn.Module, int], Any], model: nn.Module, args: argparse.Namespace,
           device: torch.device) -> tuple[Any, float]:
     """``train(model, args.batches)`` timed after ``args.warmup_batches`` on a copy (so the
@@ -232,10 +358,10 @@ def timed(train: Callable[[nn.Module, int], Any], model: nn.Module, args: argpar
     if args.warmup_batches:
         train(copy.deepcopy(model), args.warmup_batches)
     synchronize(device)
-    started = time.perf_counter()
+    started = clock()
     result = train(model, args.batches)
     synchronize(device)
-    return result, time.perf_counter() - started
+    return result, clock() - started
 
 
 # --------------------------------------------------------------------------- (a) - (c)
@@ -254,12 +380,12 @@ def measure_batch_work(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespac
     batches = [order[(i * args.batch_size) % len(y):][:args.batch_size] for i in range(count)]
     augment_aug01(x.index_select(0, batches[0]), generator)  # warm-up
     synchronize(device)
-    started = time.perf_counter()
+    started = clock()
     for index in batches:
         augment_aug01(x.index_select(0, index), generator)
         y.index_select(0, index)
     synchronize(device)
-    seconds = time.perf_counter() - started
+    seconds = clock() - started
     return {"seconds": seconds, "batches": count,
             "epoch_seconds": seconds / count * args.epoch_batches, "train_loss": 0.0}
 
@@ -295,6 +421,12 @@ def measurements(host: ImageData, x: torch.Tensor, y: torch.Tensor,
                                measure_rsc(x, y, args, device, p, c))
         jobs[f"floor/{name}"] = (lambda p=precision, c=channels_last:
                                  measure_floor(x, y, args, device, p, c))
+        if not args.skip_user and (precision, channels_last) != ("bf16", False):
+            jobs[f"user/{name}"] = (lambda p=precision, c=channels_last:
+                                    measure_user(args, device, p, c))
+        if args.compile and precision == "fp32":
+            jobs[f"floor-compiled/{name}"] = (lambda c=channels_last:
+                                              measure_floor_compiled(x, y, args, device, c))
     jobs["batch_work/fp32-nchw"] = lambda: measure_batch_work(x, y, args, device)
     if not args.skip_reference:
         jobs["ref/fp32-nchw"] = lambda: measure_reference(host.images, host.labels, args,
@@ -303,6 +435,8 @@ def measurements(host: ImageData, x: torch.Tensor, y: torch.Tensor,
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    global clock
+    clock = time.process_time if args.cpu_time else time.perf_counter
     warnings.filterwarnings("ignore", message="This DataLoader will create")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -311,6 +445,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     bundle = load_dataset("cifar10", args.data_dir)
     x, y = bundle.train.images, bundle.train.labels
+    args.test_images = len(bundle.test.labels)
     info["data_load_seconds"] = round(time.perf_counter() - started, 2)
     args.epoch_batches = math.ceil(len(y) / args.batch_size)
     if args.batches <= 0:
@@ -348,7 +483,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          "batch_size": args.batch_size, "batches": args.batches,
                          "epoch_batches": args.epoch_batches, "train_images": int(len(y)),
                          "warmup_batches": args.warmup_batches, "repeats": args.repeats,
-                         "workers": args.workers, "seed": args.seed},
+                         "workers": args.workers, "seed": args.seed,
+                         "test_images": args.test_images, "run_epochs": args.run_epochs,
+                         "compile": args.compile,
+                         "clock": "cpu" if args.cpu_time else "wall"},
             "samples": samples, "epoch_seconds": epoch,
             "ratios": ratios(epoch), "targets": targets(epoch, device)}
 
@@ -359,6 +497,10 @@ def ratios(epoch: dict[str, float]) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, seconds in epoch.items():
         kind, variant = name.split("/")
+        if kind == "user" and f"floor/{variant}" in epoch:
+            out[f"user_over_floor/{variant}"] = seconds / epoch[f"floor/{variant}"]
+        if kind == "floor-compiled" and f"floor/{variant}" in epoch:
+            out[f"compiled_over_floor/{variant}"] = seconds / epoch[f"floor/{variant}"]
         if kind != "rsc":
             continue
         if f"floor/{variant}" in epoch:
@@ -392,6 +534,11 @@ def targets(epoch: dict[str, float], device: torch.device) -> dict[str, dict]:
             found[f"floor/{variant}"] = {
                 "description": f"(a) within 15% of (c), {variant}", "value": value,
                 "pass": value <= CPU_FLOOR_SLACK}
+        if name.startswith("user_over_floor/"):
+            variant = name.split("/")[1]
+            found[f"user/{variant}"] = {
+                "description": f"(u) whole epoch within 15% of (c), {variant}",
+                "value": value, "pass": value <= CPU_FLOOR_SLACK}
     return found
 
 
@@ -404,6 +551,7 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"  device        {result['device']}" + (f" ({info['gpu']})" if "gpu" in info else ""))
     print(f"  CPU           {info['cpu_model']}, {info['cpu_count']} logical cores; torch "
           f"{info['torch']}, {info['torch_threads']} thread(s)")
+    print(f"  CPU flags     {' '.join(info.get('cpu_vector_flags') or ['(unknown)'])}")
     env = ", ".join(f"{k}={v}" for k, v in info["thread_env"].items() if v is not None)
     if env:
         print(f"  environment   {env}")
@@ -413,10 +561,20 @@ def print_report(result: dict[str, Any]) -> None:
           f"warm-up, extrapolated to {settings['epoch_batches']} batches "
           f"({settings['train_images']} images); {settings['repeats']} repeat(s)")
     print(f"  bf16          {result['bf16']}")
+    print(f"  clock         {settings['clock']} time")
     print()
     print(f"  {'measurement':30s} {'s/epoch':>10s}")
     for name, seconds in result["epoch_seconds"].items():
         print(f"  {name:30s} {seconds:10.1f}")
+    for name, runs in result["samples"].items():
+        for run in runs:
+            if "evaluation_seconds" in run:
+                print(f"    {name}: steps {run['steps_seconds']:.1f} s for {run['batches']} "
+                      f"batches, evaluation {run['evaluation_seconds']:.1f} s (x "
+                      f"{run['evaluation_scale']:.0f} for the full test split), once-only "
+                      f"{run['once_seconds']:.1f} s (/ {settings['run_epochs']} epochs)")
+            if "compile_seconds" in run:
+                print(f"    {name}: compile {run['compile_seconds']:.1f} s (not counted)")
     print()
     for name, value in result["ratios"].items():
         print(f"  {name:36s} {value:7.3f}")
@@ -448,13 +606,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--allow-emulated-bf16", action="store_true",
                         help="time bf16 on a CPU without bf16 instructions (labelled emulated)")
     parser.add_argument("--skip-reference", action="store_true", help="do not measure (b)")
+    parser.add_argument("--skip-user", action="store_true",
+                        help="do not measure (u), rsc as a user runs it")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the floor with torch.compile (inductor), fp32")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time with the process's CPU time instead of the wall clock: on "
+                             "a shared machine, what the work costs rather than what the other "
+                             "processes leave of the cores (CPU only, one thread, no (b), whose "
+                             "worker processes it would not count)")
+    parser.add_argument("--run-epochs", type=int, default=70,
+                        help="epochs a run's once-only work is spread over in (u)")
     parser.add_argument("--seed", type=int, default=0, help="model and shuffle seed")
     parser.add_argument("--data-dir", default=None,
                         help="data root (default: RSC_DATA_DIR / rsc's default)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.batch_size < 1:
-        parser.error("--repeats and --batch-size must be at least 1")
+    if args.repeats < 1 or args.batch_size < 1 or args.run_epochs < 1:
+        parser.error("--repeats, --batch-size and --run-epochs must be at least 1")
+    if args.cpu_time and (args.device != "cpu" or not args.skip_reference):
+        parser.error("--cpu-time needs --device cpu and --skip-reference")
     return args
 
 

@@ -70,21 +70,32 @@ def models(k: int) -> list[torch.nn.Module]:
     return built
 
 
-def time_single(train: ImageData) -> float:
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def time_single(train: ImageData, device: str = "cpu",
+                clock: Callable[[], float] = time.perf_counter) -> float:
     model = models(1)[0]
-    started = time.perf_counter()
-    rsc_core.create("trainers", "erm").fit(model, train, None, config(), device="cpu")
-    return time.perf_counter() - started
+    synchronize(device)
+    started = clock()
+    rsc_core.create("trainers", "erm").fit(model, train, None, config(), device=device)
+    synchronize(device)
+    return clock() - started
 
 
-def time_group(train: ImageData, k: int) -> float:
+def time_group(train: ImageData, k: int, device: str = "cpu",
+               clock: Callable[[], float] = time.perf_counter) -> float:
     empty = torch.empty(0, dtype=torch.int64)
     members = [GroupMember(config(seed), empty, train.images[:0]) for seed in range(k)]
     trainer = rsc_core.create("trainers", "erm")
     built = models(k)
-    started = time.perf_counter()
-    results = trainer.fit_group(built, train, members, None, device="cpu")
-    elapsed = time.perf_counter() - started
+    synchronize(device)
+    started = clock()
+    results = trainer.fit_group(built, train, members, None, device=torch.device(device))
+    synchronize(device)
+    elapsed = clock() - started
     assert not any(isinstance(r, BaseException) for r in results), results
     return elapsed
 
@@ -128,10 +139,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     train = subset(args.batches, args.data_dir)
     batches = math.ceil(len(train) / base.BATCH_SIZE)
     scale = EPOCH_BATCHES / batches
-    timers: dict[str, Callable[[], float]] = {"single": lambda: time_single(train)}
+    if args.device != "cpu":  # resident on the device, as the trainers keep it
+        train = ImageData(train.images.to(args.device), train.labels.to(args.device))
+    timers: dict[str, Callable[[], float]] = {
+        "single": lambda: time_single(train, args.device)}
     for k in args.ks:
-        timers[f"group{k}"] = lambda k=k: time_group(train, k)
-        if k in args.bmm_ks:
+        timers[f"group{k}"] = lambda k=k: time_group(train, k, args.device)
+        if k in args.bmm_ks and args.device == "cpu":
             timers[f"bmm{k}"] = lambda k=k: time_bmm(train, k)
     for timer in timers.values():  # warm-up: allocator, kernels, thread pools
         timer()
@@ -148,9 +162,24 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 "k": k, "seconds": value, "per_model_s_per_epoch": per_model,
                 "model_epochs_per_hour": 3600 / per_model,
                 "gflops": k * len(train) * base.FLOPS_PER_EXAMPLE / value / 1e9}
-    return {"batches": batches, "samples": samples, "rows": rows,
-            "matmul": base.measure_matmul(args.mm_size, args.mm_reps),
-            "machine": base.machine_info()}
+    matmul = (base.measure_matmul(args.mm_size, args.mm_reps) if args.device == "cpu"
+              else cuda_matmul(args.mm_size, args.mm_reps, args.device))
+    return {"batches": batches, "samples": samples, "rows": rows, "matmul": matmul,
+            "device": args.device, "machine": base.machine_info()}
+
+
+def cuda_matmul(size: int, reps: int, device: str) -> dict:
+    """fp32 ``torch.mm`` rate on the GPU (TF32 as torch's default for matmuls: off)."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    torch.mm(a, b)
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    return {"gflops": 2 * size**3 * reps / seconds / 1e9, "seconds": seconds}
 
 
 def verdict(result: dict[str, Any]) -> dict[str, Any]:
@@ -199,6 +228,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mm-size", type=int, default=2048)
     parser.add_argument("--mm-reps", type=int, default=10)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (data resident there)")
     parser.add_argument("--json", action="store_true")
     return parser.parse_args(argv)
 

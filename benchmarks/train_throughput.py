@@ -95,6 +95,13 @@ def load_average() -> list[float] | None:
         return None
 
 
+def _vector_flags() -> list[str] | None:
+    from rsc_core.hardware import cpu_vector_flags
+
+    flags = cpu_vector_flags()
+    return None if flags is None else list(flags)
+
+
 def machine_info() -> dict[str, Any]:
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -105,6 +112,7 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "load_average_at_start": load_average(),
+        "cpu_vector_flags": _vector_flags(),
         "thread_env": {name: os.environ.get(name) for name in
                        ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")},
     }

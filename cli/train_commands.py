@@ -16,6 +16,7 @@ from rsc_core.datasets import load_dataset
 from rsc_core.errors import RscError
 from rsc_core.group_runs import (DEFAULT_GROUP_SIZE, RunRequest, RunResult, check_group_size,
                                  train_runs)
+from rsc_core.memory_format import AUTO, CHANNELS_LAST, MEMORY_FORMATS
 from rsc_core.runs import Run, TrainOutcome, resolve_device, score_run, train_run
 from rsc_core.scoring import DEFAULT_THRESHOLD, ScoreResult, resolve_target, score_model
 from rsc_core.spec import SpuriousSpec, parse_int_list
@@ -41,8 +42,14 @@ device_option = click.option(
 @device_option
 @click.option("--force", is_flag=True, help="Retrain even if this exact run has finished.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--memory-format", type=click.Choice(MEMORY_FORMATS), default=AUTO,
+              show_default=True,
+              help="Layout of images and weights: auto = channels-last for convolutional "
+                   "models (faster on CPU and GPU, equal up to rounding), contiguous (NCHW) "
+                   "for MLPs. Not part of the run's identity. A group of runs trains "
+                   "contiguous; channels-last trains every run alone.")
 @click.option("--channels-last", is_flag=True,
-              help="channels-last memory format (CUDA; single-model training only).")
+              help="Same as --memory-format channels-last (kept for older scripts).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run's metrics as JSON.")
 @click.option("--train-seed-equals-dataset-seed", "paired_seeds", is_flag=True,
               help="Use the spec's dataset seed as the training seed (the paired protocol of "
@@ -57,7 +64,8 @@ device_option = click.option(
                    "identity (its folder ends _minus<count>-<digest>); the exact-retraining "
                    "baseline of `rsc remove -m retrain`.")
 def train_command(specs: list[SpuriousSpec], data_dir, download, runs_dir, device, force, quiet,
-                  channels_last, as_json, paired_seeds, group_size, exclude, **kwargs) -> None:
+                  memory_format, channels_last, as_json, paired_seeds, group_size, exclude,
+                  **kwargs) -> None:
     """Train networks on (spurious) datasets and record each run.
 
     The run folder (under --runs-dir) is named by the spec, the recipe and a hash of the full
@@ -75,6 +83,7 @@ def train_command(specs: list[SpuriousSpec], data_dir, download, runs_dir, devic
     """
     train_kwargs, _ = split_train_kwargs(kwargs)
     check_group_size(group_size)
+    memory_format = _memory_format(memory_format, channels_last)
     requests = _requests(specs, train_kwargs, paired_seeds)
     if exclude is not None:
         requests = [replace(r, subset=_excluded(exclude, r.spec, data_dir, download))
@@ -84,19 +93,31 @@ def train_command(specs: list[SpuriousSpec], data_dir, download, runs_dir, devic
         request = requests[0]
         outcome = train_run(request.spec, request.config, runs_dir=runs_dir,
                             data_dir=data_dir, download=download, force=force,
-                            progress=not quiet, device=device, channels_last=channels_last,
+                            progress=not quiet, device=device, memory_format=memory_format,
                             on_wait=on_wait, subset=request.subset)
         _print_outcome(outcome, as_json)
         return
-    results = train_runs(requests, group_size=1 if channels_last else group_size,
-                         runs_dir=runs_dir, data_dir=data_dir, download=download, force=force,
-                         progress=not quiet, device=device, on_wait=on_wait)
+    results = train_runs(requests, group_size=group_size, runs_dir=runs_dir,
+                         data_dir=data_dir, download=download, force=force,
+                         progress=not quiet, device=device, memory_format=memory_format,
+                         on_wait=on_wait)
     _print_results(results, as_json)
     failed = [r for r in results if r.error is not None]
     if failed:
         raise RscError(f"{len(failed)} of {len(results)} runs failed: " + "; ".join(
             f"{r.request.spec.name} (train seed {r.request.config.seed}): {r.error}"
             for r in failed))
+
+
+def _memory_format(memory_format: str, channels_last: bool) -> str:
+    """``--channels-last`` is ``--memory-format channels-last``; the two must not disagree."""
+    if not channels_last:
+        return memory_format
+    source = click.get_current_context().get_parameter_source("memory_format")
+    if source is not click.core.ParameterSource.DEFAULT and memory_format != CHANNELS_LAST:
+        raise RscError(f"--channels-last contradicts --memory-format {memory_format}; give "
+                       f"one of them")
+    return CHANNELS_LAST
 
 
 def _excluded(text: str, spec: SpuriousSpec, data_dir, download) -> TrainSubset:

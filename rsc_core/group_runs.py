@@ -26,6 +26,7 @@ from .datasets import DatasetBundle, load_dataset
 from .errors import CheckpointError, ConfigError, RscError
 from .group_training import GroupMember, GroupTrainer
 from .hardware import check_precision
+from .memory_format import AUTO, CHANNELS_LAST, check_memory_format
 from .regularisers import build_regularisers
 from .run_lock import RunLock
 from .runs import (Run, TrainOutcome, checkpoint_meta, config_hash, find_run, finish_run,
@@ -67,13 +68,19 @@ def check_group_size(group_size: int) -> int:
 def train_runs(requests: Sequence[RunRequest], *, group_size: int = DEFAULT_GROUP_SIZE,
                runs_dir: str | Path | None = None, data_dir: str | Path | None = None,
                download: bool | None = None, force: bool = False, progress: bool = True,
-               device: str = "auto",
+               device: str = "auto", memory_format: str = AUTO,
                on_wait: Callable[[str], None] | None = None) -> list[RunResult]:
     """Train every request (reusing finished runs), ``group_size`` compatible runs at a time.
+
+    ``memory_format`` applies to the runs trained one at a time (``train_run``); a group runs
+    its members' stacked weights under ``vmap`` in the contiguous layout, so an explicit
+    ``channels-last`` trains every run alone.
 
     Every name and option is checked before any data is loaded. Results come back in request
     order; a run that fails alone (e.g. its loss diverged) is reported, the others go on."""
     check_group_size(group_size)
+    if check_memory_format(memory_format) == CHANNELS_LAST:
+        group_size = 1
     requests = _unique(requests)
     torch_device = resolve_device(device)
     for request in requests:
@@ -92,10 +99,11 @@ def train_runs(requests: Sequence[RunRequest], *, group_size: int = DEFAULT_GROU
         if len(group) == 1:
             i = group[0]
             results[i] = _train_alone(requests[i], runs_dir, data_dir, download, force,
-                                      progress, device, on_wait)
+                                      progress, device, on_wait, memory_format)
             continue
         results.update(_train_group([requests[i] for i in group], group, runs_dir, data_dir,
-                                    download, force, progress, torch_device, on_wait))
+                                    download, force, progress, torch_device, on_wait,
+                                    memory_format))
     return [results[i] for i in range(len(requests))]
 
 
@@ -155,11 +163,12 @@ def _checkpoint_epoch(path: Path) -> int | None:
 
 
 def _train_alone(request: RunRequest, runs_dir, data_dir, download, force, progress, device,
-                 on_wait) -> RunResult:
+                 on_wait, memory_format: str = AUTO) -> RunResult:
     try:
         outcome = train_run(request.spec, request.config, runs_dir=runs_dir, data_dir=data_dir,
                             download=download, force=force, progress=progress, device=device,
-                            on_wait=on_wait, subset=request.subset)
+                            memory_format=memory_format, on_wait=on_wait,
+                            subset=request.subset)
     except (RscError, OSError) as exc:
         return RunResult(request, error=exc)
     return RunResult(request, outcome)
@@ -167,7 +176,7 @@ def _train_alone(request: RunRequest, runs_dir, data_dir, download, force, progr
 
 def _train_group(requests: list[RunRequest], indices: list[int], runs_dir, data_dir, download,
                  force: bool, progress: bool, device: torch.device,
-                 on_wait) -> dict[int, RunResult]:
+                 on_wait, memory_format: str = AUTO) -> dict[int, RunResult]:
     runs = [find_run(r.spec, r.config, runs_dir, r.subset) for r in requests]
     with ExitStack() as locks:
         for run in runs:
@@ -184,7 +193,7 @@ def _train_group(requests: list[RunRequest], indices: list[int], runs_dir, data_
             index, request, _ = todo[0]
             locks.close()
             results[index] = _train_alone(request, runs_dir, data_dir, download, force,
-                                          progress, str(device), on_wait)
+                                          progress, str(device), on_wait, memory_format)
         elif todo:
             results.update(_fit_members(todo, data_dir, download, force, progress, device))
     return results

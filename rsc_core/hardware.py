@@ -58,11 +58,48 @@ def cpu_has_bf16() -> bool | None:
     return None if found is None else bool(found)
 
 
+def cpu_model() -> str | None:
+    """The processor's name as Linux reports it (``model name``), or None where unknown."""
+    try:
+        text = _CPUINFO.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    return None
+
+
+def cpu_vector_flags() -> tuple[str, ...] | None:
+    """The CPU's vector and matrix instruction flags that decide training speed (AVX2,
+    every AVX-512 extension, AMX), sorted; None where unknown. Benchmarks record them beside
+    every number, because the same epoch takes twice as long without AVX-512."""
+    flags = _cpu_flags() if platform.system() == "Linux" else None
+    if flags is None:
+        return None
+    return tuple(sorted(f for f in flags if f.startswith(("avx2", "avx512", "amx"))))
+
+
+def load_average() -> tuple[float, float, float] | None:
+    """The 1-, 5- and 15-minute load averages, or None where the OS has none: a number
+    measured on a loaded machine says little without it."""
+    try:
+        return tuple(round(v, 2) for v in os.getloadavg())  # type: ignore[return-value]
+    except (AttributeError, OSError):
+        return None
+
+
 def hardware_report() -> dict[str, object]:
-    """What rsc knows about this machine's bfloat16 support, for users and benchmarks."""
+    """What rsc knows about this machine's speed-relevant features (processor, vector and
+    bfloat16 instructions, load), for users and benchmarks."""
     return {
         "machine": platform.machine(),
         "system": platform.system(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_vector_flags": cpu_vector_flags(),
+        "load_average": load_average(),
         "cpu_bf16_flags": cpu_bf16_flags(),
         "cpu_has_bf16": cpu_has_bf16(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),

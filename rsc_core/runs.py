@@ -34,6 +34,7 @@ from .checkpoints import build_model_from_checkpoint, read_checkpoint, save_chec
 from .digests import file_digest
 from .errors import CheckpointError, RscError
 from .hardware import check_precision
+from .memory_format import AUTO, CHANNELS_LAST, check_memory_format, use_channels_last
 from .paths import fitted_name
 from .paths import runs_dir as resolve_runs_dir
 from .regularisers import build_regularisers
@@ -247,11 +248,16 @@ def find_run(spec: SpuriousSpec, config: TrainConfig, runs_dir: str | Path | Non
 def train_run(spec: SpuriousSpec, config: TrainConfig, *, runs_dir: str | Path | None = None,
               data_dir: str | Path | None = None, download: bool | None = None,
               force: bool = False, progress: bool = True, device: str = "auto",
-              channels_last: bool = False, dataset: SpuriousDataset | None = None,
+              memory_format: str = AUTO, channels_last: bool = False,
+              dataset: SpuriousDataset | None = None,
               on_wait: Callable[[str], None] | None = None,
               subset: TrainSubset | None = None) -> TrainOutcome:
     """Train (or reuse, or resume) the run for ``spec`` and ``config``, on the training rows
     ``subset`` keeps (all of them when None; ``dataset`` is then the full planted set).
+
+    ``memory_format`` (``rsc_core.memory_format``): ``auto`` trains convolutional models
+    channels-last; ``channels_last=True`` is the older spelling of ``channels-last``. Neither
+    is part of the run's identity.
 
     Every name, the device and the runs folder are checked before any data is loaded, so a
     typo or an unwritable folder fails at once. The run is claimed with a lock: a second
@@ -264,6 +270,7 @@ def train_run(spec: SpuriousSpec, config: TrainConfig, *, runs_dir: str | Path |
         regulariser.check_config(config)
     torch_device = resolve_device(device)
     check_precision(config.precision, torch_device)  # before any data is loaded
+    memory_format = CHANNELS_LAST if channels_last else check_memory_format(memory_format)
     with RunLock(run.path, on_wait=on_wait):
         if not force and run.finished:
             run.model_sha256()
@@ -275,7 +282,7 @@ def train_run(spec: SpuriousSpec, config: TrainConfig, *, runs_dir: str | Path |
         created = not run.path.exists()
         try:
             return _train_locked(run, spec, config, subset, data, trainer, architecture,
-                                 regularisers, torch_device, force, progress, channels_last)
+                                 regularisers, torch_device, force, progress, memory_format)
         except BaseException:
             # An error before the first epoch's checkpoint leaves nothing worth resuming; once
             # there is a checkpoint (or a final model whose finish was cut short), keep it.
@@ -287,7 +294,7 @@ def train_run(spec: SpuriousSpec, config: TrainConfig, *, runs_dir: str | Path |
 def _train_locked(run: Run, spec: SpuriousSpec, config: TrainConfig,
                   subset: TrainSubset | None, data: SpuriousDataset, trainer: Any,
                   architecture: Any, regularisers: list, device: torch.device, force: bool,
-                  progress: bool, channels_last: bool) -> TrainOutcome:
+                  progress: bool, memory_format: str) -> TrainOutcome:
     run.path.mkdir(parents=True, exist_ok=True)
     write_json(run.path / "config.json", run_config(spec, config, subset))
     torch.manual_seed(config.seed)
@@ -304,7 +311,7 @@ def _train_locked(run: Run, spec: SpuriousSpec, config: TrainConfig,
 
     state = trainer.fit(model, data.train, data.test, config, regularisers, device=device,
                         resume=resume, on_epoch=on_epoch, progress=progress,
-                        channels_last=channels_last)
+                        channels_last=use_channels_last(memory_format, model))
     finish_run(run, data.spec, data.test, kept_spurious_indices(data), model, state)
     return TrainOutcome(run, reused=False, resumed_from=resume["epoch"] if resume else 0)
 

@@ -424,9 +424,22 @@ def test_cifar_throughput_benchmark_runs_end_to_end(tiny_data):
     variants = {"fp32-nchw", "fp32-channels_last"}
     if not result["bf16"].startswith("not available"):
         variants |= {"bf16-nchw", "bf16-channels_last"}
+    user = {v for v in variants if v != "bf16-nchw"}  # (u): as users run it, no bf16 NCHW
     assert set(epoch) == {f"{kind}/{v}" for kind in ("rsc", "floor") for v in variants} | {
-        "ref/fp32-nchw", "batch_work/fp32-nchw"}
-    assert result["settings"]["epoch_batches"] == math.ceil(10 / 4)
+        f"user/{v}" for v in user} | {"ref/fp32-nchw", "batch_work/fp32-nchw"}
+    settings = result["settings"]
+    assert settings["epoch_batches"] == math.ceil(10 / 4) and settings["clock"] == "wall"
+    for variant in user:  # the whole epoch: steps scaled, evaluation scaled, once-only spread
+        [run] = result["samples"][f"user/{variant}"]
+        assert run["evaluation_seconds"] > 0 and run["steps_seconds"] > 0
+        assert run["evaluation_scale"] == 10_000 / settings["test_images"]
+        assert run["epoch_seconds"] == pytest.approx(
+            run["steps_seconds"] / 2 * 3 + run["evaluation_seconds"] * run["evaluation_scale"]
+            + run["once_seconds"] / settings["run_epochs"])
+        assert result["ratios"][f"user_over_floor/{variant}"] == pytest.approx(
+            epoch[f"user/{variant}"] / epoch[f"floor/{variant}"])
+        target = result["targets"][f"user/{variant}"]
+        assert target["pass"] == (target["value"] <= 1.15)
     for name, runs in result["samples"].items():
         assert all(run["seconds"] > 0 and math.isfinite(run["train_loss"]) for run in runs)
     ref = result["samples"]["ref/fp32-nchw"][0]

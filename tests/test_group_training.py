@@ -37,9 +37,9 @@ def data(tmp_path, dataset_writers):
     return root, int(written.train.labels[0])
 
 
-def single(request: RunRequest, root: Path, runs: Path) -> Run:
+def single(request: RunRequest, root: Path, runs: Path, memory_format: str = "auto") -> Run:
     return train_run(request.spec, request.config, runs_dir=runs, data_dir=root,
-                     progress=False, device="cpu").run
+                     progress=False, device="cpu", memory_format=memory_format).run
 
 
 def max_difference(a: Run, b: Run) -> float:
@@ -104,8 +104,10 @@ def test_resnet_members_with_batch_norm_and_augmentation_match(tmp_path, dataset
                                        seed=seed)) for seed in (0, 1)]
     results = group(requests, root, tmp_path / "group")
     for result, request in zip(results, requests):
-        assert max_difference(result.outcome.run, single(request, root, tmp_path / "s")) \
-            < ADAM_TOLERANCE
+        # A group trains contiguous (vmap); its single run alone would default to
+        # channels-last, whose rounding comes on top: compare like with like.
+        alone = single(request, root, tmp_path / "s", memory_format="contiguous")
+        assert max_difference(result.outcome.run, alone) < ADAM_TOLERANCE
 
 
 def test_members_see_only_their_own_patched_rows_and_the_data_is_held_once(data):
@@ -257,3 +259,19 @@ def test_a_group_larger_than_memory_is_refused_before_training(data, tmp_path, m
         train_runs(requests, runs_dir=tmp_path / "runs", data_dir=root, progress=False,
                    device="cpu")
     assert not any((tmp_path / "runs").glob("mnist*"))  # no half-created run folders
+
+
+def test_an_explicit_channels_last_trains_every_run_alone_and_auto_still_groups(data, tmp_path):
+    """A group stacks weights under vmap in the contiguous layout, so ``channels-last`` (the
+    old ``--channels-last``) trains each run alone; ``auto``, the default, keeps grouping."""
+    root, target = data
+    requests = [RunRequest(SpuriousSpec.build("mnist", "v20", 3, target, seed),
+                           TrainConfig(arch="LargeMLP", optimizer="sgd", lr=0.1, epochs=1,
+                                       batch_size=50))
+                for seed in (0, 1)]
+    alone = group(requests, root, tmp_path / "alone", memory_format="channels-last")
+    assert [r.group_size for r in alone] == [1, 1]
+    grouped = group(requests, root, tmp_path / "grouped")
+    assert [r.group_size for r in grouped] == [2, 2]
+    with pytest.raises(ConfigError, match="unknown memory format 'nhwc'"):
+        train_runs(requests, runs_dir=tmp_path / "bad", data_dir=root, memory_format="nhwc")

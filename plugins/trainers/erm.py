@@ -19,10 +19,18 @@ from rsc_core.errors import ConfigError, DivergenceError
 from rsc_core.evaluation import loss_and_accuracy
 from rsc_core.group_training import GroupTrainer
 from rsc_core.hardware import precision_autocast
+from rsc_core.memory_format import match_state_layouts
 from rsc_core.progress import EpochProgress
 from rsc_core.regularisers import Regulariser, TrainContext, iter_batches
 from rsc_core.training import (AUGMENT, EpochCallback, Trainer, TrainConfig, TrainState,
                                make_loss, make_optimizer, reference_milestones)
+
+
+#: Test images per forward pass of the per-epoch evaluation. Measured on a 2-core AVX2 CPU
+#: (ResNet-20, 1,000 images, one thread): 3.1-4.2 s in chunks of 128-250 against 5.5-6.4 s in
+#: chunks of 2,000, whose activations (130 MB per layer) do not stay in cache; for an MLP either
+#: is a few milliseconds. Logits do not depend on the chunk beyond rounding (eval mode).
+EVAL_BATCH = 256
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -90,6 +98,7 @@ class ErmTrainer(Trainer, GroupTrainer):
         if resume is not None:
             ctx.model.load_state_dict(resume["model_state_dict"])
             ctx.optimizer.load_state_dict(resume["optimizer_state_dict"])
+            match_state_layouts(ctx.optimizer)  # saved in another memory format? (fused Adam)
             scheduler.load_state_dict(resume["scheduler_state_dict"])
             state = TrainState(resume["epoch"], list(resume.get("history", [])))
         loss_fn = make_loss(config.loss)
@@ -108,7 +117,8 @@ class ErmTrainer(Trainer, GroupTrainer):
                           "train_accuracy": train_acc}
                 if test is not None:
                     record["test_loss"], record["test_accuracy"] = loss_and_accuracy(
-                        ctx.model, test.images, test.labels, loss_fn, device)
+                        ctx.model, test.images, test.labels, loss_fn, device,
+                        batch_size=EVAL_BATCH)
                 for regulariser in regularisers:
                     record.update(regulariser.end_epoch(ctx))
                 record["seconds"] = time.perf_counter() - started

@@ -28,6 +28,7 @@ from rsc_core.datasets import ImageData
 from rsc_core.errors import ConfigError, DivergenceError
 from rsc_core.group_training import GroupEpochCallback, GroupMember
 from rsc_core.hardware import precision_autocast
+from rsc_core.memory_format import match_state_layouts
 from rsc_core.progress import EpochProgress
 from rsc_core.regularisers import iter_batches
 from rsc_core.training import (AUGMENT, TrainConfig, TrainState, make_loss, make_optimizer,
@@ -404,6 +405,7 @@ class _GroupEngine:
                       if isinstance(value, torch.Tensor) and value.dim() > 0 else value)
                 for key, value in member_states[0][index].items()}
         self.optimizer.load_state_dict(group_state)
+        match_state_layouts(self.optimizer)  # members saved channels-last (fused Adam)
         self.scheduler.load_state_dict(resume[0]["scheduler_state_dict"])
         return [TrainState(r["epoch"], list(r.get("history", []))) for r in resume]
 
