@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -341,3 +342,75 @@ def test_folder_names_tell_variants_apart(env):
     assert reference.name.startswith(f"{source}_rm-group-influence-lissa-reference-")
     assert cg.name.startswith(f"{source}_rm-group-influence-cg-correct-")
     assert incremental.name.startswith(f"{source}_rm-incremental-retraining-e1-")
+
+
+# --------------------------------------------------------------------------- EK-FAC solver
+def test_group_influence_with_ekfac_applies_the_influence_formula(env):
+    pytest.importorskip("kronfluence")
+    from rsc_plugins.removal.ekfac import EkfacSettings, ekfac_ihvp
+
+    outcome = remove(env, "group-influence", solver="ekfac", damp=0.5, fit_samples=150)
+    source = env["source"]
+    removal = outcome.run.metrics["removal"]
+    assert removal["options"] == {"solver": "ekfac", "compat": "correct", "damp": 0.5,
+                                  "seed": 0, "fit_samples": 150, "fit_batch": 256}
+    assert outcome.run.name.startswith(f"{source.name}_rm-group-influence-ekfac-correct-")
+    assert removal["facts"]["ekfac_fit_rows"] == 150 and removal["facts"]["ekfac_layers"] == 2
+    data = build_spurious_dataset(source.spec, env["data"])
+    hessian = LossHessian(source.load_model(), data.train.images, data.train.labels)
+    v = hessian.gradient_sum(torch.tensor(source.metrics["spurious_indices"]))
+    solved, _ = ekfac_ihvp(hessian.model, hessian.images, hessian.labels, hessian.unflatten(v),
+                           EkfacSettings(damp=0.5, fit_samples=150), torch.device("cpu"))
+    expected = torch.cat([solved[name].reshape(-1) for name in hessian.names])
+    new = LossHessian(outcome.run.load_model(), data.train.images, data.train.labels).theta
+    p = 3 / NUM_TRAIN
+    update = (new - hessian.theta) * (1 - p) * NUM_TRAIN  # should be (G + 0.5 I)^-1 v
+    assert v.norm() > 0 and expected.norm() > 0
+    assert ((update - expected).norm() / expected.norm()).item() < 1e-3  # float32 weights
+
+
+def test_ekfac_without_kronfluence_names_the_extra_and_writes_nothing(env, monkeypatch):
+    monkeypatch.setitem(sys.modules, "kronfluence", None)  # "import kronfluence" now fails
+    before = listing(env["runs"])
+    result = CliRunner().invoke(cli, ["remove", str(env["source"].path), "-m",
+                                      "group-influence", "--solver", "ekfac", "-q"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error:") and len(result.output.strip().splitlines()) == 1
+    assert "pip install 'rsc[influence]'" in result.output
+    assert listing(env["runs"]) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--solver", "ekfac", "--depth", "5"], "option 'depth' does not apply to solver ekfac"),
+    (["--solver", "cg", "--fit-samples", "10"], "option 'fit_samples' does not apply to "
+                                                "solver cg"),
+    (["--solver", "ekfac", "--fit-samples", "-1"], "'fit_samples' cannot be negative"),
+    (["--solver", "ekfac", "--fit-batch", "0"], "'fit_batch' must be at least 1"),
+    (["--solver", "ekfac", "--scale", "3"], "'scale' does not apply to solver ekfac in the "
+                                            "correct mode"),
+])
+def test_ekfac_option_errors_are_one_line(env, args, message):
+    pytest.importorskip("kronfluence")
+    result = CliRunner().invoke(cli, ["remove", str(env["source"].path), "-m",
+                                      "group-influence", *args, "-q"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("arch", ["MLP", "MLPv2", "LargeMLP", "LargeMLPv2", "CNN002",
+                                  "altResNet20", "altResNet20Norm02"])
+def test_ekfac_serves_linear_and_conv_models_and_refuses_batch_norm(arch):
+    """Vgg16Norm02 (convs, linears, no batch norm) is left out only for its 138M-parameter
+    build; the check is the same."""
+    import rsc_core
+    from rsc_core.errors import ConfigError
+    from rsc_plugins.removal.ekfac import check_supported
+
+    shape = (3, 32, 32) if "Norm02" in arch else (1, 28, 28)
+    model = rsc_core.create("architectures", arch).build(shape, 10)
+    if arch.startswith("altResNet"):
+        with pytest.raises(ConfigError, match="only Linear and Conv2d layers.*BatchNorm2d.*"
+                                              "--solver cg or lissa"):
+            check_supported(model)
+    else:
+        check_supported(model)

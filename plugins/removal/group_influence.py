@@ -6,9 +6,10 @@ model in eval mode, cross-entropy loss, H the Hessian of the mean training loss.
 linear in its right-hand side, so it is computed ONCE for the summed gradient; the reference
 ran a whole LiSSA estimate for every example of S (its cost grew with |S|, rsc's does not).
 
-Solvers (``solver``): ``lissa`` (the reference's stochastic recursion, ``lissa.py``) and
-``cg`` (conjugate gradient with exact HVPs over the training set, ``cg.py``). ``compat``
-chooses the quantity both compute: ``correct`` (default) the damped inverse
+Solvers (``solver``): ``lissa`` (the reference's stochastic recursion, ``lissa.py``),
+``cg`` (conjugate gradient with exact HVPs over the training set, ``cg.py``) and ``ekfac``
+(Kronfluence's EK-FAC Gauss-Newton approximation, ``ekfac.py``, extra ``rsc[influence]``).
+``compat`` chooses the quantity all compute: ``correct`` (default) the damped inverse
 (H + damp I)^-1 v; ``reference`` what the reference's LiSSA converges to,
 scale (H + damp scale I)^-1 v."""
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rsc_core.errors import ConfigError, DivergenceError
 from rsc_core.removal import RemovalRequest, RemovalResult, Remover
 
 from .cg import conjugate_gradient
+from .ekfac import EkfacSettings, check_supported, ekfac_ihvp, import_kronfluence
 from .lissa import COMPAT_MODES, LissaSettings, draw_samples, lissa
 
 if TYPE_CHECKING:
@@ -34,9 +36,11 @@ if TYPE_CHECKING:
 
 #: The reference's LiSSA scale per dataset (PROTOCOL.md section 7).
 REFERENCE_SCALE = {"mnist": 25.0, "fashion": 100.0, "cifar10": 100.0}
-SOLVERS = ("lissa", "cg")
-_LISSA_ONLY = ("depth", "repeats", "hvp_batch", "vectorise", "max_norm_factor")
-_CG_ONLY = ("tol", "max_iter", "hvp_samples")
+SOLVERS = ("lissa", "cg", "ekfac")
+#: options that belong to one solver only (refused with another)
+_SOLVER_ONLY = {"lissa": ("depth", "repeats", "hvp_batch", "vectorise", "max_norm_factor"),
+                "cg": ("tol", "max_iter", "hvp_samples"),
+                "ekfac": ("fit_samples", "fit_batch")}
 
 
 def reference_depth(forget_size: int) -> int:
@@ -48,11 +52,13 @@ class GroupInfluenceRemover(Remover):
     """First-order group influence with a LiSSA or CG inverse-HVP, computed once for S."""
 
     name = "group-influence"
-    description = "theta + IHVP(sum of the forget set's gradients) / ((1-p)N) (LiSSA or CG)"
+    description = ("theta + IHVP(sum of the forget set's gradients) / ((1-p)N) (LiSSA, CG or "
+                   "EK-FAC)")
     defaults: dict[str, Any] = {
         "solver": "lissa", "compat": "correct", "damp": 0.01, "scale": None, "seed": 0,
         "depth": None, "repeats": 10, "hvp_batch": 1, "vectorise": True,
         "max_norm_factor": 10.0, "tol": 1e-3, "max_iter": 100, "hvp_samples": 0,
+        "fit_samples": 0, "fit_batch": 256,
     }
     types = {"scale": float, "depth": int}
 
@@ -66,16 +72,20 @@ class GroupInfluenceRemover(Remover):
             raise ConfigError(f"unknown --compat {resolved['compat']!r}; use one of "
                               f"{', '.join(COMPAT_MODES)}")
         solver = resolved["solver"]
-        for key in _CG_ONLY if solver == "lissa" else _LISSA_ONLY:
+        for key in (k for other, keys in _SOLVER_ONLY.items() if other != solver for k in keys):
             if options.get(key) is not None:
                 raise ConfigError(f"option {key!r} does not apply to solver {solver}")
             resolved.pop(key)
+        if solver == "ekfac":
+            import_kronfluence()  # a missing extra fails here, before any work
+            check_supported(source.load_model())
         # scale enters LiSSA's recursion, and the reference's quantity with either solver
         if solver == "lissa" or resolved["compat"] == "reference":
             resolved["scale"] = self._scale(resolved["scale"], source.spec.dataset)
         elif options.get("scale") is not None:
-            raise ConfigError("option 'scale' does not apply to solver cg in the correct mode "
-                              "(it solves (H + damp I) x = v); drop it or use --compat reference")
+            raise ConfigError(f"option 'scale' does not apply to solver {solver} in the correct "
+                              "mode (it solves (H + damp I) x = v); drop it or use --compat "
+                              "reference")
         else:
             resolved.pop("scale")
         if solver == "lissa":
@@ -84,11 +94,12 @@ class GroupInfluenceRemover(Remover):
             if key in resolved and not (math.isfinite(resolved[key]) and resolved[key] > 0):
                 raise ConfigError(f"option {key!r} must be a positive number, got "
                                   f"{resolved[key]!r}")
-        for key in ("depth", "repeats", "hvp_batch", "max_iter"):
+        for key in ("depth", "repeats", "hvp_batch", "max_iter", "fit_batch"):
             if key in resolved and resolved[key] < 1:
                 raise ConfigError(f"option {key!r} must be at least 1, got {resolved[key]}")
-        if resolved.get("hvp_samples", 0) < 0:
-            raise ConfigError("option 'hvp_samples' cannot be negative (0 means all rows)")
+        for key in ("hvp_samples", "fit_samples"):
+            if resolved.get(key, 0) < 0:
+                raise ConfigError(f"option {key!r} cannot be negative (0 means all rows)")
         return resolved
 
     def tag(self, options: Mapping[str, Any]) -> str:
@@ -126,7 +137,8 @@ class GroupInfluenceRemover(Remover):
             # precision to subnormals and squared norms underflow to 0 (measured on real runs).
             v_norm = v.double().norm().item()
             unit = (v.double() / v_norm).to(v.dtype)
-            solve = self._lissa if options["solver"] == "lissa" else self._cg
+            solve = {"lissa": self._lissa, "cg": self._cg, "ekfac": self._ekfac}[
+                options["solver"]]
             ihvp, facts = solve(hessian, unit, options, generator, request.progress)
             ihvp = (ihvp.double() * v_norm).to(v.dtype)
         n = hessian.num_rows
@@ -170,6 +182,19 @@ class GroupInfluenceRemover(Remover):
                                           options["damp"] * scale, tol=options["tol"],
                                           max_iter=options["max_iter"],
                                           on_iteration=lambda *_: advance())
+        return x * scale, facts
+
+    @staticmethod
+    def _ekfac(hessian: LossHessian, v: torch.Tensor, options: Mapping[str, Any],
+               generator: torch.Generator, progress: bool) -> tuple[torch.Tensor, dict]:
+        # correct: (G + damp I)^-1 v; reference: scale (G + damp scale I)^-1 v, as for CG
+        scale = options.get("scale", 1.0) if options["compat"] == "reference" else 1.0
+        settings = EkfacSettings(damp=options["damp"] * scale,
+                                 fit_samples=options["fit_samples"],
+                                 fit_batch=options["fit_batch"], seed=int(options["seed"]))
+        solved, facts = ekfac_ihvp(hessian.model, hessian.images, hessian.labels,
+                                   hessian.unflatten(v), settings, hessian.device, progress)
+        x = torch.cat([solved[name].reshape(-1) for name in hessian.names])
         return x * scale, facts
 
 
