@@ -414,3 +414,27 @@ def test_ekfac_serves_linear_and_conv_models_and_refuses_batch_norm(arch):
             check_supported(model)
     else:
         check_supported(model)
+
+
+def test_benchmark_ekfac_section_compares_with_cg(env):
+    """benchmarks/group_influence.py --ekfac-only keeps running and its comparison is
+    consistent (not a timing test)."""
+    pytest.importorskip("kronfluence")
+    import subprocess
+
+    from conftest import ONE_THREAD_ENV
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "group_influence.py"
+    completed = subprocess.run(
+        [sys.executable, str(script), "--run", str(env["source"].path), "--data-dir",
+         str(env["data"]), "--ekfac-only", "--ekfac-damp", "5", "--ekfac-fit-samples", "60",
+         "0", "--cg-rows", str(NUM_TRAIN)], capture_output=True, text=True, timeout=300,
+        env=ONE_THREAD_ENV)
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    report = json.loads("\n".join(lines[lines.index("{"):]))["ekfac"]
+    assert report["cg_converged"] and [f["ekfac_fit_rows"] for f in report["fits"]] == [
+        60, NUM_TRAIN]
+    for fit in report["fits"]:
+        assert 0.5 < fit["cosine"] <= 1 + 1e-9 and 0.5 < fit["norm_ratio"] < 2
+        assert fit["seconds"] >= fit["ekfac_fit_seconds"] > 0
