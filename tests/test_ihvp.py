@@ -383,3 +383,21 @@ def test_ekfac_update_agrees_with_cg(arch, side):
     curvature_cg, curvature_ekfac = v - damp * cg, v - damp * ekfac
     assert cosine(curvature_ekfac, curvature_cg) > 0.5
     assert 0.4 < (curvature_ekfac.norm() / curvature_cg.norm()).item() < 2.5
+
+
+def test_ekfac_reference_mode_is_scale_times_the_solve_damped_by_damp_times_scale():
+    """--compat reference with --solver ekfac: scale (G + damp scale I)^-1 v, as for CG."""
+    pytest.importorskip("kronfluence")
+    from rsc_plugins.removal.group_influence import GroupInfluenceRemover
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    hessian = LossHessian(model, torch.randn(40, 1, 2, 2), torch.randint(0, 3, (40,)))
+    v = hessian.gradient_sum(torch.arange(3))
+    common = {"seed": 0, "fit_samples": 0, "fit_batch": 16}
+    solve = GroupInfluenceRemover._ekfac
+    reference, _ = solve(hessian, v, {**common, "compat": "reference", "damp": 0.01,
+                                      "scale": 25.0}, torch.Generator(), False)
+    correct, _ = solve(hessian, v, {**common, "compat": "correct", "damp": 0.25},
+                       torch.Generator(), False)
+    assert relative_error(reference, 25.0 * correct) < 1e-6
