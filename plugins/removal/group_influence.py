@@ -49,7 +49,7 @@ def reference_depth(forget_size: int) -> int:
 
 
 class GroupInfluenceRemover(Remover):
-    """First-order group influence with a LiSSA or CG inverse-HVP, computed once for S."""
+    """First-order group influence with a LiSSA, CG or EK-FAC inverse-HVP, computed once for S."""
 
     name = "group-influence"
     description = ("theta + IHVP(sum of the forget set's gradients) / ((1-p)N) (LiSSA, CG or "
