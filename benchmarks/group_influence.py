@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from rsc_core.errors import DivergenceError
 from rsc_core.runs import Run
 from rsc_core.spurious import build_spurious_dataset
 from rsc_plugins.removal.cg import conjugate_gradient
@@ -134,13 +135,15 @@ def time_ekfac(hessian: LossHessian, damp: float, fit_samples: list[int], cg_row
     if cg_rows < hessian.num_rows:
         sample = torch.randperm(hessian.num_rows, generator=generator)[:cg_rows].sort().values
     started = time.perf_counter()
-    cg, facts = conjugate_gradient(lambda p: hessian.hvp_mean(p, sample), v, damp, tol=tol,
-                                   max_iter=max_iter)
-    result: dict[str, Any] = {"damp": damp, "cg_rows": cg_rows, "cg_seconds":
-                              time.perf_counter() - started, **facts,
-                              "damping_only_cosine": _cosine(v, cg),
-                              "damping_only_norm_ratio": (1 / damp) / cg.norm().item(),
-                              "fits": []}
+    result: dict[str, Any] = {"damp": damp, "cg_rows": cg_rows, "fits": []}
+    try:
+        cg, facts = conjugate_gradient(lambda p: hessian.hvp_mean(p, sample), v, damp, tol=tol,
+                                       max_iter=max_iter)
+        result.update(facts, damping_only_cosine=_cosine(v, cg),
+                      damping_only_norm_ratio=(1 / damp) / cg.norm().item())
+    except DivergenceError as exc:  # negative curvature: a result too; EK-FAC is still timed
+        cg, result["cg_error"] = None, str(exc)
+    result["cg_seconds"] = time.perf_counter() - started
     for rows in fit_samples:
         started = time.perf_counter()
         solved, ek_facts = ekfac_ihvp(hessian.model, hessian.images, hessian.labels,
@@ -148,11 +151,12 @@ def time_ekfac(hessian: LossHessian, damp: float, fit_samples: list[int], cg_row
                                       hessian.device)
         x = torch.cat([solved[name].reshape(-1) for name in hessian.names])
         seconds = time.perf_counter() - started
-        result["fits"].append({
-            **ek_facts, "seconds": seconds, "cosine": _cosine(x, cg),
-            "norm_ratio": (x.norm() / cg.norm()).item(),
-            "curvature_cosine": _cosine(v - damp * x, v - damp * cg),
-            "curvature_norm_ratio": ((v - damp * x).norm() / (v - damp * cg).norm()).item()})
+        result["fits"].append({**ek_facts, "seconds": seconds})
+        if cg is not None:
+            result["fits"][-1].update(
+                cosine=_cosine(x, cg), norm_ratio=(x.norm() / cg.norm()).item(),
+                curvature_cosine=_cosine(v - damp * x, v - damp * cg),
+                curvature_norm_ratio=((v - damp * x).norm() / (v - damp * cg).norm()).item())
         print(json.dumps(result["fits"][-1]), flush=True)
     return result
 
