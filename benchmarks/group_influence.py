@@ -23,6 +23,10 @@ procedure, and CG, on MNIST with a trained LargeMLP.
          the fit, its R^2 and a quadratic fit's total for comparison.
 (c) CG on (H + damp I) x = v to a 1e-3 relative residual with exact HVPs over
     ``--cg-rows`` training rows (one full-set HVP is timed too, for the full-set estimate).
+(d) with ``--ekfac`` (or ``--ekfac-only``, which skips (a)-(c)): EK-FAC through Kronfluence
+    (``rsc[influence]``) fitted on ``--ekfac-fit-samples`` rows, timed, and its update
+    compared with CG's on the same right-hand side and damping: cosine, norm ratio, and the
+    same for the curvature parts v - damp x (which the damping alone cannot make agree).
 
 Run with OMP_NUM_THREADS=1 (one core of a shared machine); prints one JSON document.
   OMP_NUM_THREADS=1 python benchmarks/group_influence.py --run RUN --data-dir DATA
@@ -41,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from rsc_core.errors import DivergenceError
 from rsc_core.runs import Run
 from rsc_core.spurious import build_spurious_dataset
 from rsc_plugins.removal.cg import conjugate_gradient
@@ -190,6 +195,48 @@ def time_cg(hessian: LossHessian, rows: int, tol: float, max_iter: int,
     return result
 
 
+def time_ekfac(hessian: LossHessian, damp: float, fit_samples: list[int], cg_rows: int,
+               tol: float, max_iter: int) -> dict[str, Any]:
+    """(d): EK-FAC against CG on v = the summed gradient of 100 random training rows."""
+    from rsc_plugins.removal.ekfac import EkfacSettings, ekfac_ihvp
+
+    generator = torch.Generator().manual_seed(0)
+    v = hessian.gradient_sum(torch.randperm(hessian.num_rows, generator=generator)[:100])
+    v = v / v.norm()
+    sample = None
+    if cg_rows < hessian.num_rows:
+        sample = torch.randperm(hessian.num_rows, generator=generator)[:cg_rows].sort().values
+    started = time.perf_counter()
+    result: dict[str, Any] = {"damp": damp, "cg_rows": cg_rows, "fits": []}
+    try:
+        cg, facts = conjugate_gradient(lambda p: hessian.hvp_mean(p, sample), v, damp, tol=tol,
+                                       max_iter=max_iter)
+        result.update(facts, damping_only_cosine=_cosine(v, cg),
+                      damping_only_norm_ratio=(1 / damp) / cg.norm().item())
+    except DivergenceError as exc:  # negative curvature: a result too; EK-FAC is still timed
+        cg, result["cg_error"] = None, str(exc)
+    result["cg_seconds"] = time.perf_counter() - started
+    for rows in fit_samples:
+        started = time.perf_counter()
+        solved, ek_facts = ekfac_ihvp(hessian.model, hessian.images, hessian.labels,
+                                      hessian.unflatten(v), EkfacSettings(damp, rows),
+                                      hessian.device)
+        x = torch.cat([solved[name].reshape(-1) for name in hessian.names])
+        seconds = time.perf_counter() - started
+        result["fits"].append({**ek_facts, "seconds": seconds})
+        if cg is not None:
+            result["fits"][-1].update(
+                cosine=_cosine(x, cg), norm_ratio=(x.norm() / cg.norm()).item(),
+                curvature_cosine=_cosine(v - damp * x, v - damp * cg),
+                curvature_norm_ratio=((v - damp * x).norm() / (v - damp * cg).norm()).item())
+        print(json.dumps(result["fits"][-1]), flush=True)
+    return result
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() @ b.double() / (a.double().norm() * b.double().norm())).item()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="a finished MNIST LargeMLP run folder")
@@ -213,6 +260,11 @@ def main() -> None:
     parser.add_argument("--skip-reference", action="store_true",
                         help="skip (b): (b1) then uses the reference code's 33 ms per step "
                              "and (b2) is not reported")
+    parser.add_argument("--ekfac", action="store_true", help="(d): EK-FAC against CG")
+    parser.add_argument("--ekfac-only", action="store_true", help="(d) only")
+    parser.add_argument("--ekfac-damp", type=float, default=0.1)
+    parser.add_argument("--ekfac-fit-samples", type=int, nargs="+", default=[1000, 5000],
+                        help="rows the factors are fitted on, one fit each (0: all)")
     args = parser.parse_args()
 
     source = Run.open(args.run)
@@ -229,6 +281,11 @@ def main() -> None:
         "load_average": os.getloadavg(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "scale": scale}
+    if args.ekfac_only:
+        report["ekfac"] = time_ekfac(hessian, args.ekfac_damp, args.ekfac_fit_samples,
+                                     args.cg_rows, 1e-3, args.cg_max_iter)
+        print(json.dumps(report, indent=2))
+        return
     report["reference_procedure"] = measure_reference(source, data, scale, args)
     print(json.dumps(report["reference_procedure"]), flush=True)
     report["rsc"] = []
@@ -253,6 +310,9 @@ def main() -> None:
         for damp in args.cg_damp:
             report["cg"].append(time_cg(hessian, args.cg_rows, 1e-3, args.cg_max_iter, damp))
             print(json.dumps(report["cg"][-1]), flush=True)
+    if args.ekfac:
+        report["ekfac"] = time_ekfac(hessian, args.ekfac_damp, args.ekfac_fit_samples,
+                                     args.cg_rows, 1e-3, args.cg_max_iter)
     print(json.dumps(report, indent=2))
 
 

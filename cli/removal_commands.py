@@ -20,7 +20,7 @@ from .train_commands import device_option, runs_dir_option
 #: CLI flag -> option name of the built-in methods (each method refuses those it lacks).
 _METHOD_OPTIONS = ("extra_epochs", "solver", "compat", "damp", "scale", "depth", "repeats",
                    "hvp_batch", "seed", "vectorise", "max_norm_factor", "tol", "max_iter",
-                   "hvp_samples")
+                   "hvp_samples", "fit_samples", "fit_batch")
 
 
 @click.command("remove")
@@ -33,8 +33,10 @@ _METHOD_OPTIONS = ("extra_epochs", "solver", "compat", "damp", "scale", "depth",
 @click.option("--extra-epochs", type=int, default=None,
               help="incremental-retraining: epochs to continue (default: as many as the source "
                    "trained, 70 -> epochs 71..140).")
-@click.option("--solver", type=click.Choice(["lissa", "cg"]), default=None,
-              help="group-influence: inverse-HVP solver (default lissa).")
+@click.option("--solver", type=click.Choice(["lissa", "cg", "ekfac"]), default=None,
+              help="group-influence: inverse-HVP solver (default lissa; ekfac: Kronfluence's "
+                   "EK-FAC Gauss-Newton approximation, Linear/Conv2d models, needs "
+                   "pip install 'rsc[influence]').")
 @click.option("--compat", type=click.Choice(["correct", "paper", "reference"]), default=None,
               help="group-influence: what to compute. 'correct' (default): (H + damp I)^-1 v "
                    "for the summed gradient v of the forget set. 'paper': what the "
@@ -56,7 +58,8 @@ _METHOD_OPTIONS = ("extra_epochs", "solver", "compat", "damp", "scale", "depth",
               help="LiSSA: training rows per Hessian sample (1, the reference; more lowers "
                    "the variance at more cost per step). Not with --compat reference.")
 @click.option("--hessian-seed", "seed", type=int, default=None,
-              help="Seed of the Hessian sample draws (0).")
+              help="Seed of the Hessian sample draws (0); ekfac: of the sampled labels and "
+                   "--fit-samples rows.")
 @click.option("--vectorise/--no-vectorise", default=None,
               help="LiSSA: run the chains as one vmap pass (default) or one after another. "
                    "Not with --compat reference.")
@@ -68,6 +71,11 @@ _METHOD_OPTIONS = ("extra_epochs", "solver", "compat", "damp", "scale", "depth",
 @click.option("--max-iter", type=int, default=None, help="CG: iteration limit (100).")
 @click.option("--hvp-samples", type=int, default=None,
               help="CG: Hessian over this many random training rows (0: all, the default).")
+@click.option("--fit-samples", type=int, default=None,
+              help="EK-FAC: fit the factors on this many random training rows (0: all, the "
+                   "default).")
+@click.option("--fit-batch", type=int, default=None,
+              help="EK-FAC: rows per batch while fitting (256; memory only).")
 @click.option("--option", "-O", "extra", multiple=True, metavar="KEY=VALUE",
               help="An option of a third-party method (repeatable).")
 @data_options
@@ -95,6 +103,8 @@ def remove_command(run: str, method: str, forget: str, extra: tuple[str, ...], d
       rsc remove runs/mnistv20-3-0-0_... --method group-influence --compat paper
 
       rsc remove runs/mnistv20-3-0-0_... --method group-influence --solver cg
+
+      rsc remove runs/mnistv20-3-0-0_... --method group-influence --solver ekfac --damp 0.1
 
       rsc remove runs/mnistv20-3-0-0_... --method retrain --forget 13830,52831
     """

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -601,3 +602,100 @@ def test_a_name_too_long_for_the_file_system_is_named_in_the_error(tmp_path):
     with pytest.raises(RscError, match=r"the name 'y{300}' \(300 bytes\) is longer than"):
         with RunLock(tmp_path / ("y" * 300)):
             pass
+
+
+# --------------------------------------------------------------------------- EK-FAC solver
+def test_group_influence_with_ekfac_applies_the_influence_formula(env):
+    pytest.importorskip("kronfluence")
+    from rsc_plugins.removal.ekfac import EkfacSettings, ekfac_ihvp
+
+    outcome = remove(env, "group-influence", solver="ekfac", damp=0.5, fit_samples=150)
+    source = env["source"]
+    removal = outcome.run.metrics["removal"]
+    assert removal["options"] == {"solver": "ekfac", "compat": "correct", "damp": 0.5,
+                                  "seed": 0, "fit_samples": 150, "fit_batch": 256}
+    assert outcome.run.name.startswith(f"{source.name}_rm-group-influence-ekfac-correct-")
+    assert removal["facts"]["ekfac_fit_rows"] == 150 and removal["facts"]["ekfac_layers"] == 2
+    data = build_spurious_dataset(source.spec, env["data"])
+    hessian = LossHessian(source.load_model(), data.train.images, data.train.labels)
+    v = hessian.gradient_sum(torch.tensor(source.metrics["spurious_indices"]))
+    solved, _ = ekfac_ihvp(hessian.model, hessian.images, hessian.labels, hessian.unflatten(v),
+                           EkfacSettings(damp=0.5, fit_samples=150), torch.device("cpu"))
+    expected = torch.cat([solved[name].reshape(-1) for name in hessian.names])
+    new = LossHessian(outcome.run.load_model(), data.train.images, data.train.labels).theta
+    p = 3 / NUM_TRAIN
+    update = (new - hessian.theta) * (1 - p) * NUM_TRAIN  # should be (G + 0.5 I)^-1 v
+    assert v.norm() > 0 and expected.norm() > 0
+    assert ((update - expected).norm() / expected.norm()).item() < 1e-3  # float32 weights
+
+
+def test_ekfac_without_kronfluence_names_the_extra_and_writes_nothing(env, monkeypatch):
+    monkeypatch.setitem(sys.modules, "kronfluence", None)  # "import kronfluence" now fails
+    before = listing(env["runs"])
+    result = CliRunner().invoke(cli, ["remove", str(env["source"].path), "-m",
+                                      "group-influence", "--solver", "ekfac", "-q"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error:") and len(result.output.strip().splitlines()) == 1
+    assert "pip install 'rsc[influence]'" in result.output
+    assert listing(env["runs"]) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--solver", "ekfac", "--depth", "5"], "option 'depth' does not apply to solver ekfac"),
+    (["--solver", "cg", "--fit-samples", "10"], "option 'fit_samples' does not apply to "
+                                                "solver cg"),
+    (["--solver", "ekfac", "--fit-samples", "-1"], "'fit_samples' cannot be negative"),
+    (["--solver", "ekfac", "--fit-batch", "0"], "'fit_batch' must be a positive whole number"),
+    (["--solver", "ekfac", "--compat", "reference"], "has no ekfac form; use --solver lissa"),
+    (["--solver", "ekfac", "--scale", "3"], "'scale' does not apply to solver ekfac in the "
+                                            "correct mode"),
+])
+def test_ekfac_option_errors_are_one_line(env, args, message):
+    pytest.importorskip("kronfluence")
+    result = CliRunner().invoke(cli, ["remove", str(env["source"].path), "-m",
+                                      "group-influence", *args, "-q"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("arch", ["MLP", "MLPv2", "LargeMLP", "LargeMLPv2", "CNN002",
+                                  "altResNet20", "altResNet20Norm02"])
+def test_ekfac_serves_linear_and_conv_models_and_refuses_batch_norm(arch):
+    """Vgg16Norm02 (convs, linears, no batch norm) is left out only for its 138M-parameter
+    build; the check is the same."""
+    import rsc_core
+    from rsc_core.errors import ConfigError
+    from rsc_plugins.removal.ekfac import check_supported
+
+    shape = (3, 32, 32) if "Norm02" in arch else (1, 28, 28)
+    model = rsc_core.create("architectures", arch).build(shape, 10)
+    if arch.startswith("altResNet"):
+        with pytest.raises(ConfigError, match="only Linear and Conv2d layers.*BatchNorm2d.*"
+                                              "--solver cg or lissa"):
+            check_supported(model)
+    else:
+        check_supported(model)
+
+
+def test_benchmark_ekfac_section_compares_with_cg(env):
+    """benchmarks/group_influence.py --ekfac-only keeps running and its comparison is
+    consistent (not a timing test)."""
+    pytest.importorskip("kronfluence")
+    import subprocess
+
+    from conftest import ONE_THREAD_ENV
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "group_influence.py"
+    completed = subprocess.run(
+        [sys.executable, str(script), "--run", str(env["source"].path), "--data-dir",
+         str(env["data"]), "--ekfac-only", "--ekfac-damp", "5", "--ekfac-fit-samples", "60",
+         "0", "--cg-rows", str(NUM_TRAIN)], capture_output=True, text=True, timeout=300,
+        env=ONE_THREAD_ENV)
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    report = json.loads("\n".join(lines[lines.index("{"):]))["ekfac"]
+    assert report["cg_converged"] and [f["ekfac_fit_rows"] for f in report["fits"]] == [
+        60, NUM_TRAIN]
+    for fit in report["fits"]:
+        assert 0.5 < fit["cosine"] <= 1 + 1e-9 and 0.5 < fit["norm_ratio"] < 2
+        assert fit["seconds"] >= fit["ekfac_fit_seconds"] > 0

@@ -13,9 +13,10 @@ model in eval mode, cross-entropy loss, H the Hessian of the mean training loss.
   (``reference_lissa.py``): one chain per example of S whose product keeps autograd's graph,
   chain 0 / r applied. The only mode that reproduces the reference's numbers; LiSSA only.
 
-Solvers (``solver``): ``lissa`` (the stochastic recursion, ``lissa.py``) and ``cg``
-(conjugate gradient with exact HVPs over the training set, ``cg.py``), the latter for
-``correct`` and ``paper``."""
+Solvers (``solver``): ``lissa`` (the stochastic recursion, ``lissa.py``), ``cg`` (conjugate
+gradient with exact HVPs over the training set, ``cg.py``) and ``ekfac`` (Kronfluence's EK-FAC
+Gauss-Newton approximation, ``ekfac.py``, extra ``rsc[influence]``); ``cg`` and ``ekfac`` for
+``correct`` and ``paper`` only."""
 from __future__ import annotations
 
 import math
@@ -32,6 +33,7 @@ from rsc_core.errors import ConfigError, DivergenceError
 from rsc_core.removal import RemovalRequest, RemovalResult, Remover
 
 from .cg import conjugate_gradient
+from .ekfac import EkfacSettings, check_supported, ekfac_ihvp, import_kronfluence
 from .lissa import LissaSettings, draw_samples, lissa
 from .reference_lissa import (CHAINS_PER_PASS, ReferenceSettings, draw_reference_samples,
                               reference_ihvp_sum)
@@ -41,10 +43,12 @@ if TYPE_CHECKING:
 
 #: The reference's LiSSA scale per dataset (PROTOCOL.md section 7).
 REFERENCE_SCALE = {"mnist": 25.0, "fashion": 100.0, "cifar10": 100.0}
-SOLVERS = ("lissa", "cg")
+SOLVERS = ("lissa", "cg", "ekfac")
 COMPAT_MODES = ("correct", "paper", "reference")
-_LISSA_ONLY = ("depth", "repeats", "hvp_batch", "vectorise", "max_norm_factor")
-_CG_ONLY = ("tol", "max_iter", "hvp_samples")
+#: options that belong to one solver only (refused with another)
+_SOLVER_ONLY = {"lissa": ("depth", "repeats", "hvp_batch", "vectorise", "max_norm_factor"),
+                "cg": ("tol", "max_iter", "hvp_samples"),
+                "ekfac": ("fit_samples", "fit_batch")}
 #: LiSSA options the reference emulation has no use for: it samples one example per step,
 #: runs one chain per example of S, and its guard checks finiteness only.
 _NOT_REFERENCE = ("hvp_batch", "vectorise", "max_norm_factor")
@@ -63,15 +67,17 @@ def reference_depth(forget_size: int, dataset: str = "mnist") -> int:
 
 
 class GroupInfluenceRemover(Remover):
-    """First-order group influence with a LiSSA or CG inverse-HVP: computed once for S, or
-    once per example of S as the reference code runs it (``compat=reference``)."""
+    """First-order group influence with a LiSSA, CG or EK-FAC inverse-HVP: computed once for
+    S, or once per example of S as the reference code runs it (``compat=reference``)."""
 
     name = "group-influence"
-    description = "theta + IHVP(sum of the forget set's gradients) / ((1-p)N) (LiSSA or CG)"
+    description = ("theta + IHVP(sum of the forget set's gradients) / ((1-p)N) (LiSSA, CG or "
+                   "EK-FAC)")
     defaults: dict[str, Any] = {
         "solver": "lissa", "compat": "correct", "damp": 0.01, "scale": None, "seed": 0,
         "depth": None, "repeats": 10, "hvp_batch": 1, "vectorise": True,
         "max_norm_factor": 10.0, "tol": 1e-3, "max_iter": 100, "hvp_samples": 0,
+        "fit_samples": 0, "fit_batch": 256,
     }
     types = {"scale": float, "depth": int}
 
@@ -85,22 +91,27 @@ class GroupInfluenceRemover(Remover):
             raise ConfigError(f"unknown --compat {resolved['compat']!r}; use one of "
                               f"{', '.join(COMPAT_MODES)}")
         solver, compat = resolved["solver"], resolved["compat"]
-        if solver == "cg" and compat == "reference":
-            raise ConfigError("--compat reference emulates the reference's LiSSA and has no "
-                              "CG form; use --solver lissa, or --compat paper for CG on the "
-                              "reference's intended scale (H + damp scale I)^-1 v")
-        for key in _CG_ONLY if solver == "lissa" else _LISSA_ONLY:
+        if solver != "lissa" and compat == "reference":
+            raise ConfigError(f"--compat reference emulates the reference's LiSSA and has no "
+                              f"{solver} form; use --solver lissa, or --compat paper for "
+                              f"{solver} on the reference's intended scale "
+                              f"(H + damp scale I)^-1 v")
+        for key in (k for other, keys in _SOLVER_ONLY.items() if other != solver for k in keys):
             if options.get(key) is not None:
                 raise ConfigError(f"option {key!r} does not apply to solver {solver}")
             resolved.pop(key)
+        if solver == "ekfac":
+            import_kronfluence()  # a missing extra fails here, before any work
+            check_supported(source.load_model())
         if compat == "reference":
             self._drop_unused_by_reference(options, resolved)
-        # scale enters LiSSA's recursion, and the paper's quantity with either solver
+        # scale enters LiSSA's recursion, and the paper's quantity with every solver
         if solver == "lissa" or compat == "paper":
             resolved["scale"] = self._scale(resolved["scale"], source.spec.dataset)
         elif options.get("scale") is not None:
-            raise ConfigError("option 'scale' does not apply to solver cg in the correct mode "
-                              "(it solves (H + damp I) x = v); drop it or use --compat paper")
+            raise ConfigError(f"option 'scale' does not apply to solver {solver} in the correct "
+                              f"mode (it solves (H + damp I) x = v); drop it or use --compat "
+                              f"paper")
         else:
             resolved.pop("scale")
         if solver == "lissa" and resolved["depth"] is None:
@@ -129,13 +140,14 @@ class GroupInfluenceRemover(Remover):
                 raise ConfigError(f"option {key!r} must be a positive number, got "
                                   f"{resolved[key]!r}; give e.g. --{_flag(key)} "
                                   f"{GroupInfluenceRemover.defaults[key] or 25}")
-        for key in ("depth", "repeats", "hvp_batch", "max_iter"):
+        for key in ("depth", "repeats", "hvp_batch", "max_iter", "fit_batch"):
             if key in resolved and resolved[key] < 1:
                 raise ConfigError(f"option {key!r} must be a positive whole number, got "
                                   f"{resolved[key]!r}; give e.g. --{_flag(key)} "
                                   f"{GroupInfluenceRemover.defaults[key] or 1000}")
-        if resolved.get("hvp_samples", 0) < 0:
-            raise ConfigError("option 'hvp_samples' cannot be negative (0 means all rows)")
+        for key in ("hvp_samples", "fit_samples"):
+            if resolved.get(key, 0) < 0:
+                raise ConfigError(f"option {key!r} cannot be negative (0 means all rows)")
         if "depth" in resolved:  # LiSSA multiplies h by 1 - c each step: c must be below 1
             c, bound = ((resolved["damp"], "1") if resolved["compat"] != "correct" else
                         (resolved["damp"] / resolved["scale"], f"scale ({resolved['scale']:g})"))
@@ -199,7 +211,7 @@ class GroupInfluenceRemover(Remover):
         # precision to subnormals and squared norms underflow to 0 (measured on real runs).
         v_norm = v.double().norm().item()
         unit = (v.double() / v_norm).to(v.dtype)
-        solve = self._lissa if options["solver"] == "lissa" else self._cg
+        solve = {"lissa": self._lissa, "cg": self._cg, "ekfac": self._ekfac}[options["solver"]]
         ihvp, facts = solve(hessian, unit, options, generator, progress)
         return (ihvp.double() * v_norm).to(v.dtype), facts
 
@@ -245,6 +257,19 @@ class GroupInfluenceRemover(Remover):
                                           options["damp"] * scale, tol=options["tol"],
                                           max_iter=options["max_iter"],
                                           on_iteration=lambda *_: advance())
+        return x * scale, facts
+
+    @staticmethod
+    def _ekfac(hessian: LossHessian, v: torch.Tensor, options: Mapping[str, Any],
+               generator: torch.Generator, progress: bool) -> tuple[torch.Tensor, dict]:
+        # correct: (G + damp I)^-1 v; paper: scale (G + damp scale I)^-1 v, as for CG
+        scale = options.get("scale", 1.0) if options["compat"] == "paper" else 1.0
+        settings = EkfacSettings(damp=options["damp"] * scale,
+                                 fit_samples=options["fit_samples"],
+                                 fit_batch=options["fit_batch"], seed=int(options["seed"]))
+        solved, facts = ekfac_ihvp(hessian.model, hessian.images, hessian.labels,
+                                   hessian.unflatten(v), settings, hessian.device, progress)
+        x = torch.cat([solved[name].reshape(-1) for name in hessian.names])
         return x * scale, facts
 
 
