@@ -646,7 +646,7 @@ def test_ekfac_without_kronfluence_names_the_extra_and_writes_nothing(env, monke
                                                 "solver cg"),
     (["--solver", "ekfac", "--fit-samples", "-1"], "'fit_samples' cannot be negative"),
     (["--solver", "ekfac", "--fit-batch", "0"], "'fit_batch' must be a positive whole number"),
-    (["--solver", "ekfac", "--compat", "reference"], "has no ekfac form; use --solver lissa"),
+    (["--solver", "ekfac", "--compat", "reference"], "has no EK-FAC form; use --solver lissa"),
     (["--solver", "ekfac", "--scale", "3"], "'scale' does not apply to solver ekfac in the "
                                             "correct mode"),
 ])

@@ -92,10 +92,10 @@ class GroupInfluenceRemover(Remover):
                               f"{', '.join(COMPAT_MODES)}")
         solver, compat = resolved["solver"], resolved["compat"]
         if solver != "lissa" and compat == "reference":
+            name = {"cg": "CG", "ekfac": "EK-FAC"}[solver]
             raise ConfigError(f"--compat reference emulates the reference's LiSSA and has no "
-                              f"{solver} form; use --solver lissa, or --compat paper for "
-                              f"{solver} on the reference's intended scale "
-                              f"(H + damp scale I)^-1 v")
+                              f"{name} form; use --solver lissa, or --compat paper for {name} "
+                              f"on the reference's intended scale (H + damp scale I)^-1 v")
         for key in (k for other, keys in _SOLVER_ONLY.items() if other != solver for k in keys):
             if options.get(key) is not None:
                 raise ConfigError(f"option {key!r} does not apply to solver {solver}")
