@@ -36,6 +36,7 @@ METRICS = (
     ("same_class_member_rate", ("same_class_members", "member_rate")),
     ("control_member_rate", ("patterned_nonmembers", "member_rate")),
     ("planted_tpr_at_1%_fpr", ("planted", "tpr_at_1%_fpr")),
+    ("same_class_tpr_at_1%_fpr", ("same_class_members", "tpr_at_1%_fpr")),
     ("control_tpr_at_1%_fpr", ("patterned_nonmembers", "tpr_at_1%_fpr")),
 )
 
