@@ -179,7 +179,7 @@ def _train_group(requests: list[RunRequest], indices: list[int], runs_dir, data_
                  on_wait, memory_format: str = AUTO) -> dict[int, RunResult]:
     runs = [find_run(r.spec, r.config, runs_dir, r.subset) for r in requests]
     with ExitStack() as locks:
-        for run in runs:
+        for run in lock_order(runs):
             locks.enter_context(RunLock(run.path, on_wait=on_wait))
         results: dict[int, RunResult] = {}
         todo = []
@@ -197,6 +197,14 @@ def _train_group(requests: list[RunRequest], indices: list[int], runs_dir, data_
         elif todo:
             results.update(_fit_members(todo, data_dir, download, force, progress, device))
     return results
+
+
+def lock_order(runs: Sequence[Run]) -> list[Run]:
+    """The order in which a group takes its runs' locks: one global order (by folder path),
+    whatever order the runs were asked for in. Two groups that share runs then never hold one
+    lock each while waiting for the other's (`rsc train --spec a --spec b` beside `--spec b
+    --spec a` would otherwise wait forever)."""
+    return sorted(runs, key=lambda run: str(run.path))
 
 
 def _fit_members(todo: list[tuple[int, RunRequest, Run]], data_dir, download, force: bool,

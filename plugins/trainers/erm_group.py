@@ -26,7 +26,7 @@ from torch.func import functional_call, vmap
 
 from rsc_core.datasets import ImageData
 from rsc_core.errors import ConfigError, DivergenceError
-from rsc_core.group_training import GroupEpochCallback, GroupMember
+from rsc_core.group_training import GroupEpochCallback, GroupMember, saving_together
 from rsc_core.hardware import precision_autocast
 from rsc_core.memory_format import match_state_layouts
 from rsc_core.progress import EpochProgress
@@ -261,25 +261,33 @@ class _GroupEngine:
                 self.scheduler.step()
                 tests = self._evaluate(test) if test is not None else None
                 seconds = time.perf_counter() - started
-                for k, state in enumerate(states):
-                    if k in self.failed:
-                        continue
-                    if not math.isfinite(losses[k]):
-                        self.failed[k] = _divergence(epoch, losses[k], self.config.lr)
-                        continue
-                    record = {"epoch": epoch, "lr": lr, "train_loss": losses[k],
-                              "train_accuracy": accuracies[k]}
-                    if tests is not None:
-                        record["test_loss"], record["test_accuracy"] = tests[0][k], tests[1][k]
-                    record["seconds"] = seconds
-                    record["group_size"] = self.k
-                    state.history.append(record)
-                    state.epoch = epoch
-                    if on_epoch is not None:
-                        on_epoch(k, state, self.stack.member_state(k),
-                                 self._optimizer_state(k), self.scheduler.state_dict())
+                with saving_together():  # every member saves this epoch, or none
+                    for k, state in enumerate(states):
+                        self._end_epoch(k, state, epoch, lr, losses, accuracies, tests,
+                                        seconds, on_epoch)
                 bar.end_epoch(states[0].history[-1] if states[0].history else {})
         return [self.failed.get(k, state) for k, state in enumerate(states)]
+
+    def _end_epoch(self, k: int, state: TrainState, epoch: int, lr: float, losses: list,
+                   accuracies: list, tests: tuple | None, seconds: float,
+                   on_epoch: GroupEpochCallback | None) -> None:
+        """Member k's record of the epoch and its checkpoint (or its divergence)."""
+        if k in self.failed:
+            return
+        if not math.isfinite(losses[k]):
+            self.failed[k] = _divergence(epoch, losses[k], self.config.lr)
+            return
+        record = {"epoch": epoch, "lr": lr, "train_loss": losses[k],
+                  "train_accuracy": accuracies[k]}
+        if tests is not None:
+            record["test_loss"], record["test_accuracy"] = tests[0][k], tests[1][k]
+        record["seconds"] = seconds
+        record["group_size"] = self.k
+        state.history.append(record)
+        state.epoch = epoch
+        if on_epoch is not None:
+            on_epoch(k, state, self.stack.member_state(k), self._optimizer_state(k),
+                     self.scheduler.state_dict())
 
     def _train_epoch(self, epoch: int, bar: EpochProgress) -> tuple[list[float], list[float]]:
         generators = []
