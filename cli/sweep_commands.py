@@ -24,8 +24,8 @@ from rsc_core.runs import config_hash, resolve_device, run_config
 from rsc_core.spec import parse_int_list
 from rsc_core.sweep_grid import Grid, GridError, grid_from_dict, load_grid
 from rsc_core.sweep_presets import PRESETS, preset_grid, to_toml
-from rsc_core.sweeps import (BROKEN, DONE, INTERRUPTED, NEW, PlannedRun, RunReport, SweepJob,
-                             make_jobs, plan_sweep, run_sweep, write_sweep_record)
+from rsc_core.sweeps import (BROKEN, DONE, FINISHED, INTERRUPTED, NEW, PlannedRun, RunReport,
+                             SweepJob, make_jobs, plan_sweep, run_sweep, write_sweep_record)
 
 from .options import data_options
 
@@ -77,7 +77,8 @@ _PRESET_HELP = "; ".join(f"{p.name}: {p.summary}" for p in PRESETS.values())
 @click.option("--slurm-array-parallelism", type=click.IntRange(1), default=None,
               help="Slurm array tasks running at once.")
 @click.option("--slurm-cluster", type=click.Choice(["slurm", "local", "debug"]), default=None,
-              help="slurm (default), or local to run the array tasks on this machine.")
+              help="slurm (default); local: the array tasks as processes on this machine; "
+                   "debug: one after another in this process (to debug a job).")
 @click.option("--job-folder", type=click.Path(file_okay=False), default=None,
               help="Slurm job files (default: <runs root>/.slurm; must be shared).")
 @click.option("--runs-dir", type=click.Path(file_okay=False), default=None,
@@ -130,6 +131,8 @@ def sweep_command(grid_file, preset, datasets, patterns, ns, seeds, epochs, sets
         return
     jobs = make_jobs(planned, options.get("group_size", DEFAULT_GROUP_SIZE), runs_dir=runs_dir,
                      data_dir=data_dir, download=download, device=device)
+    if jobs:
+        runner.check_ready()  # before anything is drawn: one error line, no progress bar
     console = Console(stderr=True)
     if not as_json:
         console.print(f"{label}: {_counts(planned)}; {len(jobs)} jobs on the {name} executor",
@@ -240,7 +243,9 @@ def _print_plan(planned: list[PlannedRun], label: str, executor: str, as_json: b
 
 
 def _run(planned, jobs: list[SweepJob], runner, quiet: bool, console: Console):
-    """Run the jobs with a live display of runs done / running / failed and the time left."""
+    """Run the jobs with a live display of runs done / failed / running and the time left
+    (the bar counts the runs that ended, done or failed). The executor's own news (a worker
+    that died, a job retried) is printed above it."""
     total = sum(len(job.requests) for job in jobs)
     state = {"done": 0, "failed": 0, "open": list(range(len(jobs)))}
     started = time.monotonic()
@@ -250,12 +255,13 @@ def _run(planned, jobs: list[SweepJob], runner, quiet: bool, console: Console):
 
     def status() -> str:
         running = sum(len(jobs[i].requests) for i in state["open"][:runner.slots])
-        return f"running {running}, failed {state['failed']}"
+        return f"{state['done']} done, {state['failed']} failed, {running} running"
 
     def on_reports(job: SweepJob, reports: list[RunReport]) -> None:
         state["open"].remove(jobs.index(job))
-        state["failed"] += sum(r.state == "failed" for r in reports)
-        state["done"] += len(reports)
+        failed = sum(r.state == "failed" for r in reports)
+        state["failed"] += failed
+        state["done"] += len(reports) - failed
         progress.update(task, advance=len(reports), status=status())
         for report in reports:
             if report.state == "failed":
@@ -263,20 +269,27 @@ def _run(planned, jobs: list[SweepJob], runner, quiet: bool, console: Console):
                                        highlight=False, soft_wrap=True)
         if not quiet and not console.is_terminal:
             # no live display in a log file (nohup, Slurm, CI): one line per finished job
-            console.print(_progress_line(state["done"], total, status(),
+            console.print(_progress_line(state["done"], state["failed"], total, status(),
                                          time.monotonic() - started), highlight=False)
 
+    def notify(line: str) -> None:
+        if not quiet:
+            progress.console.print(line, highlight=False, soft_wrap=True, markup=False)
+
+    runner.notify = notify
     with progress:
         task = progress.add_task("runs", total=total, status=status())
         return run_sweep(planned, jobs, runner, on_reports)
 
 
-def _progress_line(done: int, total: int, status: str, elapsed: float) -> str:
-    """One log line, e.g. ``runs 16/58 done (running 16, failed 0), 31 min so far, about
-    82 min left``: the finished share of this sweep's runs and the time left at that pace."""
-    left = elapsed / done * (total - done) if done else None
-    tail = f", about {left / 60:.0f} min left" if left is not None and done < total else ""
-    return f"runs {done}/{total} done ({status}), {elapsed / 60:.0f} min so far{tail}"
+def _progress_line(done: int, failed: int, total: int, status: str, elapsed: float) -> str:
+    """One log line, e.g. ``runs 16/58 ended (16 done, 0 failed, 16 running), 31 min so far,
+    about 82 min left``: the share of this sweep's runs that ended, done or failed, and the
+    time left at that pace."""
+    ended = done + failed
+    left = elapsed / ended * (total - ended) if ended else None
+    tail = f", about {left / 60:.0f} min left" if left is not None and ended < total else ""
+    return f"runs {ended}/{total} ended ({status}), {elapsed / 60:.0f} min so far{tail}"
 
 
 def _print_summary(reports: list[RunReport], seconds: float, record: Path,
@@ -284,10 +297,14 @@ def _print_summary(reports: list[RunReport], seconds: float, record: Path,
     count: dict[str, int] = {}
     for report in reports:
         count[report.state] = count.get(report.state, 0) + 1
-    order = ("trained", "resumed", "reused", "failed")
+    order = ("trained", "resumed", "reused", FINISHED, "failed")
     parts = [f"{count[s]} {s}" for s in order if count.get(s)]
     console.print(f"{len(reports)} runs in {seconds:.0f} s: {', '.join(parts)}; record: "
                   f"{record}", soft_wrap=True, highlight=False)
+    if count.get(FINISHED):
+        console.print(f"{count[FINISHED]} {FINISHED}: their jobs' reports were lost (a worker "
+                      f"or the Dask scheduler went away), their folders say they finished",
+                      soft_wrap=True, highlight=False)
 
 
 def _safe(label: str) -> str:

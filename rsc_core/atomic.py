@@ -6,6 +6,7 @@ temporary file and raises an ``OSError`` that names the file being written, neve
 temporary name, so the user-facing message can say where the write failed."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -35,6 +36,21 @@ def write_file(path: str | Path, write: Callable[[str], None]) -> Path:
             exc.filename2 = None
         raise
     return path
+
+
+def new_file(folder: Path, stem: str, suffix: str) -> Path:
+    """Claim a file name nobody else has: ``<stem><suffix>``, else ``<stem>-2<suffix>``, ...
+    The claim is an exclusive create (``O_EXCL``), so two processes never get one name; fill
+    the (empty) file with ``write_json``/``write_text``, which replace it atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for number in itertools.count(1):
+        path = folder / f"{stem}{'' if number == 1 else f'-{number}'}{suffix}"
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")
 
 
 def _is_temporary(filename: Any, path: Path) -> bool:

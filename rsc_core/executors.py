@@ -11,6 +11,10 @@ Two methods:
   result)`` is called in this process as each job ends, in whatever order they end, so a
   progress display can follow. The default runs the jobs through ``map`` one at a time.
 
+An executor tells its caller what the results alone do not (a worker that died, a job retried
+on another) through ``notify(line)``. A job's ``label`` attribute, when it has one (a sweep
+job: its runs), names it in such lines and in errors.
+
 Every executor that starts worker processes gives each its share of the BLAS/OpenMP threads
 (``thread_share``, ``worker_environment``): several processes each using every core, with
 OpenMP's default busy-waiting, are 10-40x slower each than one process."""
@@ -65,10 +69,17 @@ class JobResult:
 OnDone = Callable[[int, JobResult], None]
 
 
+def _ignore(line: str) -> None:
+    """The default ``Executor.notify``: news go nowhere."""
+
+
 class Executor(ABC):
     name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    #: Where an executor tells what the results alone do not: a worker that died, a job
+    #: retried elsewhere (one line each). The caller sets it (``rsc sweep``: its display).
+    notify: Callable[[str], None] = staticmethod(_ignore)
 
     def __init__(self, settings: ExecutorSettings | None = None) -> None:
         self.settings = settings or ExecutorSettings()
@@ -77,6 +88,10 @@ class Executor(ABC):
     def slots(self) -> int:
         """How many jobs run at the same time (for progress displays)."""
         return 1
+
+    def check_ready(self) -> None:
+        """Raise an ``RscError`` if the jobs cannot run here (e.g. no Slurm), before anything
+        is started or drawn; by default they can."""
 
     @abstractmethod
     def map(self, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> Sequence[Any]:

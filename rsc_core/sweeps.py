@@ -10,8 +10,11 @@ the jobs run on an executor, and a record of what happened.
 * ``run_sweep_job`` is what a worker runs: ``rsc_core.group_runs.train_runs`` on one job, with
   the worker's share of threads. A run's failure is reported, the others go on.
 * ``run_sweep`` hands the jobs to an executor and collects one ``RunReport`` per run; a job
-  whose worker died is reported as failed for its runs, and the sweep goes on.
-* ``write_sweep_record`` saves the outcome under ``<runs root>/.sweeps/``."""
+  whose worker died (or whose report was lost with the Dask scheduler) is reported from its
+  run folders: a run whose folder says it finished is ``finished``, the others failed, and
+  the sweep goes on.
+* ``write_sweep_record`` saves the outcome under ``<runs root>/.sweeps/``, in a file of its
+  own even for sweeps started in the same second."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import registry
-from .atomic import write_json
+from .atomic import new_file, write_json
 from .checkpoints import read_checkpoint
 from .errors import CheckpointError, RscError
 from .executors import Executor, JobResult, failure, use_threads, worker_threads
@@ -56,10 +59,23 @@ class SweepJob:
     download: bool | None = None
     device: str = "auto"
 
+    @property
+    def label(self) -> str:
+        """The job in words, for executors' news: ``run NAME`` or ``run NAME and 3 more``."""
+        names = [find_run(r.spec, r.config, self.runs_dir).name for r in self.requests]
+        more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+        return f"run {names[0]}{more}" if names else "an empty job"
+
+
+#: A run whose job's report was lost (its worker, or the Dask scheduler, went away) but whose
+#: folder says it finished.
+FINISHED = "finished"
+
 
 @dataclass(frozen=True)
 class RunReport:
-    """What happened to one run: ``state`` trained, resumed, reused or failed."""
+    """What happened to one run: ``state`` trained, resumed, reused, finished (its job's
+    report was lost, its folder says it finished) or failed."""
 
     run: str
     state: str
@@ -188,8 +204,7 @@ def run_sweep(planned: Sequence[PlannedRun], jobs: Sequence[SweepJob], executor:
             on_reports(job, job_reports)
 
     executor.run_jobs(run_sweep_job, list(jobs), on_done)
-    return SweepOutcome([reports.get(item.run.name) or RunReport(item.run.name, "failed",
-                                                                  error="not run")
+    return SweepOutcome([reports.get(item.run.name) or report_from_folder(item.run, "not run")
                          for item in planned])
 
 
@@ -197,17 +212,31 @@ def _job_reports(job: SweepJob, result: JobResult) -> list[RunReport]:
     if result.ok and isinstance(result.value, list):
         return result.value
     error = result.error or "the job returned nothing"
-    return [RunReport(find_run(r.spec, r.config, job.runs_dir).name, "failed", error=error)
+    return [report_from_folder(find_run(r.spec, r.config, job.runs_dir), error)
             for r in job.requests]
+
+
+def report_from_folder(run: Run, error: str) -> RunReport:
+    """The report of a run whose job ended without one (its worker died, the scheduler was
+    lost): what its folder says. A worker may have finished the run before the report was
+    lost, and a finished run is never counted as failed."""
+    try:
+        if run.finished:
+            return RunReport(run.name, FINISHED)
+    except RscError:  # a corrupt metrics.json: not finished
+        pass
+    return RunReport(run.name, "failed", error=error)
 
 
 def write_sweep_record(outcome: SweepOutcome, planned: Sequence[PlannedRun], *, name: str,
                        executor: str, runs_dir: str | Path | None, started: _dt.datetime,
                        ) -> Path:
-    """``<runs root>/.sweeps/<start time>-<name>.json``: every run's state and error."""
+    """``<runs root>/.sweeps/<start time>-<name>.json``: every run's state and error. A sweep
+    started in the same second as another gets ``-2``, ``-3``, ... (``new_file``), never the
+    other's file."""
     root = resolve_runs_dir(runs_dir)
     stamp = started.strftime("%Y%m%dT%H%M%S")
-    path = root / ".sweeps" / f"{stamp}-{name}.json"
+    path = new_file(root / ".sweeps", f"{stamp}-{name}", ".json")
     by_name = {item.run.name: item for item in planned}
     runs = []
     for report in outcome.reports:

@@ -26,7 +26,7 @@ from rsc_core.sweep_grid import parse_grid
 from rsc_core.sweeps import make_jobs, plan_sweep, run_sweep
 
 sys.path.insert(0, str(Path(__file__).parent))  # worker processes inherit sys.path
-from executor_jobs import die_once, reciprocal  # noqa: E402
+from executor_jobs import current_task_key, die_once, reciprocal  # noqa: E402
 
 GRID = """
 dataset = "mnist"
@@ -130,6 +130,8 @@ def test_a_worker_killed_mid_run_has_its_run_finished_elsewhere(data_root, clust
         .replace("[0, 1, 3]", "3").replace("[0, 1]", "0")
     runs = tmp_path / "runs"
     executor = rsc_core.create("executors", "dask", settings=ExecutorSettings(scheduler=cluster))
+    news: list[str] = []
+    executor.notify = news.append
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(
         result=sweep(executor, runs, data_root, grid)))
@@ -152,6 +154,9 @@ def test_a_worker_killed_mid_run_has_its_run_finished_elsewhere(data_root, clust
 
     [report] = outcome["result"].reports
     assert report.state == "resumed" and report.resumed_from >= 3, report
+    # the death was told as it happened, naming the run (never Dask's task key)
+    assert any(f"died while running run {run.name} " in line and "again on another worker"
+               in line for line in news), news
     log = (run / "log.txt").read_text()
     starts = re.findall(r"(start|resume from epoch \d+) on cpu \(pid (\d+)", log)
     assert starts[0][0] == "start" and starts[-1][0].startswith("resume")
@@ -178,12 +183,33 @@ def test_a_job_that_fails_is_reported_and_the_others_go_on(cluster):
     assert executor.map(reciprocal, [2, 4]) == [0.5, 0.25]
 
 
+def test_dask_names_jobs_briefly_and_says_what_to_do_when_it_gives_up(cluster):
+    """Dask's default key is the job function's repr (300 characters in its errors); a job
+    Dask gave up on, or lost with the scheduler, is told in words with what to do."""
+    from distributed import KilledWorker
+    from distributed.client import FutureCancelledError
+
+    executor = rsc_core.create("executors", "dask", settings=ExecutorSettings(scheduler=cluster))
+    [result] = executor.run_jobs(current_task_key, [0])
+    assert re.fullmatch(r"rsc-job-0-[0-9a-f]{8}", result.value), result.value
+    killed = KilledWorker("rsc-job-0-12345678", type("W", (), {"address": "tcp://h:1"})(), 3)
+    error = executor.job_failure(killed).error
+    assert "every worker that ran this job died (4 tries, the last on tcp://h:1)" in error
+    assert "rsc-job" not in error and "run the sweep again" in error
+    lost = FutureCancelledError("rsc-job-1-12345678", "scheduler-connection-lost")
+    error = executor.job_failure(lost).error
+    assert error.startswith(f"lost the Dask scheduler ({cluster})") and "restart the workers" \
+        in error and "rsc-job" not in error
+
+
 def test_the_processes_executor_retries_the_jobs_of_a_dead_worker(tmp_path):
     executor = rsc_core.create("executors", "processes", settings=ExecutorSettings(workers=1))
-    seen = []
+    seen, news = [], []
+    executor.notify = news.append
     results = executor.run_jobs(die_once, [str(tmp_path / "marker")],
                                 lambda i, r: seen.append((i, r)))
     assert results == [JobResult("second try")] and seen == [(0, results[0])]
+    assert len(news) == 1 and news[0].startswith("a worker process died; 1 unfinished job(s)")
 
 
 def test_the_local_executor_reports_each_failure_and_goes_on():
@@ -229,11 +255,38 @@ def test_an_unknown_executor_is_one_line(tmp_path):
                                     "processes?") and result.output.count("\n") == 1
 
 
-def test_the_slurm_executor_needs_slurm_or_a_local_cluster(monkeypatch):
+def test_the_slurm_executor_needs_slurm_or_a_local_cluster(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", "")  # no sbatch
     executor = rsc_core.create("executors", "slurm")
     with pytest.raises(RscError, match="no sbatch"):
         executor.run_jobs(reciprocal, [1])
+    grid = tmp_path / "grid.toml"
+    grid.write_text('dataset = "mnist"\narch = "MLP"\n')
+    result = CliRunner().invoke(cli, ["sweep", str(grid), "--executor", "slurm", "--runs-dir",
+                                      str(tmp_path / "runs")])
+    # the one error line, checked before the sweep's first line (or bar) is drawn
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith("Error: the slurm executor found no Slurm here")
+
+
+def test_the_slurm_debug_cluster_runs_the_jobs_in_this_process(data_root, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID.replace('["v8", "v20"]', '"v8"').replace("[0, 1, 3]", "3")
+                    .replace("[0, 1]", "0"))
+    threads = torch.get_num_threads()
+    try:  # the job takes this process's cores, as it would in a worker
+        result = CliRunner().invoke(cli, ["sweep", str(grid), "--executor", "slurm",
+                                          "--slurm-cluster", "debug", "--runs-dir",
+                                          str(tmp_path / "runs"), "--data-dir", str(data_root),
+                                          "--device", "cpu", "--job-folder",
+                                          str(tmp_path / "jobs"), "--json"])
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    [report] = json.loads(result.output[result.output.index("["):])
+    assert report["state"] == "trained"
+    log = (tmp_path / "runs" / report["run"] / "log.txt").read_text()
+    assert f"(pid {os.getpid()})" in log  # trained here, not in a worker process
     with pytest.raises(ConfigError, match="unknown slurm setting"):
         rsc_core.create("executors", "slurm",
                         settings=ExecutorSettings(slurm={"partitions": "gpu"}))

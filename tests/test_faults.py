@@ -4,22 +4,30 @@ grids, a locked index, a deleted run folder, a killed parent, a killed removal, 
 way. Each test fails on the code before its fix."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import ONE_THREAD_ENV
 from test_privacy import base_args, mem_data, rsc  # noqa: F401 - mem_data is a fixture
 
 from rsc_core import group_runs
 from rsc_core.checkpoints import read_checkpoint
+from rsc_core.executors import Executor, JobResult
 from rsc_core.group_runs import RunRequest, train_runs
 from rsc_core.run_lock import RunLock
 from rsc_core.runs import Run, find_run
 from rsc_core.spec import SpuriousSpec
+from rsc_core.sweeps import (FINISHED, RunReport, SweepOutcome, make_jobs, plan_sweep,
+                             run_sweep, write_sweep_record)
 from rsc_core.training import TrainConfig
 
 RECIPE = TrainConfig(arch="MLP", epochs=1, batch_size=2)
@@ -116,3 +124,115 @@ def test_a_resumed_attack_reports_exactly_the_uninterrupted_result(mem_data, tmp
         ours = Run(tmp_path / "resumed" / "runs" / folder.name).load_model().state_dict()
         for key, value in Run(folder).load_model().state_dict().items():
             assert torch.equal(ours[key], value), (folder.name, key)
+
+
+# --- workers end with their sweep --------------------------------------------------------------
+
+WORKER_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from executor_jobs import sleep_and_tell
+from rsc_core import create
+from rsc_core.executors import ExecutorSettings
+
+if __name__ == "__main__":
+    executor = create("executors", "processes", settings=ExecutorSettings(workers=1))
+    executor.run_jobs(sleep_and_tell, [{pid_file!r}])
+"""
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_the_workers_of_a_killed_sweep_stop(tmp_path):
+    """SIGKILL the process that runs the processes executor: its worker, mid-job, must stop
+    by itself (it used to train on, holding its runs' locks)."""
+    pid_file = tmp_path / "worker.pid"
+    script = tmp_path / "sweep.py"
+    script.write_text(WORKER_SCRIPT.format(tests=str(Path(__file__).parent),
+                                           pid_file=str(pid_file)))
+    parent = subprocess.Popen([sys.executable, str(script)], env=ONE_THREAD_ENV)
+    worker = None
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and parent.poll() is None, "no worker started"
+            time.sleep(0.1)
+        worker = int(pid_file.read_text())
+        parent.kill()
+        parent.wait(30)
+        deadline = time.monotonic() + 30
+        while alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(worker), "the worker of a killed sweep is still running"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if worker is not None and alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+# --- a sweep counts what the run folders say ----------------------------------------------------
+
+class LostReports(Executor):
+    """Runs the first job, never the others, and loses every report: a Dask client whose
+    scheduler went away after one job's worker finished it and before the others ran."""
+
+    name = "lost-reports"
+
+    def map(self, fn, jobs):
+        return [fn(job) for job in jobs]
+
+    def run_jobs(self, fn, jobs, on_done=None):
+        results = []
+        for index, job in enumerate(jobs):
+            if index == 0:
+                fn(job)
+            results.append(JobResult(error="lost the Dask scheduler"))
+            if on_done is not None:
+                on_done(index, results[-1])
+        return results
+
+
+def test_a_lost_scheduler_does_not_fail_the_runs_that_finished(tiny_data, tmp_path):
+    runs = tmp_path / "runs"
+    planned = plan_sweep(tiny_requests(tiny_data), runs)
+    jobs = make_jobs(planned, 1, runs_dir=runs, data_dir=tiny_data.root, device="cpu")
+    outcome = run_sweep(planned, jobs, LostReports())
+    assert [(r.state, r.error) for r in outcome.reports] == [
+        (FINISHED, None), ("failed", "lost the Dask scheduler")]
+    assert Run(planned[0].run.path).finished and not planned[1].run.path.exists()
+    record = write_sweep_record(outcome, planned, name="g", executor="dask", runs_dir=runs,
+                                started=datetime.datetime.now())
+    assert json.loads(record.read_text())["failed"] == 1
+
+
+def test_sweeps_started_in_the_same_second_keep_their_own_records(tiny_data, tmp_path):
+    """8 sweeps named to the second left 7 records: each must keep its own."""
+    runs = tmp_path / "runs"
+    planned = plan_sweep(tiny_requests(tiny_data), runs)
+    started = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    paths: list[Path] = []
+
+    def record(number: int) -> None:
+        outcome = SweepOutcome([RunReport(p.run.name, "failed", error=f"sweep {number}")
+                                for p in planned])
+        paths.append(write_sweep_record(outcome, planned, name="grid", executor="local",
+                                        runs_dir=runs, started=started))
+
+    threads = [threading.Thread(target=record, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(set(paths)) == 8 == len(list((runs / ".sweeps").iterdir()))
+    errors = {json.loads(path.read_text())["runs"][0]["error"] for path in paths}
+    assert errors == {f"sweep {number}" for number in range(8)}
+    assert sorted(p.name for p in paths)[:2] == ["20260102T030405-grid-2.json",
+                                                 "20260102T030405-grid-3.json"]

@@ -220,8 +220,8 @@ def test_failed_runs_are_recorded_the_sweep_goes_on_and_the_exit_names_them(root
     result = rsc("sweep", str(grid), "--runs-dir", str(runs), "--data-dir", str(root))
     assert result.exit_code == 2
     # not a terminal: instead of the live display, one progress line per finished job
-    assert re.search(r"^runs 2/2 done \(running 0, failed 1\), \d+ min so far$", result.output,
-                     re.M), result.output
+    assert re.search(r"^runs 2/2 ended \(1 done, 1 failed, 0 running\), \d+ min so far$",
+                     result.output, re.M), result.output
     error = result.output.strip().splitlines()[-1]
     assert re.match(r"Error: 1 of 2 runs failed: fashionv8-3-0-0_\S+: dataset 'fashion'", error)
     assert str(runs / ".sweeps") in error
@@ -285,7 +285,8 @@ def test_the_python_example_in_the_docs_runs(root, tmp_path, monkeypatch):
 def test_the_log_progress_line_estimates_the_time_left_at_the_pace_so_far():
     from rsc_cli.sweep_commands import _progress_line
 
-    assert _progress_line(2, 8, "running 6, failed 0", 600.0) == \
-        "runs 2/8 done (running 6, failed 0), 10 min so far, about 30 min left"
-    assert _progress_line(8, 8, "running 0, failed 0", 900.0) == \
-        "runs 8/8 done (running 0, failed 0), 15 min so far"
+    assert _progress_line(2, 0, 8, "2 done, 0 failed, 6 running", 600.0) == \
+        "runs 2/8 ended (2 done, 0 failed, 6 running), 10 min so far, about 30 min left"
+    # failed runs end the sweep as surely as done ones, but are never counted as done
+    assert _progress_line(6, 2, 8, "6 done, 2 failed, 0 running", 900.0) == \
+        "runs 8/8 ended (6 done, 2 failed, 0 running), 15 min so far"

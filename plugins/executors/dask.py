@@ -10,11 +10,18 @@ Each worker process gets its share of its machine's cores as BLAS threads: the c
 host divided among the worker threads on that host (or ``--threads``). A worker that dies
 mid-job has its job rescheduled by Dask on another worker (up to Dask's
 ``distributed.scheduler.allowed-failures``, 3 by default); the job resumes its runs from
-their last checkpoints, and the run lock keeps two workers from training one run at once."""
+their last checkpoints, and the run lock keeps two workers from training one run at once.
+Each such death is told through ``notify`` as it happens, naming the job's runs (tasks are
+keyed ``rsc-job-<index>-<random>``, short enough to read in Dask's own logs and errors).
+
+A lost scheduler cancels every job not yet reported; the error says what to do (Dask workers
+do not reconnect to a new scheduler: restart them), and ``rsc sweep`` counts the runs the
+workers finished meanwhile from their folders."""
 from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -53,15 +60,18 @@ class DaskExecutor(Executor):
 
         results: list[JobResult | None] = [None] * len(jobs)
         with self._client() as client:
-            futures = {client.submit(capture(fn), job, pure=False): index
+            futures = {client.submit(capture(fn), job, pure=False, key=task_key(index)): index
                        for index, job in enumerate(jobs)}
+            labels = {future.key: job_label(jobs[index], index)
+                      for future, index in futures.items()}
+            client.subscribe_topic("all", WorkerNews(labels, self.notify))
             try:
                 for future in as_completed(list(futures)):
                     index = futures[future]
                     try:
                         result = future.result()
                     except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker
-                        result = failure(exc)
+                        result = self.job_failure(exc)
                     results[index] = result
                     if on_done is not None:
                         on_done(index, result)
@@ -69,6 +79,31 @@ class DaskExecutor(Executor):
                 client.cancel(list(futures))
                 raise
         return results
+
+    def job_failure(self, exc: Exception) -> JobResult:
+        """A job Dask gave up on, in words: what happened and what to do, never Dask's
+        task key."""
+        from distributed import KilledWorker
+        from distributed.client import FutureCancelledError
+
+        if isinstance(exc, KilledWorker):
+            return JobResult(
+                error=f"every worker that ran this job died ({exc.allowed_failures + 1} "
+                      f"tries, the last on {exc.last_worker.address}); the workers' logs say "
+                      f"why (out of memory?); run the sweep again to resume its runs",
+                detail=str(exc))
+        if isinstance(exc, FutureCancelledError) and exc.reason == "scheduler-connection-lost":
+            where = self.settings.scheduler or "this machine"
+            return JobResult(
+                error=f"lost the Dask scheduler ({where}) before this job reported; start it "
+                      f"again, restart the workers (Dask workers do not reconnect to a new "
+                      f"scheduler) and run the same sweep again: finished runs are kept",
+                detail=str(exc))
+        result = failure(exc)
+        key = getattr(exc, "key", None)
+        if isinstance(key, str):
+            return JobResult(error=result.error.replace(key, "this job"), detail=result.detail)
+        return result
 
     @contextmanager
     def _client(self) -> Iterator[Any]:
@@ -123,6 +158,52 @@ class DaskExecutor(Executor):
             share = thread_share(per_host[info["host"]], self.settings.threads,
                                  cores.get(address))
             client.run(_set_worker_threads, share, workers=[address])
+
+
+def task_key(index: int) -> str:
+    """A job's Dask key: short and readable (Dask's default names it by the function's
+    repr, hundreds of characters), unique across sweeps sharing a scheduler."""
+    return f"rsc-job-{index}-{uuid.uuid4().hex[:8]}"
+
+
+def job_label(job: Any, index: int) -> str:
+    """How a job is named in news: its own ``label`` (a sweep job: its runs), else its
+    number."""
+    label = getattr(job, "label", None)
+    return label if isinstance(label, str) and label else f"job {index + 1}"
+
+
+class WorkerNews:
+    """The scheduler's events about workers, told in words through ``notify``: a worker that
+    died while running jobs of ours (Dask retries them on another worker), one that joined.
+    Called in the client's event-loop thread."""
+
+    def __init__(self, labels: dict[str, str], notify: Callable[[str], None]) -> None:
+        import dask
+
+        self.labels = labels
+        self.notify = notify
+        self.allowed = int(dask.config.get("distributed.scheduler.allowed-failures"))
+        self.deaths: Counter = Counter()
+
+    def __call__(self, event: tuple[float, dict]) -> None:
+        message = event[1] if isinstance(event, tuple) and len(event) == 2 else event
+        if not isinstance(message, dict):
+            return
+        action, worker = message.get("action"), message.get("worker", "a worker")
+        if action == "add-worker":
+            self.notify(f"Dask: worker {worker} joined")
+        if action != "remove-worker" or message.get("expected"):
+            return
+        ours = [key for key in message.get("processing-tasks", ()) if key in self.labels]
+        if not ours:
+            self.notify(f"Dask: worker {worker} left")
+        for key in ours:
+            self.deaths[key] += 1
+            retry = ("Dask runs it again on another worker (its checkpoints resume it)"
+                     if self.deaths[key] <= self.allowed else "Dask gives up on it")
+            self.notify(f"Dask: worker {worker} died while running {self.labels[key]} "
+                        f"(death {self.deaths[key]} of at most {self.allowed + 1}); {retry}")
 
 
 def _set_worker_threads(threads: int) -> None:

@@ -4,11 +4,19 @@ them (each worker gets ``cores // N`` BLAS threads and sleeping, not spinning, O
 Workers are started with ``spawn`` (a fresh interpreter), never ``fork``: a forked copy of a
 process whose OpenMP runtime is already running can hang. A worker that dies (killed, out of
 memory) breaks Python's process pool; the jobs it had not finished are then retried on a fresh
-pool, a bounded number of times, and resume from their checkpoints."""
+pool, a bounded number of times, and resume from their checkpoints.
+
+Workers end with the sweep: each watches its parent (``exit_with_parent``) and stops itself
+when the parent is gone, however it went (a SIGKILLed ``rsc sweep`` left its workers training
+on, holding their runs' locks). The worker's runs keep their last checkpoints."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
+import signal
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -39,7 +47,8 @@ class ProcessesExecutor(Executor):
 
     def _pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=use_threads, initargs=(self.threads,))
+                                   initializer=_start_worker,
+                                   initargs=(self.threads, os.getpid()))
 
     def map(self, fn: Callable[[Any], Any], jobs: Iterable[Any]) -> Sequence[Any]:
         fn = _portable(fn)
@@ -56,6 +65,9 @@ class ProcessesExecutor(Executor):
                                   last=attempt == POOL_RESTARTS)
             if not todo:
                 break
+            self.notify(f"a worker process died; {len(todo)} unfinished job(s) start again on "
+                        f"fresh workers (restart {attempt + 1} of {POOL_RESTARTS}), resuming "
+                        f"from their checkpoints")
         return results
 
     def _run_pool(self, task, jobs, todo: list[int], results: list, on_done: OnDone | None,
@@ -93,6 +105,30 @@ class ProcessesExecutor(Executor):
             raise
         pool.shutdown(wait=True)
         return sorted(broken)
+
+
+#: How often a worker checks that its parent is alive (seconds).
+PARENT_POLL_S = 1.0
+
+
+def _start_worker(threads: int, parent: int) -> None:
+    """A worker's first act: its thread share, and the watch on its parent."""
+    use_threads(threads)
+    exit_with_parent(parent)
+
+
+def exit_with_parent(parent: int, poll: float = PARENT_POLL_S) -> threading.Thread:
+    """Watch from a daemon thread that process ``parent`` is still this process's parent; once
+    it is not (it died and this process was handed to another), send this process SIGTERM,
+    which ends it as soon as an epoch being saved is saved (``saving_together``)."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="rsc-parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:

@@ -4,7 +4,8 @@ Resources come from the grid file's ``[slurm]`` table or from flags: ``partition
 (minutes), ``cpus_per_task`` (also each task's BLAS threads), ``mem_gb``, ``gpus_per_node``,
 ``array_parallelism`` (tasks running at once), ``account``, ``qos``, ``constraint``.
 ``cluster = "local"`` runs the tasks as processes on this machine through submitit's local
-executor (all at once; for trying a sweep out and for tests), ``"debug"`` in this process.
+executor (all at once; for trying a sweep out and for tests), ``"debug"`` one after another in
+this process (submitit's debug executor: a breakpoint in a job stops there), with every core.
 
 submitit keeps each task's pickled job, result and logs in the job folder (default
 ``<runs root>/.slurm``), which, like the runs root, must be on a file system the compute
@@ -60,16 +61,20 @@ class SlurmExecutor(Executor):
                 raise RscError(f"a slurm job failed: {result.error}")
         return [result.value for result in results]
 
-    def run_jobs(self, fn: Callable[[Any], Any], jobs: Sequence[Any],
-                 on_done: OnDone | None = None) -> list[JobResult | None]:
-        if not jobs:
-            return []
+    def check_ready(self) -> None:
+        """Slurm must be here (its ``sbatch``) unless the cluster is local or debug."""
         if self.cluster == "slurm" and shutil.which("sbatch") is None:
             raise RscError("the slurm executor found no Slurm here (no sbatch command); run "
                            "the sweep on a Slurm login node, or set cluster = \"local\" in "
                            "[slurm] (--slurm-cluster local) to try it on this machine")
-        threads = self.cpus or (thread_share(len(jobs)) if self.cluster == "local"
-                                else DEFAULT_CPUS)
+
+    def run_jobs(self, fn: Callable[[Any], Any], jobs: Sequence[Any],
+                 on_done: OnDone | None = None) -> list[JobResult | None]:
+        if not jobs:
+            return []
+        self.check_ready()
+        threads = self.cpus or {"local": thread_share(len(jobs)),  # all tasks at once
+                                "debug": thread_share(1)}.get(self.cluster, DEFAULT_CPUS)
         executor = self._executor(threads)
         with worker_environment(threads):  # the tasks inherit it (sbatch exports it too)
             submitted = executor.map_array(capture(fn), list(jobs))
