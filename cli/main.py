@@ -1,8 +1,9 @@
 """The ``rsc`` command: a Click group. Built-in subcommands live in the modules of this package;
 plugins add their own through the ``register_commands`` hook.
 
-Every failure reaches the user as ONE line on stderr starting with ``Error:`` and a non-zero
-exit code, never a traceback. Commands do not catch operating-system errors one by one: they
+Every failure reaches the user as ONE line on stderr starting with ``Error:`` (one per problem
+when an error holds several, ``RscError.problems``) and a non-zero exit code, never a
+traceback. Commands do not catch operating-system errors one by one: they
 are all turned into one line here, at the boundary, by ``os_error_message``. Exit codes:
 0 success, 2 any error rsc reports (``EXIT_ERROR``), 130 interrupted (``EXIT_INTERRUPTED``),
 141 stdout closed early (``EXIT_BROKEN_PIPE``, nothing printed); a traceback (exit 1) is a bug.
@@ -117,7 +118,9 @@ class RscGroup(click.Group):
         try:
             return super().invoke(ctx)
         except RscError as exc:
-            fail(str(exc), exc.exit_code)
+            for problem in exc.problems[:-1]:  # several found at once: one line each
+                click.echo(f"Error: {one_line(problem)}", err=True)
+            fail(exc.problems[-1] if exc.problems else str(exc), exc.exit_code)
         except click.exceptions.NoArgsIsHelpError:
             raise  # `rsc data` alone: Click prints the group's help
         except click.UsageError as exc:

@@ -7,6 +7,16 @@ class RscError(Exception):
     """Base class: a user-facing, one-line error."""
 
     exit_code = 2
+    #: Several independent problems found at once (e.g. every bad key of a grid file), each a
+    #: one-line error; the message joins them and the CLI prints one ``Error:`` line each.
+    problems: tuple[str, ...] = ()
+
+    @classmethod
+    def several(cls, problems: list[str]) -> "RscError":
+        """One error reporting all of ``problems`` (at least one)."""
+        error = cls("; ".join(problems))
+        error.problems = tuple(problems)
+        return error
 
 
 class SpecError(RscError, ValueError):

@@ -14,6 +14,7 @@ Every error names the file and line of the key at fault, in one line."""
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import tomllib
 import types
@@ -40,6 +41,11 @@ SLURM_KEYS = {"partition": str, "time": int, "cpus_per_task": int, "mem_gb": (in
               "gpus_per_node": int, "array_parallelism": int, "account": str, "qos": str,
               "constraint": str, "cluster": str}
 _LIST_VALUED = {"regularisers", "milestones"}
+#: The most combinations a grid may have (``check_size``): far beyond the study's largest
+#: experiment (684 runs), far below what takes minutes just to list.
+MAX_GRID_RUNS = 100_000
+#: Invalid recipes listed one by one; the rest are counted.
+MAX_PROBLEMS = 10
 
 
 class GridError(ConfigError):
@@ -111,25 +117,36 @@ def grid_from_dict(data: dict[str, Any], name: str, where: Any = None) -> Grid:
     where = where or (lambda table, key: name)
     grid = Grid(data.get("name", name) if isinstance(data.get("name"), str) else name, {},
                 raw=dict(data))
+    problems = []  # every bad key is reported, not only the first
     for key, value in data.items():
         if key == "name":
             continue
-        if key == "sweep":
-            grid.sweep = _settings(value, SWEEP_KEYS, "sweep", where)
-        elif key == "slurm":
-            grid.slurm = _settings(value, SLURM_KEYS, "slurm", where)
-        else:
-            canonical = _canonical_key(key, where("", key))
-            if isinstance(value, dict):
-                raise GridError(f"{where('', key)}: {key} is a table; only [sweep] and "
-                                f"[slurm] are tables, axes are values or lists")
-            grid.axes[canonical] = _axis(canonical, value, where("", key))
-    for axis in grid.axes.values():
-        _check_axis(axis)
-    if "dataset" not in grid.axes:
-        raise GridError(f"{where('', 'dataset')}: the grid names no dataset; add e.g. "
+        try:
+            _read_key(grid, key, value, where)
+        except GridError as exc:
+            problems.append(str(exc))
+    if not any(key.replace("-", "_") == "dataset" for key in data):
+        problems.append(f"{where('', 'dataset')}: the grid names no dataset; add e.g. "
                         f"dataset = \"mnist\"")
+    if problems:
+        raise GridError.several(problems)
     return grid
+
+
+def _read_key(grid: Grid, key: str, value: Any, where: Any) -> None:
+    """Read one top-level key of a grid into ``grid``: a table, or a checked axis."""
+    if key == "sweep":
+        grid.sweep = _settings(value, SWEEP_KEYS, "sweep", where)
+    elif key == "slurm":
+        grid.slurm = _settings(value, SLURM_KEYS, "slurm", where)
+    else:
+        canonical = _canonical_key(key, where("", key))
+        if isinstance(value, dict):
+            raise GridError(f"{where('', key)}: {key} is a table; only [sweep] and [slurm] "
+                            f"are tables, axes are values or lists")
+        axis = _axis(canonical, value, where("", key))
+        _check_axis(axis)
+        grid.axes[canonical] = axis
 
 
 def _key_lines(text: str) -> dict[tuple[str, str], int]:
@@ -309,11 +326,28 @@ def _show(value: Any) -> str:
     return repr(list(value)) if isinstance(value, tuple) else repr(value)
 
 
+def check_size(grid: Grid) -> int:
+    """The number of combinations (an upper bound on the runs), refused beyond
+    ``MAX_GRID_RUNS`` before anything is expanded: a grid of 10^8 runs would take minutes
+    and gigabytes just to list. The error names the largest axis and where it is declared."""
+    sizes = {key: len(axis.values) for key, axis in grid.axes.items()}
+    total = math.prod(sizes.values())
+    if total > MAX_GRID_RUNS:
+        largest = max(sizes, key=sizes.__getitem__)
+        raise GridError(f"{grid.axes[largest].where}: the grid has {total:,} combinations, "
+                        f"more than the {MAX_GRID_RUNS:,} a sweep takes; its largest axis is "
+                        f"{largest} ({sizes[largest]:,} values); narrow it, or split the grid "
+                        f"into several sweeps")
+    return total
+
+
 def expand(grid: Grid) -> list[RunRequest]:
     """Every combination, each run once. ``n = 0`` is the clean dataset: one run per recipe
-    and training seed, whatever the pattern, target and dataset seed."""
+    and training seed, whatever the pattern, target and dataset seed. Every recipe that cannot
+    be trained is reported, all in one error."""
+    check_size(grid)
     recipe_axes = [a for k, a in grid.axes.items() if k not in SPEC_KEYS]
-    requests, seen = [], set()
+    requests, seen, problems = [], set(), []
     for combination in itertools.product(*(a.values for a in recipe_axes)):
         values: dict[str, Any] = {}
         for axis, value in zip(recipe_axes, combination):
@@ -322,13 +356,18 @@ def expand(grid: Grid) -> list[RunRequest]:
             config = recipe_config(_recipe_options(values))
         except RscError as exc:
             where = _where_many(a.where for a in recipe_axes)
-            raise GridError(f"{where}: the recipe {_describe(values)} is invalid: "
-                            f"{exc}") from None
+            problems.append(f"{where}: the recipe {_describe(values)} is invalid: {exc}")
+            continue
         for spec in _specs(grid):
             key = config_hash(run_config(spec, config))
             if key not in seen:
                 seen.add(key)
                 requests.append(RunRequest(spec, config))
+    if len(problems) > MAX_PROBLEMS:
+        problems[MAX_PROBLEMS:] = [f"{grid.name}: and {len(problems) - MAX_PROBLEMS} more "
+                                   f"invalid recipes like these"]
+    if problems:
+        raise GridError.several(problems)
     return requests
 
 

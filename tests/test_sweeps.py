@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import ONE_THREAD_ENV
 
 from rsc_cli.main import cli
 from rsc_cli.train_options import build_train_config
@@ -271,15 +273,53 @@ def test_rsc_train_options_and_grid_keys_share_one_mapping():
     assert sys.modules["rsc_core.train_recipe"].build_train_config is build_train_config
 
 
-def test_the_python_example_in_the_docs_runs(root, tmp_path, monkeypatch):
+def test_the_python_example_in_the_docs_runs_as_a_script(root, tmp_path):
+    """As a user runs it: a file, `python sweep.py`, with the processes executor it names
+    (whose workers import the script: without its __main__ guard it failed)."""
     text = (Path(__file__).parent.parent / "docs" / "sweeps.md").read_text()
     code = re.search(r"## From Python\n\n```python\n(.*?)```", text, re.S).group(1)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RSC_DATA_DIR", str(root))
+    (tmp_path / "sweep.py").write_text(code)
     (tmp_path / "grid.toml").write_text(GRID.replace("[0, 3]", "3").replace('"0-1"', "0"))
-    # In process instead of two worker processes: the same calls, without the start-up cost.
-    exec(code.replace('"processes"', '"local"'), {"print": lambda *args: None})
+    result = subprocess.run([sys.executable, "sweep.py"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env={**ONE_THREAD_ENV,
+                                                         "RSC_DATA_DIR": str(root)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"  # no run failed
     assert len(list((tmp_path / "runs").glob("*/metrics.json"))) == 2
+
+
+def test_every_bad_key_of_a_grid_is_reported_in_one_call_as_the_docs_show(tmp_path,
+                                                                           monkeypatch):
+    text = (Path(__file__).parent.parent / "docs" / "sweeps.md").read_text()
+    grid = re.search(r"```toml\n# grids/typos.toml\n(.*?)```", text, re.S).group(1)
+    shown = re.search(r"\$ rsc sweep grids/typos.toml --dry-run\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "grids" / "typos.toml").write_text(f"# grids/typos.toml\n{grid}")
+    result = rsc("sweep", "grids/typos.toml", "--dry-run")
+    assert result.exit_code == 2
+    assert result.output == shown  # three errors, one line each, from one call
+    combos = 'dataset = "mnist"\nloss = ["ce", "mse"]\nlr = [0.1, 0.01]\n' \
+             'regularisers = ["label-smoothing:eps=0.1"]\n'
+    (tmp_path / "mse.toml").write_text(combos)
+    result = rsc("sweep", "mse.toml", "--dry-run")
+    lines = result.output.splitlines()
+    assert result.exit_code == 2 and len(lines) == 2, result.output  # mse with both lrs
+    assert all(line.startswith("Error: mse.toml lines 2, 3, 4: the recipe loss = 'mse'")
+               for line in lines)
+
+
+def test_a_huge_grid_is_refused_before_it_is_expanded(tmp_path):
+    """10^8 runs hung --dry-run (killed after 120 s, 6 GB); the size is the product of the
+    axes' lengths, checked before a single run is built."""
+    grid = tmp_path / "huge.toml"
+    grid.write_text('dataset = "mnist"\npattern = "v8"\nn = 3\nseed = "0-9999"\n'
+                    'train_seed = "0-9999"\nlr = [0.1, 0.01]\n')
+    result = rsc("sweep", str(grid), "--dry-run", "--runs-dir", str(tmp_path / "runs"))
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert f"{grid} line 4: the grid has 200,000,000 combinations, more than the 100,000" \
+        in result.output and "largest axis is seed (10,000 values)" in result.output
+    assert not (tmp_path / "runs").exists()
 
 
 def test_the_log_progress_line_estimates_the_time_left_at_the_pace_so_far():
