@@ -17,7 +17,9 @@ Each refresh is applied in one transaction, so a reader never sees half an updat
 processes (sweep workers, a user listing runs) may update the index at once: SQLite's own file
 locking serialises the writers, each waiting up to ``BUSY_TIMEOUT_S``; the journal is WAL
 (readers never block the writer) except on network file systems, where SQLite's WAL does not
-work and the classic rollback journal is used. ``record_run`` (called when a run finishes) is a
+work and the classic rollback journal is used. A query that still finds the index locked
+after that wait answers from the run folders (an in-memory index, with a warning), never
+with an error. ``record_run`` (called when a run finishes) is a
 best-effort update: any failure is a warning, never an error, because the run folder already
 holds the result and the next query rebuilds the row. A runs root the user may not write gets
 an in-memory index for the one query (with a warning).
@@ -405,6 +407,8 @@ class ResultsIndex:
             except sqlite3.DatabaseError as exc:
                 if conn is not None:
                     conn.close()
+                if isinstance(exc, sqlite3.OperationalError) and _busy(exc):
+                    raise  # locked by another process, not broken: never rebuilt for that
                 if _cannot_write(exc) or attempt == 2:
                     break
                 warnings.warn(f"results index {self.path} is unreadable ({exc}); rebuilding "
@@ -414,6 +418,10 @@ class ResultsIndex:
                 break
         warnings.warn(f"cannot write the results index under {self.runs_root}; using an "
                       f"in-memory index for this query", stacklevel=3)
+        return self._in_memory()
+
+    def _in_memory(self) -> sqlite3.Connection:
+        """An empty index for one query, filled by ``refresh`` from the run folders."""
         conn = _connect(":memory:")
         _prepare(conn, self.runs_root, on_disk=False)
         return conn
@@ -437,11 +445,23 @@ class ResultsIndex:
         """Every run's row (optionally filtered by a ``--where`` expression), in a stable
         order: dataset, pattern, target, recipe, n, seeds, name."""
         clause, params = where_sql(where) if where is not None else ("", [])
-        with closing(self._open()) as conn:
+        sql = f"SELECT {', '.join(COLUMNS)} FROM runs"
+        if clause:
+            sql += f" WHERE {clause}"
+        try:
+            with closing(self._open()) as conn:
+                self.refresh(conn)
+                return [dict(r) for r in conn.execute(f"{sql} ORDER BY {_ORDER}", params)]
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc):
+                raise
+        # Another process held the index's write lock past the busy timeout (a long
+        # rebuild, a stuck writer): the folders are the truth, so answer from them.
+        warnings.warn(f"the results index {self.path} stayed locked by another process for "
+                      f"{BUSY_TIMEOUT_S:g} s; reading the run folders directly this time",
+                      stacklevel=2)
+        with closing(self._in_memory()) as conn:
             self.refresh(conn)
-            sql = f"SELECT {', '.join(COLUMNS)} FROM runs"
-            if clause:
-                sql += f" WHERE {clause}"
             return [dict(r) for r in conn.execute(f"{sql} ORDER BY {_ORDER}", params)]
 
     def row(self, ref: str | Path) -> dict[str, Any]:
@@ -470,6 +490,12 @@ def _cannot_write(exc: sqlite3.DatabaseError) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and any(
         word in text for word in ("readonly", "read-only", "unable to open", "disk i/o",
                                   "locking protocol"))
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite gave up waiting for another connection's lock."""
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 def _remove_index_files(path: Path) -> None:

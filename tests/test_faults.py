@@ -7,7 +7,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -16,13 +18,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from conftest import ONE_THREAD_ENV
 from test_privacy import base_args, mem_data, rsc  # noqa: F401 - mem_data is a fixture
 
-from rsc_core import group_runs
+from rsc_cli.main import cli
+from rsc_core import group_runs, results_index
 from rsc_core.checkpoints import read_checkpoint
 from rsc_core.executors import Executor, JobResult
 from rsc_core.group_runs import RunRequest, train_runs
+from rsc_core.results_index import list_runs
 from rsc_core.run_lock import RunLock
 from rsc_core.runs import Run, find_run
 from rsc_core.spec import SpuriousSpec
@@ -236,3 +241,34 @@ def test_sweeps_started_in_the_same_second_keep_their_own_records(tiny_data, tmp
     assert errors == {f"sweep {number}" for number in range(8)}
     assert sorted(p.name for p in paths)[:2] == ["20260102T030405-grid-2.json",
                                                  "20260102T030405-grid-3.json"]
+
+
+# --- a locked results index -------------------------------------------------------------------
+
+def test_runs_list_reads_the_folders_when_the_index_stays_locked(tiny_data, tmp_path,
+                                                                 monkeypatch):
+    """Another process holds the index's write lock longer than the busy timeout: `rsc runs
+    list` answered with a sqlite3.OperationalError traceback; it answers from the folders."""
+    runs = tmp_path / "runs"
+    [request] = tiny_requests(tiny_data, seeds=(0,))
+    run = train_runs([request], runs_dir=runs, data_dir=tiny_data.root, progress=False,
+                     device="cpu")[0].outcome.run
+    started = runs / "started-run"  # an unfinished run: every query re-reads its folder
+    started.mkdir()
+    shutil.copy(run.path / "config.json", started / "config.json")
+    assert len(list_runs(runs_dir=runs)) == 2  # the index exists
+    monkeypatch.setattr(results_index, "BUSY_TIMEOUT_S", 0.2)
+    holder = sqlite3.connect(runs / results_index.INDEX_NAME, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.warns(UserWarning, match="stayed locked by another process for 0.2 s"):
+            result = CliRunner().invoke(cli, ["runs", "list", "--runs-dir", str(runs),
+                                              "--json"])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert {row["name"]: row["status"] for row in rows} == {run.name: "finished",
+                                                            "started-run": "started"}
+    assert (runs / results_index.INDEX_NAME).is_file()  # locked, not broken: kept
