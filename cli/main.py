@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from rsc_core.errors import RscError
+from rsc_core.paths import file_in_the_way
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -40,14 +41,6 @@ def one_line(text: str) -> str:
     """Join lines and shorten absurd digit runs (a 5,000-digit number is not worth echoing)."""
     text = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
     return re.sub(r"[0-9]{41,}", lambda m: f"{m[0][:12]}...({len(m[0])} digits)", text)
-
-
-def _file_component(path: Path) -> Path | None:
-    """The first existing component of ``path`` that is not a folder (what ENOTDIR means)."""
-    for candidate in reversed((path, *path.parents)):
-        if candidate.exists() and not candidate.is_dir():
-            return candidate
-    return None
 
 
 def os_error_message(exc: OSError) -> str:
@@ -70,7 +63,7 @@ def os_error_message(exc: OSError) -> str:
         return (f"{name} is not writable (or not readable) by this user ({reason}); fix its "
                 f"permissions or choose another location ({_LOCATIONS})")
     if isinstance(exc, NotADirectoryError):
-        component = _file_component(Path(name))
+        component = file_in_the_way(Path(name))
         which = f"{component} is a file" if component else "a component of it is a file"
         return f"cannot use {name}: {which}, not a folder; choose another path"
     if isinstance(exc, FileExistsError):

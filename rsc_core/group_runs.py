@@ -29,8 +29,9 @@ from .hardware import check_precision
 from .memory_format import AUTO, CHANNELS_LAST, check_memory_format
 from .regularisers import build_regularisers
 from .run_lock import RunLock
-from .runs import (Run, TrainOutcome, checkpoint_meta, config_hash, find_run, finish_run,
-                   has_weights, resolve_device, resumable, run_config, train_run)
+from .runs import (Run, TrainOutcome, check_folder, checkpoint_meta, config_hash, find_run,
+                   finish_run, folder_identity, has_weights, resolve_device, resumable,
+                   run_config, train_run)
 from .spec import SpuriousSpec
 from .spurious import patched_rows
 from .subsets import TrainSubset
@@ -242,7 +243,7 @@ def _fit_loaded(todo, bundle: DatasetBundle, force: bool, progress: bool,
     todo, kept_rows, results = _kept_rows(todo, bundle)
     if not todo:
         return results
-    members, models, metas, resumes, planted = [], [], [], [], []
+    members, models, metas, resumes, planted, folders = [], [], [], [], [], []
     for (_, request, run), kept in zip(todo, kept_rows):
         spec, config = request.spec, request.config
         indices, rows = patched_rows(bundle, spec)
@@ -250,6 +251,7 @@ def _fit_loaded(todo, bundle: DatasetBundle, force: bool, progress: bool,
         members.append(GroupMember(config, torch.from_numpy(indices), rows,
                                    None if kept is None else torch.from_numpy(kept)))
         run.path.mkdir(parents=True, exist_ok=True)
+        folders.append(folder_identity(run.path))
         write_json(run.path / "config.json", run_config(spec, config, request.subset))
         torch.manual_seed(config.seed)  # the single run's initial weights
         models.append(registry("architectures").create(config.arch)
@@ -259,8 +261,17 @@ def _fit_loaded(todo, bundle: DatasetBundle, force: bool, progress: bool,
         run.log(f"{'resume from epoch ' + str(resumes[-1]['epoch']) if resumes[-1] else 'start'}"
                 f" on {device} (pid {os.getpid()}, in a group of {len(todo)})")
 
+    gone: dict[int, RscError] = {}  # members whose folder was deleted while they trained
+
     def on_epoch(k: int, state, model_state, optimizer_state, scheduler_state) -> None:
         run = todo[k][2]
+        try:
+            if k not in gone:
+                check_folder(run, folders[k])
+        except RscError as exc:
+            gone[k] = exc  # it fails alone; the others train on
+        if k in gone:
+            return
         save_checkpoint_states(run.path / "checkpoint.pt", model_state, optimizer_state,
                                scheduler_state, state.epoch, state.history, metas[k])
         run.log(json.dumps(state.history[-1]))
@@ -271,6 +282,13 @@ def _fit_loaded(todo, bundle: DatasetBundle, force: bool, progress: bool,
                                progress=progress)
     for k, (index, request, run) in enumerate(todo):
         state = states[k]
+        try:
+            check_folder(run, folders[k])
+        except RscError as exc:
+            gone.setdefault(k, exc)
+        if k in gone:
+            results[index] = RunResult(request, error=gone[k], group_size=len(todo))
+            continue
         if isinstance(state, BaseException):
             run.log(f"failed: {state}")
             results[index] = RunResult(request, error=state, group_size=len(todo))

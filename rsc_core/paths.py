@@ -41,6 +41,16 @@ def download_allowed(explicit: bool | None = None) -> bool:
     return os.environ.get("RSC_DOWNLOAD", "") in ("1", "true", "yes")
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The first existing component of ``path`` that is a file, not a folder (what "File
+    exists" and "Not a directory" mean for a path to create, e.g. a file named ``.locks``
+    where rsc keeps its lock folder), or None."""
+    for candidate in reversed((path, *path.parents)):
+        if candidate.exists() and not candidate.is_dir():
+            return candidate
+    return None
+
+
 #: The longest file name most file systems allow (bytes).
 NAME_MAX = 255
 

@@ -19,6 +19,7 @@ from typing import Callable
 from filelock import FileLock, Timeout
 
 from .errors import RscError
+from .paths import file_in_the_way
 
 
 def runs_root_error(root: Path, exc: OSError, name: str | None = None) -> RscError:
@@ -31,6 +32,14 @@ def runs_root_error(root: Path, exc: OSError, name: str | None = None) -> RscErr
                         f"file system under {root} allows; shorten what goes into it (spec, "
                         f"recipe, regulariser names)")
     reason = exc.strerror or type(exc).__name__
+    blocker = (file_in_the_way(Path(os.fsdecode(exc.filename)))
+               if exc.errno in (errno.EEXIST, errno.ENOTDIR) and exc.filename else None)
+    if blocker is not None and Path(root) in blocker.parents:  # e.g. a file named .locks
+        return RscError(f"cannot write runs under {root}: {blocker} is a file where rsc "
+                        f"keeps a folder ({reason}); move or remove that file (rsc makes the "
+                        f"folder again), or choose another --runs-dir")
+    if blocker is not None:
+        reason = f"{blocker} is a file, not a folder: {reason}"
     return RscError(f"cannot write runs under {root} ({reason}); choose a writable folder "
                     f"with --runs-dir or RSC_RUNS_DIR")
 

@@ -225,6 +225,10 @@ class Run:
         try:
             with open(self.path / "log.txt", "a", encoding="utf-8") as fh:
                 fh.write(f"{stamp} {line}\n")
+        except FileNotFoundError:
+            raise RscError(f"run folder {self.path} was deleted while it was in use; nothing "
+                           f"more was written to it; train the run again to start over"
+                           ) from None
         except OSError as exc:  # a failed write() names no file; say which (disk full?)
             exc.filename = exc.filename or str(self.path / "log.txt")
             raise
@@ -296,6 +300,7 @@ def _train_locked(run: Run, spec: SpuriousSpec, config: TrainConfig,
                   architecture: Any, regularisers: list, device: torch.device, force: bool,
                   progress: bool, memory_format: str) -> TrainOutcome:
     run.path.mkdir(parents=True, exist_ok=True)
+    folder = folder_identity(run.path)
     write_json(run.path / "config.json", run_config(spec, config, subset))
     torch.manual_seed(config.seed)
     model = architecture.build(data.input_shape, data.num_classes)
@@ -305,6 +310,7 @@ def _train_locked(run: Run, spec: SpuriousSpec, config: TrainConfig,
             f"on {device} (pid {os.getpid()})")
 
     def on_epoch(state, model, optimizer, scheduler) -> None:
+        check_folder(run, folder)
         save_checkpoint(run.path / "checkpoint.pt", model, optimizer, scheduler, state.epoch,
                         state.history, meta)
         run.log(json.dumps(state.history[-1]))
@@ -312,8 +318,27 @@ def _train_locked(run: Run, spec: SpuriousSpec, config: TrainConfig,
     state = trainer.fit(model, data.train, data.test, config, regularisers, device=device,
                         resume=resume, on_epoch=on_epoch, progress=progress,
                         channels_last=use_channels_last(memory_format, model))
+    check_folder(run, folder)
     finish_run(run, data.spec, data.test, kept_spurious_indices(data), model, state)
     return TrainOutcome(run, reused=False, resumed_from=resume["epoch"] if resume else 0)
+
+
+def folder_identity(path: Path) -> tuple[int, int] | None:
+    """Which folder ``path`` is (device and inode), or None when there is none."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def check_folder(run: Run, identity: tuple[int, int] | None) -> None:
+    """Refuse to write on when the run's folder is no longer the one training began in (it
+    was deleted, or replaced, meanwhile): writing would make a new folder holding a model and
+    a score but no config.json, a run nobody asked for. Nothing more is written."""
+    if folder_identity(run.path) != identity:
+        raise RscError(f"run folder {run.path} was deleted (or replaced) while it trained; "
+                       f"nothing more was written to it; train the run again to start over")
 
 
 def checkpoint_meta(spec: SpuriousSpec, config: TrainConfig, data: Any) -> dict[str, Any]:

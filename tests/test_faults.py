@@ -272,3 +272,65 @@ def test_runs_list_reads_the_folders_when_the_index_stays_locked(tiny_data, tmp_
     assert {row["name"]: row["status"] for row in rows} == {run.name: "finished",
                                                             "started-run": "started"}
     assert (runs / results_index.INDEX_NAME).is_file()  # locked, not broken: kept
+
+
+# --- a file where rsc keeps a folder --------------------------------------------------------------
+
+def test_a_file_named_locks_in_the_runs_root_is_named_with_what_to_do(tiny_data, tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / ".locks").write_text("not a folder")
+    target = int(tiny_data["mnist"].train.labels[0])
+    result = CliRunner().invoke(cli, ["train", "--spec", f"mnistv8-1-{target}-0", "--arch", "MLP",
+                                      "--epochs", "1", "--quiet", "--data-dir",
+                                      str(tiny_data.root), "--runs-dir", str(runs)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert f"{runs / '.locks'} is a file where rsc keeps a folder (File exists); move or " \
+        "remove that file" in result.output
+
+
+# --- a run folder deleted while it trains ---------------------------------------------------------
+
+def delete_after_first_epoch(monkeypatch, victim: Path) -> None:
+    """Delete ``victim`` once its log records epoch 1, as a user's `rm -r` between two
+    epochs would."""
+    real_log = Run.log
+
+    def log(run: Run, line: str) -> None:
+        real_log(run, line)
+        if run.path == victim and '"epoch": 1' in line:
+            shutil.rmtree(victim)
+
+    monkeypatch.setattr(Run, "log", log)
+
+
+def test_a_run_folder_deleted_while_it_trains_is_one_error_and_stays_gone(tiny_data, tmp_path,
+                                                                          monkeypatch):
+    """It used to exit 0 with a score, leaving a folder of checkpoint, model and metrics but
+    no config.json."""
+    runs = tmp_path / "runs"
+    [request] = tiny_requests(tiny_data, seeds=(0,))
+    two_epochs = TrainConfig(arch="MLP", epochs=2, batch_size=2)
+    victim = find_run(request.spec, two_epochs, runs).path
+    delete_after_first_epoch(monkeypatch, victim)
+    result = CliRunner().invoke(cli, ["train", "--spec", request.spec.name, "--arch", "MLP",
+                                      "--epochs", "2", "--batch-size", "2", "--quiet",
+                                      "--data-dir", str(tiny_data.root), "--runs-dir",
+                                      str(runs)])
+    assert result.exit_code == 2, result.output
+    assert f"run folder {victim} was deleted (or replaced) while it trained" in result.output
+    assert result.output.count("\n") == 1  # the error alone: no score
+    assert not victim.exists()
+
+
+def test_a_group_member_whose_folder_is_deleted_fails_alone(tiny_data, tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    two_epochs = TrainConfig(arch="MLP", epochs=2, batch_size=2)
+    requests = [RunRequest(r.spec, two_epochs) for r in tiny_requests(tiny_data)]
+    victim = find_run(requests[0].spec, two_epochs, runs).path
+    delete_after_first_epoch(monkeypatch, victim)
+    first, second = train_runs(requests, runs_dir=runs, data_dir=tiny_data.root,
+                               progress=False, device="cpu")
+    assert "was deleted (or replaced) while it trained" in str(first.error)
+    assert not victim.exists()
+    assert second.error is None and second.outcome.run.finished
