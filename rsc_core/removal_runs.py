@@ -14,6 +14,11 @@ source model's checksum and a subset source's rows; a finished removal is reused
 ``force``.
 Everything is written in a temporary folder renamed into place at the end, so a failure
 (bad input, a diverging solver) leaves nothing behind and a finished result is never lost.
+A removal killed outright (SIGKILL, a lost machine) can leave that temporary folder, or an
+older finished result moved aside for its replacement; the next removal of the same target
+cleans them up under the target's lock and says so (``clean_leftovers``): the temporary
+folder is removed and its result computed again, a finished result moved aside is put back
+and reused.
 
 metrics.json records what the issue asks for: the method and options, the removed indices,
 spurious score / clean accuracy / patterned accuracy before and after, accuracy and loss on the
@@ -23,6 +28,7 @@ and the wall time."""
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import hashlib
 import json
 import math
@@ -175,7 +181,9 @@ def remove_run(source_path: str | Path, method: str, forget_text: str = "spuriou
                progress: bool = False,
                on_wait: Callable[[str], None] | None = None) -> RemovalOutcome:
     """Apply removal ``method`` to the finished run at ``source_path`` and record the result
-    (or reuse a finished identical removal). Bad input fails before anything is written."""
+    (or reuse a finished identical removal). Bad input fails before anything is written.
+    ``on_wait`` hears one line if another process holds the removal, and one for each
+    leftover of a killed removal cleaned up (``clean_leftovers``)."""
     source = open_source(source_path)
     remover = registry("removers").create(method)
     method = registry("removers").get(method).name
@@ -189,6 +197,9 @@ def remove_run(source_path: str | Path, method: str, forget_text: str = "spuriou
     section = removal_section(source, method, resolved, forget, remover.tag(resolved))
     target = Run(removal_path(root, source, section))
     with RunLock(target.path, on_wait=on_wait):
+        for line in clean_leftovers(target, root):
+            if on_wait is not None:
+                on_wait(line)
         if not force and target.finished:
             target.model_sha256()
             return RemovalOutcome(target, reused=True)
@@ -201,6 +212,30 @@ def remove_run(source_path: str | Path, method: str, forget_text: str = "spuriou
         _check_finite(result, method)
         _write(target, source, section, request, result, root, time.perf_counter() - started)
     return RemovalOutcome(target, reused=False)
+
+
+def clean_leftovers(target: Run, root: Path) -> list[str]:
+    """What killed removals of ``target`` left beside it (call with its lock held: no live
+    process writes them then), cleaned up; one line each, to tell the user. A temporary
+    folder (``.<name>.tmp-<pid>``) is removed: its result is computed again. A finished
+    result moved aside to be replaced (``.<name>.old-<pid>``) is put back when nothing
+    replaced it, else removed."""
+    lines = []
+    prefix = glob.escape(f".{target.path.name}.")
+    for old in sorted(root.glob(f"{prefix}old-*")):
+        if not target.path.exists() and Run(old).finished:
+            old.replace(target.path)
+            lines.append(f"put back {target.path.name}: a finished removal that a killed rsc "
+                         f"remove had moved aside ({old.name})")
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+            lines.append(f"removed {old.name}: an older removal a killed rsc remove had "
+                         f"already replaced")
+    for tmp in sorted(root.glob(f"{prefix}tmp-*")):
+        shutil.rmtree(tmp, ignore_errors=True)
+        lines.append(f"removed {tmp.name}: the unfinished folder of a killed rsc remove; "
+                     f"its removal is computed again")
+    return lines
 
 
 def _check_finite(result: RemovalResult, method: str) -> None:

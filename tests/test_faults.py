@@ -21,12 +21,14 @@ import torch
 from click.testing import CliRunner
 from conftest import ONE_THREAD_ENV
 from test_privacy import base_args, mem_data, rsc  # noqa: F401 - mem_data is a fixture
+from test_removal import env, remove, world  # noqa: F401 - env, world are fixtures
 
 from rsc_cli.main import cli
 from rsc_core import group_runs, results_index
 from rsc_core.checkpoints import read_checkpoint
 from rsc_core.executors import Executor, JobResult
 from rsc_core.group_runs import RunRequest, train_runs
+from rsc_core.removal_runs import remove_run
 from rsc_core.results_index import list_runs
 from rsc_core.run_lock import RunLock
 from rsc_core.runs import Run, find_run
@@ -334,3 +336,27 @@ def test_a_group_member_whose_folder_is_deleted_fails_alone(tiny_data, tmp_path,
     assert "was deleted (or replaced) while it trained" in str(first.error)
     assert not victim.exists()
     assert second.error is None and second.outcome.run.finished
+
+
+# --- a killed rsc remove -------------------------------------------------------------------------
+
+def test_what_a_killed_removal_left_is_cleaned_up_and_told(env):
+    """Killed between its two renames, a removal left its finished result moved aside
+    (.old-PID) and no result under the name; killed while writing, a temporary folder
+    (.tmp-PID). The next removal puts the finished one back, removes the temporary one, and
+    says both; it reuses the result instead of computing it again."""
+    first = remove(env, "incremental-retraining", extra_epochs=1)
+    target = first.run.path
+    root = target.parent
+    half = root / f".{target.name}.tmp-999999"
+    shutil.copytree(target, half)
+    (half / "metrics.json").unlink()
+    target.replace(root / f".{target.name}.old-999998")
+    heard: list[str] = []
+    again = remove_run(env["source"].path, "incremental-retraining", "spurious",
+                       {"extra_epochs": 1}, runs_dir=env["runs"], data_dir=env["data"],
+                       device="cpu", on_wait=heard.append)
+    assert again.reused and again.run.path == target and Run(target).finished
+    assert [line.split(":")[0] for line in heard] == [f"put back {target.name}",
+                                                      f"removed {half.name}"]
+    assert not list(root.glob(f".{target.name}.*"))
