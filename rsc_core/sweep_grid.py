@@ -234,7 +234,10 @@ def _check_axis(axis: Axis) -> None:
     """Each value alone must be valid: names registered, numbers of the right kind."""
     if len(set(map(repr, axis.values))) < len(axis.values):
         raise GridError(f"{axis.where}: {axis.key} lists a value twice")
-    for value in axis.values:
+    values = axis.values
+    if axis.key in ("seed", "train_seed") and all(_is(v, int) for v in values):
+        values = (min(values), max(values))  # a range check: its ends stand for the rest
+    for value in values:
         try:
             _check_value(axis.key, value)
         except RscError as exc:
