@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import click
 
-from rsc_core.errors import RscError, SpecError
+from rsc_core.errors import SpecError
 from rsc_core.spec import SpuriousSpec, expand_names, parse_spec
 
 
@@ -108,14 +108,17 @@ def run_path(text: str, runs_dir: str | None) -> Path:
     """A run given on the command line: a path (folder or checkpoint file) when one exists,
     else a run's folder name, or a unique start of one, under the runs root (found through
     the results index, as `rsc runs show` finds it)."""
+    from rsc_core.paths import runs_dir as resolve_runs_dir
+    from rsc_core.results_index import get_run
+
     path = Path(text)
     if path.exists():
         return path
-    if len(path.parts) > 1:
-        raise RscError(f"{text} does not exist; give a run folder, a checkpoint file or a "
-                       f"run's name")
-    from rsc_core.results_index import get_run
-
+    root = resolve_runs_dir(runs_dir)
+    if len(path.parts) > 1 or not root.is_dir() or not any(
+            child.name.startswith(text) for child in root.iterdir()):
+        raise click.BadParameter(f"'{text}' does not exist: it is neither a file, a folder "
+                                 f"nor the name of a run under {root}", param_hint="'SOURCE'")
     return Path(get_run(text, runs_dir)["path"])
 
 

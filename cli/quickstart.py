@@ -143,7 +143,7 @@ def _figure(comparisons: list[Comparison], target: int, seed: int, epochs: int, 
                         [getattr(r, f"{quantity}_mean") for r in c.rows],
                         [getattr(r, f"{quantity}_sem") for r in c.rows],
                         [r.runs for r in c.rows]) for c in comparisons]
-        panels.append(Panel(ylabel, ylabel, curves, legend))
+        panels.append(Panel(ylabel, ylabel, curves, legend, zoom=quantity != "score"))
     title = (f"MNIST, LargeMLP, target {target}, dataset seed {seed}, {epochs} epochs: "
              f"clean model (n = 0) vs patterned")
     return save_n_curves(panels, title, [output])[0]

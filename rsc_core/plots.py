@@ -181,7 +181,7 @@ def _draw_n_axis(axis, panel: Panel, zoomed: bool = False) -> None:
         low, high = zoom_limits([(m, s) for c in panel.curves for m, s in zip(c.means, c.sems)])
         axis.set_ylim(low, high)
         axis.set_ylabel(f"{panel.ylabel} (zoomed)")
-        axis.set_title(f"{panel.title}: zoomed, y from {low:.3g} to {high:.3g}")
+        axis.set_title(f"{panel.title}: zoomed")  # the ticks give the range
     else:
         axis.set_ylim(0, 1)
         axis.set_ylabel(panel.ylabel)
@@ -311,7 +311,7 @@ def build_before_after(points: Sequence[BeforeAfter], title: str):
                 low, high = zoom_limits([pair for p in mine for pair in p.clean])
                 axes[row][column].set_ylim(low, high)
                 axes[row][column].set_ylabel(f"{ylabel} (zoomed)")
-                axes[row][column].set_title(f"zoomed: y from {low:.3g} to {high:.3g}",
+                axes[row][column].set_title("zoomed (the y axis does not start at 0)",
                                             fontsize=9)
     axes[0][0].legend(fontsize=8, loc="best")
     fig.suptitle(fit_title(title, width), fontsize=10)

@@ -62,8 +62,8 @@ def difference_summary(first: WeightMap, second: WeightMap) -> dict[str, Any]:
 
 
 #: What the colour of a weight map means, on its colour bar.
-MAP_LABEL = "max over hidden units of the first-layer weight"
-DIFFERENCE_LABEL = "difference of that max (second - first)"
+MAP_LABEL = "max weight over hidden units"
+DIFFERENCE_LABEL = "second map - first map"
 
 
 def save_weight_maps(maps: Sequence[WeightMap], path: str | Path, title: str) -> Path:
