@@ -66,9 +66,9 @@ def convert_option(key: str, value: Any, kind: type, owner: str) -> Any:
     is read as ``parse_value`` reads the command line."""
     if kind is type(None) or kind is object:
         return value
-    wanted = {int: "whole number", float: "number", bool: "true or false",
-              str: "string"}.get(kind, kind.__name__)
-    problem = ConfigError(f"option {key!r} of {owner} must be a {wanted}, got {value!r}")
+    wanted = {int: "a whole number", float: "a number", bool: "true or false",
+              str: "text"}.get(kind, f"a {kind.__name__}")
+    problem = ConfigError(f"option {key!r} of {owner} must be {wanted}, got {value!r}")
     if isinstance(value, str) and kind is not str:
         value = parse_value(value)
     if kind is bool:
