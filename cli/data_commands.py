@@ -1,10 +1,8 @@
 """``rsc patterns ...`` and ``rsc data ...``: look at patterns and spurious datasets."""
 from __future__ import annotations
 
-import json
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from rsc_core import registry
@@ -14,6 +12,7 @@ from rsc_core.spec import MAX_SEED
 from rsc_core.spurious import plant
 
 from .options import data_options, spec_options
+from .output import echo_json, print_table
 
 
 @click.group("patterns")
@@ -22,19 +21,27 @@ def patterns_group() -> None:
 
 
 @patterns_group.command("list")
-def patterns_list() -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the patterns (name, aliases, description, source) as JSON.")
+def patterns_list(as_json: bool) -> None:
     """List patterns with their paper names (aliases)."""
+    entries = registry("patterns").entries()
+    if as_json:
+        echo_json([{"name": e.name, "aliases": list(e.aliases), "description": e.description,
+                    "source": e.source} for e in entries])
+        return
     table = Table("name", "aliases", "description")
-    for entry in registry("patterns").entries():
+    for entry in entries:
         table.add_row(entry.name, ", ".join(entry.aliases), entry.description)
-    Console().print(table)
+    print_table(table)
 
 
 @patterns_group.command("show")
 @click.argument("pattern")
 @click.option("--dataset", default="mnist", show_default=True, help="Dataset to draw images from.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
-              help="Pattern seed (draws the noise image of random patterns).")
+              help="Dataset seed, the spec's last number: it draws the noise image of "
+                   "random patterns.")
 @click.option("--count", type=click.IntRange(1, 16), default=6, show_default=True,
               help="How many images to show.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="pattern.png",
@@ -74,12 +81,12 @@ def data_summary(spec, data_dir: str | None, download: bool | None, as_json: boo
     dataset = plant(load_dataset(spec.dataset, data_dir, download), spec)
     summary = dataset.summary()
     if as_json:
-        click.echo(json.dumps(summary, indent=2))
+        echo_json(summary)
         return
     table = Table("field", "value", title=f"spurious dataset {spec.name}")
     for key, value in summary.items():
         table.add_row(key, str(value))
-    Console().print(table)
+    print_table(table)
 
 
 COMMANDS = [patterns_group, data_group]

@@ -3,6 +3,7 @@ the data root."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -58,7 +59,8 @@ def spec_options(fn: Callable | None = None, *, many: bool = False) -> Callable:
         click.option("--target", type=int, multiple=True,
                      help="Target class of the spurious examples (twice for two classes)."),
         click.option("--seed", "dataset_seed", type=int, default=0, show_default=True,
-                     help="Seed that selects the examples and draws the noise pattern."),
+                     help="Dataset seed, the spec's last number: it selects the examples and "
+                          "draws the noise pattern."),
     )):
         wrapper = option(wrapper)
     return wrapper
@@ -76,3 +78,65 @@ def resolve_spec(spec: str | None, dataset: str | None, pattern: str | None,
         raise SpecError("no dataset given; use --spec mnistv8-3-0-0 or --dataset mnist "
                         "[--pattern s3 --n-spurious 3 --target 0 --seed 0]")
     return SpuriousSpec.build(dataset, pattern, n_spurious or 0, target, seed)
+
+
+def old_spelling(old: str, new: str, dest: str) -> Callable:
+    """Keep ``old``, an earlier spelling of the option ``new`` (whose parameter is ``dest``),
+    working for older scripts: hidden from --help, it sets ``dest`` with a one-line note on
+    stderr; giving both is an error. docs/usage.md, "Conventions", lists these."""
+    hidden = f"old_{dest}"
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            value = kwargs.pop(hidden)
+            if value is not None:
+                context = click.get_current_context()
+                if context.get_parameter_source(dest) is not click.core.ParameterSource.DEFAULT:
+                    raise click.UsageError(f"{old} is the old spelling of {new}; give one")
+                click.echo(f"note: {old} is now spelled {new} ({old} still works)", err=True)
+                param = next(p for p in context.command.params if p.name == dest)
+                kwargs[dest] = param.type_cast_value(context, value)
+            return fn(*args, **kwargs)
+
+        return click.option(old, hidden, default=None, hidden=True)(wrapper)
+
+    return decorate
+
+
+def run_path(text: str, runs_dir: str | None) -> Path:
+    """A run given on the command line: a path (folder or checkpoint file) when one exists,
+    else a run's folder name, or a unique start of one, under the runs root (found through
+    the results index, as `rsc runs show` finds it)."""
+    from rsc_core.paths import runs_dir as resolve_runs_dir
+    from rsc_core.results_index import get_run
+
+    path = Path(text)
+    if path.exists():
+        return path
+    root = resolve_runs_dir(runs_dir)
+    if len(path.parts) > 1 or not root.is_dir() or not any(
+            child.name.startswith(text) for child in root.iterdir()):
+        raise click.BadParameter(f"'{text}' does not exist: it is neither a file, a folder "
+                                 f"nor the name of a run under {root}", param_hint="'SOURCE'")
+    return Path(get_run(text, runs_dir)["path"])
+
+
+class PluginNamesOption(click.Option):
+    """An option whose help lists the names registered for a plugin ``kind`` in place of
+    ``{names}``, read from the registry when the help is shown: installed third-party
+    plugins are listed beside rsc's own."""
+
+    def __init__(self, *args: Any, kind: str, **kwargs: Any) -> None:
+        self.kind = kind
+        super().__init__(*args, **kwargs)
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from rsc_core import list_names
+
+        original = self.help or ""
+        self.help = original.replace("{names}", ", ".join(list_names(self.kind)))
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.help = original

@@ -5,7 +5,6 @@ On a terminal the listing is rich tables; piped or redirected it is plain tab-se
 that are never wrapped or truncated, so ``rsc plugins | grep NAME`` finds every item."""
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any, Iterable
 
@@ -16,6 +15,8 @@ from rich.text import Text
 
 from rsc_core import KINDS, load_plugins
 from rsc_core.plugins import add_commands
+
+from .output import echo_json
 
 SECTIONS: dict[str, tuple[str, ...]] = {
     "packages": ("package", "version", "status", "hooks", "commands"),
@@ -100,7 +101,7 @@ def plugins_command(as_json: bool) -> None:
     """
     report = plugins_report()
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        echo_json(report)
         return
     rows = _rows(report)
     if sys.stdout.isatty():

@@ -2,7 +2,6 @@
 (PROTOCOL.md section 8; docs/privacy.md)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -22,7 +21,8 @@ from rsc_core.runs import Run, resolve_device
 from rsc_core.spec import expand_names, parse_int_list
 from rsc_core.training import MAX_TRAIN_SEED
 
-from .options import data_options
+from .options import PluginNamesOption, data_options, old_spelling
+from .output import echo_json, table_console
 from .train_commands import device_option, runs_dir_option
 from .train_options import build_train_config, split_train_kwargs, train_options
 
@@ -34,14 +34,14 @@ from .train_options import build_train_config, split_train_kwargs, train_options
                    "Repeatable, with braces ('memmnistv20-{1,3,10}-0-{0..2}'): every model "
                    "of every spec then trains in one multi-model call.")
 @click.option("--attack", "attack_names", multiple=True, required=True,
-              metavar="NAME[:k=v,...]",
-              help="Attack to run, with options; repeat for several (`rsc plugins` lists "
-                   "them): shadow-lr (the study's; shadow-lr:compat=reference reproduces the "
-                   "reference's evaluation), loss-threshold, lira (online), lira-offline "
-                   "(options variance=per-example|fixed|pooled, center=median|mean; offline "
-                   "also test=two-sided|one-sided, alpha), rmia (offline RMIA; a, gamma, "
-                   "alpha, population). Defaults follow each attack's authors "
-                   "(docs/privacy.md).")
+              metavar="NAME[:k=v,...]", cls=PluginNamesOption, kind="attacks",
+              help="Attack to run, with its options as NAME:key=value,...; repeat for "
+                   "several. Installed: {names}. The built-in ones' options: shadow-lr "
+                   "(compat=corrected|reference: the reference's evaluation), lira and "
+                   "lira-offline (variance=per-example|fixed|pooled, center=median|mean; "
+                   "offline also test=two-sided|one-sided, alpha), rmia (a, gamma, alpha, "
+                   "population); e.g. --attack lira-offline:variance=fixed,alpha=0.01. "
+                   "Defaults follow each attack's authors (docs/privacy.md).")
 @click.option("--shadows", type=int, default=DEFAULT_SHADOWS, show_default=True,
               help="Shadow models of LiRA and RMIA (even; LiRA with a per-example variance "
                    "needs 4, otherwise 2). The study's attack and loss-threshold use one "
@@ -60,13 +60,14 @@ from .train_options import build_train_config, split_train_kwargs, train_options
               help="Attack this finished run (it must have trained on the spec's target "
                    "training set; its recipe is then used for the shadows) instead of "
                    "training or reusing the target from the recipe flags.")
-@click.option("--out", "-o", type=click.Path(), default=None,
+@click.option("--output", "-o", "out", type=click.Path(), default=None,
               help="Result folder (default: mia/<spec>_<recipe>-<hash> in the current "
                    "folder); with several specs, the folder that holds one such result "
                    "folder per spec. An older result is replaced once the new one is "
                    "complete.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or stage lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json instead of a table.")
+@old_spelling("--out", "--output", "out")
 def mia_command(spec_names, attack_names, shadows, control_size, data_dir, download, runs_dir,
                 device, group_size, target_run, out, quiet, as_json, **kwargs) -> None:
     """Membership inference on rare spurious examples.
@@ -122,8 +123,7 @@ def mia_command(spec_names, attack_names, shadows, control_size, data_dir, downl
         summary = summarise([r.metrics for r in results])
         write_json(root / "summary.json", summary)
     if as_json:
-        click.echo(json.dumps(rows[0] if summary is None else
-                              {"results": rows, "summary": summary}, indent=2))
+        echo_json(rows[0] if summary is None else {"results": rows, "summary": summary})
         return
     console = table_console()
     for result in results:
@@ -141,13 +141,6 @@ def _refuse_recipe_flags(train_kwargs: dict) -> None:
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise ConfigError(f"--target-run brings its own recipe; drop {flags}")
-
-
-def table_console() -> Console:
-    """A terminal's own width; piped or logged, wide enough that no column is squeezed (a
-    pipe would otherwise get 80 columns and cut every number)."""
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
 
 
 def _rate(value) -> str:

@@ -24,6 +24,7 @@ from rsc_core.spec import SpuriousSpec
 from rsc_core.training import TrainConfig
 
 from .options import data_options
+from .output import echo_json, table_console
 from .train_commands import print_comparison
 
 PAPER_EPOCHS = 70
@@ -86,9 +87,12 @@ def _train(specs: list[SpuriousSpec], config: TrainConfig, executor: str, consol
                    "process).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the runs, the comparisons and the headline as JSON (the other "
+                   "lines go to stderr).")
 @data_options
 def quickstart_command(epochs, patterns, ns, target, seed, runs_dir, output, executor, device,
-                       quiet, data_dir, download) -> None:
+                       quiet, as_json, data_dir, download) -> None:
     """The study's headline on MNIST: a clean model vs S3 and R3 with n = 3 (target 0).
 
     S3 (a white corner square) in three training images is barely learned; R3 (a fixed
@@ -99,7 +103,7 @@ def quickstart_command(epochs, patterns, ns, target, seed, runs_dir, output, exe
     check_figure_path(output)
     resolve_device(device)
     patterns = [registry("patterns").get(p).name for p in (patterns or DEFAULT_PATTERNS)]
-    console = Console()
+    console = Console(stderr=True) if as_json else table_console()
     if epochs < PAPER_EPOCHS:
         console.print(f"[yellow]note:[/yellow] {epochs} epochs per run to finish in minutes on "
                       f"a CPU; the paper trains {PAPER_EPOCHS} (use --epochs {PAPER_EPOCHS}).")
@@ -116,9 +120,16 @@ def quickstart_command(epochs, patterns, ns, target, seed, runs_dir, output, exe
     for index, pattern in enumerate(patterns):
         mine = spurious[index * len(ns):(index + 1) * len(ns)]
         comparisons.append(compare_runs(mine, [clean], data_dir=data_dir, device=device))
-        print_comparison(comparisons[-1], console)
-    console.print(headline(comparisons), soft_wrap=True, highlight=False)
+        if not as_json:
+            print_comparison(comparisons[-1], console)
     path = _figure(comparisons, target, seed, epochs, output)
+    if as_json:
+        echo_json({"epochs": epochs, "paper_epochs": PAPER_EPOCHS,
+                   "runs": [str(run.path) for run in runs],
+                   "comparisons": [c.as_dict() for c in comparisons],
+                   "headline": headline(comparisons), "figure": str(path)})
+        return
+    console.print(headline(comparisons), soft_wrap=True, highlight=False)
     console.print(f"wrote {path}; runs are in {clean.path.parent}")
 
 
@@ -132,7 +143,7 @@ def _figure(comparisons: list[Comparison], target: int, seed: int, epochs: int, 
                         [getattr(r, f"{quantity}_mean") for r in c.rows],
                         [getattr(r, f"{quantity}_sem") for r in c.rows],
                         [r.runs for r in c.rows]) for c in comparisons]
-        panels.append(Panel(ylabel, ylabel, curves, legend))
+        panels.append(Panel(ylabel, ylabel, curves, legend, zoom=quantity != "score"))
     title = (f"MNIST, LargeMLP, target {target}, dataset seed {seed}, {epochs} epochs: "
              f"clean model (n = 0) vs patterned")
     return save_n_curves(panels, title, [output])[0]

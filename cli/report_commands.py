@@ -2,7 +2,6 @@
 sensitivity`` (the input-sensitivity curve of PROTOCOL.md section 9)."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -12,18 +11,19 @@ from rich.table import Table
 
 from rsc_core.atomic import write_text
 from rsc_core.errors import ConfigError
-from rsc_core.plots import N_AXIS_CAPTION, check_figure_path, runs_text, save_n_curves
-from rsc_core.plots import save_probability_curves
-from rsc_core.report import (MITIGATION_COLUMNS, SCORE_COLUMNS, Report, build_report,
-                             by_recipe, check_output_folder, curve_panels, display_rows, dumps,
-                             mitigation_records, report_json, score_records, to_csv,
-                             to_latex, to_markdown, write_folder)
+from rsc_core.plots import (N_AXIS_CAPTION, check_figure_path, runs_text, save_before_after,
+                            save_n_curves, save_probability_curves)
+from rsc_core.report import (MITIGATION_COLUMNS, SCORE_COLUMNS, Report, before_after_points,
+                             build_report, by_recipe, check_output_folder, curve_panels,
+                             display_rows, dumps, mitigation_records, report_json,
+                             score_records, to_csv, to_latex, to_markdown, write_folder)
 from rsc_core.results_index import WHERE_HELP, list_runs
 from rsc_core.runs import Run, resolve_device
 from rsc_core.scoring import DEFAULT_THRESHOLD
 from rsc_core.sensitivity import DEFAULT_IMAGES, DEFAULT_STEPS, sensitivity_curve
 
-from .options import data_options
+from .options import data_options, old_spelling
+from .output import echo_json, table_console
 from .train_commands import device_option, print_comparison, runs_dir_option
 
 
@@ -31,9 +31,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=+-]+", "-", text).strip("-")
 
 
+def curve_groups(report: Report) -> list:
+    """The groups drawn against n: trained runs. Removal runs are drawn before and after,
+    all variants in one figure (``removals.png``), not as one-point curves of their own."""
+    return [g for g in report.groups if not g.removal]
+
+
 def figure_stems(report: Report) -> dict[str, str]:
     """File stem per recipe: ``score-vs-n`` alone, or with the recipe when several."""
-    recipes = list(by_recipe(report.groups))
+    recipes = list(by_recipe(curve_groups(report)))
     if len(recipes) == 1:
         return {recipes[0]: ""}
     return {recipe: "_" + _slug(recipe) for recipe in recipes}
@@ -57,7 +63,7 @@ def write_report(report: Report, folder: Path, title: str) -> list[str]:
     files: list[str] = []
     markdown = [f"# {title}", ""]
     stems = figure_stems(report)
-    for recipe, groups in by_recipe(report.groups).items():
+    for recipe, groups in by_recipe(curve_groups(report)).items():
         epochs = sorted({g.epochs for g in groups})
         what = f"{recipe}, {'/'.join(map(str, epochs))} epochs"
         for quantity, name, label in (("score", "score-vs-n", "Spurious score"),
@@ -71,8 +77,11 @@ def write_report(report: Report, folder: Path, title: str) -> list[str]:
             counts = [r for p in panels for c in p.curves for r in c.runs]
             markdown += [f"![{label} vs n]({stem}.png)", "",
                          f"*{label} against n, {what}; one panel per dataset, one curve per "
-                         f"pattern; {runs_text(counts)} run(s) per point. {N_AXIS_CAPTION}.* "
+                         f"pattern{ZOOM_CAPTION if quantity != 'score' else ''}; "
+                         f"{runs_text(counts)} run(s) per point. {N_AXIS_CAPTION}.* "
                          f"([PDF]({stem}.pdf))", ""]
+    if report.removals:
+        files += _write_removal_figure(report, folder, markdown)
     caption = (f"Spurious score (threshold {report.threshold:g}"
                f"{', test images with y != target' if report.exclude_target else ''}), clean "
                f"and patterned accuracy (y != target): mean ± SEM over runs; p: one-sided "
@@ -99,6 +108,28 @@ def write_report(report: Report, folder: Path, title: str) -> list[str]:
     write_text(folder / "report.md", "\n".join(markdown) + "\n")
     write_text(folder / "report.json", dumps(report_json(report)))
     return files + ["report.md", "report.json"]
+
+
+ZOOM_CAPTION = (", each beside the same panel zoomed to the data (its y axis does not start "
+                "at 0)")
+
+
+def _write_removal_figure(report: Report, folder: Path, markdown: list[str]) -> list[str]:
+    """Every removal variant before and after, in one figure (``removals.png``, ``.pdf``)."""
+    points = before_after_points(report)
+    epochs = "/".join(str(e) for e in sorted({g.epochs for g in report.groups if g.removal}))
+    recipes = "; ".join(sorted({r.source_recipe for r in report.removals}))
+    what = (f"{len({p.label for p in points})} removal variant(s) of runs trained with "
+            f"{recipes}, {epochs} epochs; {runs_text([p.runs for p in points])} run(s) per "
+            f"point")
+    save_before_after(points, f"Before and after removal: {what}, error bars: SEM",
+                      [folder / "removals.png", folder / "removals.pdf"])
+    markdown += ["![Before and after removal](removals.png)", "",
+                 f"*Spurious score (fixed 0-1 axis) and clean test accuracy (zoomed axis) of "
+                 f"each removal's source runs (open grey markers) and of the removal runs "
+                 f"(filled), per variant, scored alike; {what}; error bars: SEM over "
+                 f"seeds.* ([PDF](removals.pdf))", ""]
+    return ["removals.png", "removals.pdf"]
 
 
 def print_report(report: Report, console: Console) -> None:
@@ -152,7 +183,7 @@ def report_command(where, output, threshold, exclude_target, title, runs_dir, da
     if as_json:
         click.echo(dumps(report_json(report)), nl=False)
         return
-    console = Console()
+    console = table_console()
     print_report(report, console)
     console.print(f"wrote {', '.join(written)} to {folder}", soft_wrap=True, highlight=False)
 
@@ -162,22 +193,23 @@ def report_command(where, output, threshold, exclude_target, title, runs_dir, da
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="sensitivity.png",
               show_default=True, help="Figure; its extension picks the format.")
 @click.option("--images", type=int, default=DEFAULT_IMAGES, show_default=True,
-              help="Training images to erase (drawn with --seed).")
+              help="Training images to erase (drawn with --image-seed).")
 @click.option("--steps", type=int, default=DEFAULT_STEPS, show_default=True,
               help="Fractions p evenly spaced from 0 to 1 (51: p = 0, 0.02, ..., 1).")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--image-seed", "seed", type=int, default=0, show_default=True,
               help="Seed that draws the images and the order their pixels are erased in.")
 @data_options
 @device_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print the curves (and the image indices used) as JSON.")
+@old_spelling("--seed", "--image-seed", "seed")
 def sensitivity_command(runs, output, images, steps, seed, data_dir, download, device,
                         as_json) -> None:
     """Input sensitivity of finished RUNS (PROTOCOL.md section 9): on --images training
     images, zero a fraction p of the non-zero pixels and plot the mean softmax probability
     of the true class against p (error bars: SEM over images).
 
-    Images: RandomState(seed).choice(N, images, replace=False) over the run's training set
+    Images: RandomState(image seed).choice(N, images, replace=False) over the run's training set
     as trained; pixels: the same RandomState then permutes each image's non-zero positions,
     and the first round(p k) of them are zeroed (all channels). docs/reports.md has the
     details."""
@@ -197,8 +229,7 @@ def sensitivity_command(runs, output, images, steps, seed, data_dir, download, d
         "fraction p of non-zero pixels set to 0", "mean softmax probability of the true class",
         output)
     if as_json:
-        click.echo(json.dumps({"figure": str(path), "curves": [c.as_dict() for c in curves]},
-                              indent=2))
+        echo_json({"figure": str(path), "curves": [c.as_dict() for c in curves]})
         return
     table = Table("run", *[f"p={p:g}" for p in (0, 0.2, 0.4, 0.6, 0.8, 1)],
                   title=f"mean probability of the true class ({count} images)")
@@ -206,7 +237,7 @@ def sensitivity_command(runs, output, images, steps, seed, data_dir, download, d
         picks = [min(range(len(curve.fractions)), key=lambda i: abs(curve.fractions[i] - p))
                  for p in (0, 0.2, 0.4, 0.6, 0.8, 1)]
         table.add_row(curve.run, *[f"{curve.mean_probability[i]:.3f}" for i in picks])
-    console = Console()
+    console = table_console()
     console.print(table)
     console.print(f"wrote {path}", soft_wrap=True, highlight=False)
 

@@ -2,21 +2,20 @@
 command line. Both refresh the index from the run folders first, so they are never stale."""
 from __future__ import annotations
 
-import json
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from rsc_core.errors import ConfigError
 from rsc_core.report import to_csv
 from rsc_core.runs import format_number
-from rsc_core.results_index import COLUMNS, WHERE_HELP, get_run, list_runs
+from rsc_core.results_index import COLUMNS, WHERE_HELP, column_name, get_run, list_runs
 
+from .output import echo_json, print_table
 from .train_commands import runs_dir_option
 
 #: What a terminal listing shows unless --columns says otherwise.
-DEFAULT_COLUMNS = ("spec", "training_seed", "recipe", "status", "epochs_done",
+DEFAULT_COLUMNS = ("spec", "train_seed", "recipe", "status", "epochs_done",
                    "clean_accuracy", "score")
 
 
@@ -24,12 +23,12 @@ DEFAULT_COLUMNS = ("spec", "training_seed", "recipe", "status", "epochs_done",
 def _columns(text: str | None, default: tuple[str, ...]) -> list[str]:
     if not text:
         return list(default)
-    names = [c.strip().lower() for c in text.split(",") if c.strip()]
-    unknown = [c for c in names if c not in COLUMNS]
+    given = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in given if column_name(c) is None]
     if unknown:
         raise ConfigError(f"unknown column(s) {', '.join(unknown)} in --columns; columns: "
                           f"{', '.join(COLUMNS)}")
-    return names
+    return [column_name(c) for c in given]
 
 
 #: Measured quantities, shown with 4 decimals; other numbers are shown as recorded.
@@ -71,7 +70,10 @@ def list_command(where, columns, as_json, as_csv, runs_dir) -> None:
     if as_json or as_csv:
         names = _columns(columns, tuple(COLUMNS))
         rows = [{k: r[k] for k in names} for r in rows]
-        click.echo(json.dumps(rows, indent=2) if as_json else to_csv(rows, names), nl=as_json)
+        if as_json:
+            echo_json(rows)
+        else:
+            click.echo(to_csv(rows, names), nl=False)
         return
     names = _columns(columns, DEFAULT_COLUMNS)
     table = Table(title=f"{len(rows)} run(s)" + (f" where {where}" if where else ""))
@@ -79,7 +81,7 @@ def list_command(where, columns, as_json, as_csv, runs_dir) -> None:
         table.add_column(name.replace("_", " "), no_wrap=name in ("name", "spec", "status"))
     for row in rows:
         table.add_row(*[_cell(n, row[n]) for n in names])
-    Console().print(table)
+    print_table(table)
 
 
 @runs_group.command("show")
@@ -91,12 +93,12 @@ def show_command(run, as_json, runs_dir) -> None:
     path)."""
     row = get_run(run, runs_dir)
     if as_json:
-        click.echo(json.dumps(row, indent=2))
+        echo_json(row)
         return
     table = Table("column", "value", title=row["name"])
     for key in COLUMNS:
         table.add_row(key, _cell(key, row[key]))
-    Console().print(table)
+    print_table(table)
 
 
 COMMANDS = [runs_group]

@@ -3,7 +3,6 @@ resume the interrupted ones, and train the rest on an executor, with a progress 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import time
 import tomllib
 from dataclasses import asdict
@@ -28,6 +27,7 @@ from rsc_core.sweeps import (BROKEN, DONE, FINISHED, INTERRUPTED, NEW, PlannedRu
                              SweepJob, make_jobs, plan_sweep, run_sweep, write_sweep_record)
 
 from .options import data_options
+from .output import echo_json, table_console
 
 _PRESET_HELP = "; ".join(f"{p.name}: {p.summary}" for p in PRESETS.values())
 
@@ -143,7 +143,7 @@ def sweep_command(grid_file, preset, datasets, patterns, ns, seeds, epochs, sets
     record = write_sweep_record(outcome, planned, name=_safe(label), executor=name,
                                 runs_dir=runs_dir, started=started)
     if as_json:
-        click.echo(json.dumps([asdict(r) for r in outcome.reports], indent=2))
+        echo_json([asdict(r) for r in outcome.reports])
     else:
         _print_summary(outcome.reports, time.monotonic() - clock, record, console)
     failed = outcome.failed
@@ -221,11 +221,11 @@ def _counts(planned: list[PlannedRun]) -> str:
 
 def _print_plan(planned: list[PlannedRun], label: str, executor: str, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps([{"run": p.run.name, "path": str(p.run.path),
-                                "spec": p.request.spec.name,
-                                "train_seed": p.request.config.seed, "state": p.state,
-                                "epoch": p.epoch, "problem": p.problem or None}
-                               for p in planned], indent=2))
+        echo_json([{"run": p.run.name, "path": str(p.run.path),
+                    "spec": p.request.spec.name,
+                    "train_seed": p.request.config.seed, "state": p.state,
+                    "epoch": p.epoch, "problem": p.problem or None}
+                   for p in planned])
         return
     table = Table("#", "spec", "train seed", "state", "run folder",
                   title=f"{label}: {len(planned)} runs (dry run: nothing is trained)")
@@ -235,7 +235,7 @@ def _print_plan(planned: list[PlannedRun], label: str, executor: str, as_json: b
                  BROKEN: f"broken: {item.problem}"}[item.state]
         table.add_row(str(number), item.request.spec.name, str(item.request.config.seed),
                       state, item.run.name)
-    console = Console(width=None if Console().is_terminal else 200)
+    console = table_console()
     console.print(table)
     console.print(f"{_counts(planned)}; executor {executor}; runs root "
                   f"{planned[0].run.path.parent if planned else '-'}",

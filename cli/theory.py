@@ -9,7 +9,6 @@ Output design:
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import click
 from rsc_core.errors import ConfigError
 from rsc_core.theory import (STUDY_G_MAX, STUDY_NOISES, STUDY_POINTS, STUDY_RIDGES,
                              StudyCurves, TheoryParams, study_curves)
+
+from .output import echo_json
 
 _METRICS = (
     ("spurious_score", "spurious score"),
@@ -38,6 +39,7 @@ def plot_study(curves: StudyCurves, output: Path) -> Path:
     import matplotlib.pyplot as plt
 
     from rsc_core.atomic import write_file
+    from rsc_core.plots import fit_title
 
     rows = [(key, title) for key, title in _ROWS if curves.families.get(key)]
     fig, axes = plt.subplots(len(rows), len(_METRICS), figsize=(4.4 * len(_METRICS),
@@ -55,8 +57,9 @@ def plot_study(curves: StudyCurves, output: Path) -> Path:
                 ax.grid(True, alpha=0.3)
                 ax.legend(fontsize=8)
         p = curves.params
-        fig.suptitle(f"Linear-model theory: x_inv = {p['x_inv']:g}, x_sp^2 = {p['x_sp2']:g}, "
-                     f"base s_inv = {p['s_inv']:g}, s_sp = {p['s_sp']:g} (+ v with noise)")
+        fig.suptitle(fit_title(f"Linear-model theory: x_inv = {p['x_inv']:g}, x_sp^2 = "
+                               f"{p['x_sp2']:g}, base s_inv = {p['s_inv']:g}, s_sp = "
+                               f"{p['s_sp']:g} (+ v with noise)", fig.get_figwidth()))
         # Atomically: a full disk leaves no half-written PNG behind.
         write_file(output, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     finally:
@@ -146,7 +149,7 @@ def theory(ctx: click.Context, ridges: tuple[float, ...], noises: tuple[float, .
         raise ConfigError("these parameters overflow double precision; use smaller "
                           "--x-inv, --x-sp2, --s-inv, --s-sp, --ridge or --noise") from None
     if as_json:
-        click.echo(json.dumps(curves.to_dict(), indent=1))
+        echo_json(curves.to_dict())
     if path is not None:
         plot_study(curves, path)
         click.echo(f"wrote {path}", err=as_json)

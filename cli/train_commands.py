@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import glob
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,12 +10,13 @@ from rich.console import Console
 from rich.table import Table
 
 from rsc_core.checkpoints import build_model_from_checkpoint, read_checkpoint
-from rsc_core.compare import Comparison, compare_runs
+from rsc_core.compare import Comparison, compare_runs, runs_from_index
 from rsc_core.datasets import load_dataset
 from rsc_core.errors import RscError
 from rsc_core.group_runs import (DEFAULT_GROUP_SIZE, RunRequest, RunResult, check_group_size,
                                  train_runs)
 from rsc_core.memory_format import AUTO, CHANNELS_LAST, MEMORY_FORMATS
+from rsc_core.results_index import WHERE_HELP
 from rsc_core.runs import Run, TrainOutcome, resolve_device, score_run, train_run
 from rsc_core.scoring import DEFAULT_THRESHOLD, ScoreResult, resolve_target, score_model
 from rsc_core.spec import SpuriousSpec, parse_int_list
@@ -24,7 +24,8 @@ from rsc_core.spurious import build_spurious_dataset
 from rsc_core.subsets import TrainSubset, read_index_list
 from rsc_core.training import MAX_TRAIN_SEED
 
-from .options import data_options, spec_options
+from .options import data_options, run_path, spec_options
+from .output import echo_json, print_table, table_console
 from .train_options import build_train_config, split_train_kwargs, train_options
 
 runs_dir_option = click.option(
@@ -153,8 +154,7 @@ def _requests(specs: list[SpuriousSpec], train_kwargs: dict,
 def _print_outcome(outcome: TrainOutcome, as_json: bool) -> None:
     metrics = outcome.run.metrics or {}
     if as_json:
-        click.echo(json.dumps({"run": str(outcome.run.path), "reused": outcome.reused,
-                               **metrics}, indent=2))
+        echo_json({"run": str(outcome.run.path), "reused": outcome.reused, **metrics})
         return
     click.echo(f"{_state(outcome)}: {outcome.run.path}")
     click.echo(f"clean test accuracy {metrics.get('clean_accuracy'):.4f}")
@@ -183,7 +183,7 @@ def _print_results(results: list[RunResult], as_json: bool) -> None:
             else:
                 row["error"] = str(r.error)
             rows.append(row)
-        click.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
         return
     table = Table("spec", "train seed", "state", "group", "clean acc", "spurious score", "run",
                   title=f"{len(results)} runs")
@@ -197,12 +197,12 @@ def _print_results(results: list[RunResult], as_json: bool) -> None:
         table.add_row(r.request.spec.name, str(r.request.config.seed), _state(r.outcome),
                       str(r.group_size), f"{metrics.get('clean_accuracy', float('nan')):.4f}",
                       "" if score is None else f"{score:.4f}", r.outcome.run.name)
-    Console(width=200 if not Console().is_terminal else None).print(table)
+    print_table(table)
 
 
 def _print_score(result: ScoreResult, source: str, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps({"source": source, **result.as_dict()}, indent=2))
+        echo_json({"source": source, **result.as_dict()})
         return
     table = Table("measure", "value", title=f"spurious score of {source}")
     table.add_row("pattern / target / seed", f"{result.pattern} / {result.target} / {result.seed}")
@@ -212,32 +212,41 @@ def _print_score(result: ScoreResult, source: str, as_json: bool) -> None:
     table.add_row("spurious score", f"{result.score:.4f}")
     table.add_row("clean test accuracy", f"{result.clean_accuracy:.4f}")
     table.add_row("patterned accuracy (y != target)", f"{result.patterned_accuracy:.4f}")
-    Console().print(table)
+    print_table(table)
 
 
 @click.command("score")
-@click.argument("source", type=click.Path(exists=True))
+@click.argument("source")
 @click.option("--pattern", default=None, help="Pattern (default: the run's own).")
 @click.option("--target", type=int, default=None, help="Target class (default: the run's).")
 @click.option("--seed", type=int, default=None,
-              help="Pattern seed (default: the run's dataset seed; 0 for clean runs).")
+              help="Dataset seed whose pattern is added (it draws a noise pattern; default: "
+                   "the run's own, 0 for clean runs).")
 @click.option("--threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
               help="Probability rise that counts as spurious.")
 @click.option("--exclude-target", is_flag=True, help="Score only test images with y != target.")
 @click.option("--arch", default=None, help="Architecture of a reference checkpoint.")
 @click.option("--dataset", default=None, help="Dataset of a reference checkpoint.")
+@runs_dir_option
 @data_options
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def score_command(source, pattern, target, seed, threshold, exclude_target, arch, dataset,
-                  data_dir, download, device, as_json) -> None:
-    """Spurious score of a run folder or a checkpoint file (rsc's or the reference's).
+                  runs_dir, data_dir, download, device, as_json) -> None:
+    """Spurious score of SOURCE: a run folder, a run's name (or a unique start of one) under
+    --runs-dir, or a checkpoint file (rsc's or the reference's).
 
     score = fraction of test images whose target-class probability rises by more than the
     threshold when the pattern is added (PROTOCOL.md section 5).
+
+    \b
+    Examples:
+      rsc score runs/mnistv20-3-0-0_ce-tor-LargeMLP_adam-lr0.01-b128-e10-s0-1a2b3c4d5e
+      rsc score mnistv20-3-0-0_ce-tor-LargeMLP_adam-lr0.01-b128-e10
+      rsc score model.pt --arch LargeMLP --dataset mnist --pattern v8 --target 0
     """
     resolve_device(device)  # a bad --device fails before any work, even for a cached score
-    path = Path(source)
+    path = run_path(source, runs_dir)
     if path.is_dir():
         result = score_run(Run.open(path), pattern, target, seed, threshold, exclude_target,
                            data_dir, download, device)
@@ -282,7 +291,7 @@ def print_comparison(comparison: Comparison, console: Console | None = None) -> 
         table.add_row(str(row.n), str(row.runs), cell(row.score_mean, row.score_sem),
                       cell(row.clean_accuracy_mean, row.clean_accuracy_sem),
                       cell(row.patterned_accuracy_mean, row.patterned_accuracy_sem), p)
-    console = console or Console()
+    console = console or table_console()
     console.print(table)
     if comparison.seeds is not None:  # one unwrapped line, so it can be grepped
         console.print(f"seeds: {comparison.seeds.description}", soft_wrap=True,
@@ -290,7 +299,11 @@ def print_comparison(comparison: Comparison, console: Console | None = None) -> 
 
 
 @click.command("compare")
-@click.argument("runs", nargs=-1, required=True)
+@click.argument("runs", nargs=-1)
+@click.option("--where", default=None, metavar="EXPR",
+              help=f"Compare the finished runs of the results index that match EXPR "
+                   f"({WHERE_HELP}); the baseline is then every finished clean run trained "
+                   f"like them, unless --baseline is given.")
 @click.option("--baseline", "baselines", multiple=True,
               help="Clean baseline run folder or glob (repeatable).")
 @click.option("--threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
@@ -302,25 +315,41 @@ def print_comparison(comparison: Comparison, console: Console | None = None) -> 
 @click.option("--allow-mixed-seeds", is_flag=True,
               help="Pool runs that follow different seed protocols (e.g. some with training "
                    "seed = dataset seed, some with a fixed training seed).")
+@runs_dir_option
 @data_options
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def compare_command(runs, baselines, threshold, exclude_target, allow_mixed_baseline,
-                    allow_mixed_seeds, data_dir, download, device, as_json) -> None:
+def compare_command(runs, where, baselines, threshold, exclude_target, allow_mixed_baseline,
+                    allow_mixed_seeds, runs_dir, data_dir, download, device, as_json) -> None:
     """Aggregate runs that differ only in seed: mean ± SEM per n and the one-sided Welch
-    t-test against the clean baseline. RUNS may be folders or globs (quote them).
+    t-test against the clean baseline. RUNS may be folders or globs (quote them); or select
+    them from the results index with --where (as `rsc runs list --where` does).
 
     The runs must share everything but their seeds: recipe, training subset and removal
     (docs/reports.md, "What pools as seeds"; the differing field is named otherwise), a run
     given twice counts once, and the seed protocol is printed: the study varies the dataset
-    seed (the last number of the spec) with training seed 0."""
+    seed (the last number of the spec) with training seed 0.
+
+    \b
+    Examples:
+      rsc compare --where "pattern=r3 and epochs=10"
+      rsc compare 'runs/mnistv20-3-0-*' --baseline 'runs/mnist_*'
+    """
     resolve_device(device)
-    comparison = compare_runs(_expand(runs), _expand(baselines) if baselines else (),
-                              threshold, exclude_target, data_dir, device, download,
-                              allow_mixed_baseline=allow_mixed_baseline,
+    if not runs and where is None:
+        raise RscError("give the runs to compare: folders or globs (RUNS), or --where EXPR "
+                       "to select them from the results index")
+    selected = _expand(runs) if runs else []
+    baseline = _expand(baselines) if baselines else []
+    if where is not None:
+        matched, index_baseline = runs_from_index(where, runs_dir)
+        selected += matched
+        baseline = baseline or index_baseline
+    comparison = compare_runs(selected, baseline, threshold, exclude_target, data_dir, device,
+                              download, allow_mixed_baseline=allow_mixed_baseline,
                               allow_mixed_seeds=allow_mixed_seeds)
     if as_json:
-        click.echo(json.dumps(comparison.as_dict(), indent=2))
+        echo_json(comparison.as_dict())
     else:
         print_comparison(comparison)
 

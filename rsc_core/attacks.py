@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from .errors import ConfigError
+from .named_options import convert_option, format_named_options
 
 SHADOW_POOL = "shadow-pool"
 TARGET_HALVES = "target-halves"
@@ -134,7 +135,10 @@ class Attack(ABC):
             raise ConfigError(f"attack {self.name} has no option {unknown[0]!r}; its options: "
                               f"{known}")
         self.given = dict(options)
-        self.options = {**self.option_defaults, **options}
+        self.options = {**self.option_defaults, **{
+            key: value if self.option_defaults[key] is None else convert_option(
+                key, value, type(self.option_defaults[key]), f"attack {self.name}")
+            for key, value in options.items()}}
         self.shadows = shadows
         if self.shadow_design != SHADOW_POOL:
             check_shadow_count(self.label, shadows, self.fewest_shadows())
@@ -147,8 +151,6 @@ class Attack(ABC):
     @property
     def label(self) -> str:
         """The name, with the options given explicitly: the attack's key in results."""
-        from .named_options import format_named_options
-
         return format_named_options(self.name, self.given)
 
     @property

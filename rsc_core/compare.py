@@ -24,6 +24,7 @@ from scipy import stats
 
 from .datasets import ImageData, load_dataset
 from .errors import RscError
+from .json_output import WHY_NULL
 from .pooling import baseline_identity, pool_identity, pool_mismatch
 from .runs import Run, score_run
 from .scoring import DEFAULT_THRESHOLD, ScoreResult, check_threshold
@@ -44,7 +45,17 @@ class GroupSummary:
     p_value: float | None  # Welch one-sided vs the baseline; None for the baseline row
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The row's fields, and ``why_null`` for those with no number (the convention of
+        every ``--json``, ``rsc_core.json_output``): an SEM needs two runs, a p-value a
+        baseline."""
+        reasons = {}
+        if self.runs < 2:
+            reasons.update({f"{name}_sem": "one run: a standard error needs two or more"
+                            for name in ("score", "clean_accuracy", "patterned_accuracy")})
+        if self.p_value is None:
+            reasons["p_value"] = ("this is the baseline row (n = 0)" if self.n == 0 else
+                                  "no clean baseline runs to test against")
+        return {**asdict(self), **({WHY_NULL: reasons} if reasons else {})}
 
 
 @dataclass(frozen=True)
@@ -263,3 +274,20 @@ def compare_runs(runs: Sequence[Run], baseline: Sequence[Run] = (),
         rows.append(_summarise(0, base, None))
     rows.extend(_summarise(n, groups[n], pooled_baseline) for n in sorted(groups))
     return Comparison(pattern, target, threshold, exclude_target, tuple(rows), seeds)
+
+
+def runs_from_index(where: str, runs_dir: str | Path | None = None) -> tuple[list[Run], list[Run]]:
+    """``rsc compare --where``: the finished spurious runs of the results index that match
+    ``where``, and as their baseline every finished clean run of the index trained like them
+    (on the same rows, ``baseline_id``), the baseline ``rsc report`` gives them."""
+    from .results_index import list_runs
+
+    matched = [r for r in list_runs(where, runs_dir)
+               if r["status"] == "finished" and r["pattern"] is not None]
+    if not matched:
+        raise RscError(f"no finished spurious runs match --where {where!r}; see what there is "
+                       f"with `rsc runs list --where {where!r}`")
+    wanted = {(r["dataset"], r["baseline_id"]) for r in matched}
+    clean = list_runs("pattern = null and status = finished", runs_dir)
+    baseline = [r for r in clean if (r["dataset"], r["recipe_id"]) in wanted]
+    return [Run(r["path"]) for r in matched], [Run(r["path"]) for r in baseline]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -31,6 +30,7 @@ from .datasets import DatasetBundle, load_dataset
 from .errors import ConfigError, RscError
 from .evaluation import predict_logits
 from .group_runs import DEFAULT_GROUP_SIZE, RunRequest, RunResult, train_runs
+from .json_output import finite, to_json
 from .membership import PREFIX, MembershipSpec, MembershipSplit, membership_split
 from .membership_metrics import membership_metrics
 from .membership_queries import QueryImages, control_size, query_images
@@ -287,21 +287,19 @@ def _logits(model: torch.nn.Module, images: torch.Tensor, device: torch.device) 
     return predict_logits(model, images, device).double().numpy()
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no infinity: a non-finite number (e.g. 'call nothing a member') is null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value
-
-
 def _check_output(attack: Attack, output: AttackOutput, rows: int) -> None:
     """An attack returns one score and one decision per example it was given."""
     if np.shape(output.scores) != (rows,) or np.shape(output.decisions) != (rows,):
         raise RscError(f"attack {attack.label} returned {np.shape(output.scores)} scores and "
                        f"{np.shape(output.decisions)} decisions for {rows} examples; an "
                        f"attack must score every example it is given")
+    try:
+        to_json(output.details)
+    except (TypeError, ValueError) as exc:
+        raise RscError(f"attack {attack.label} returned details that cannot be written to "
+                       f"metrics.json ({exc}); AttackOutput.details must hold only numbers, "
+                       f"strings, booleans, None, lists and dicts (numpy arrays and scalars "
+                       f"are converted)") from None
 
 
 def _metrics(mem: MembershipSpec, split: MembershipSplit, queries: QueryImages,
@@ -325,7 +323,7 @@ def _metrics(mem: MembershipSpec, split: MembershipSplit, queries: QueryImages,
                                  planted, same_class, scores[pool:], decisions[pool:]),
             "attack": attack.name, "options": attack.options,
             "shadow_design": attack.shadow_design, "shadows": attack.num_shadows,
-            "details": _finite(output.details)}
+            "details": finite(output.details)}
     member = target.member[:pool]
     correct = target.correct()
     return {
@@ -342,7 +340,7 @@ def _metrics(mem: MembershipSpec, split: MembershipSplit, queries: QueryImages,
         "target_accuracy_non_members": float(correct[:pool][~member].mean()),
         "runs": {name: [runs[_key(r)].name for r in model_set.requests]
                  for name, model_set in sets.items()},
-        "attacks": _finite(per_attack),
+        "attacks": finite(per_attack),
     }
 
 

@@ -2,7 +2,7 @@
 with parameters (``-r weight-decay:value=1e-4``, ``--attack lira-offline:variance=fixed``)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import ConfigError
 
@@ -15,17 +15,26 @@ def parse_named_options(text: str, what: str) -> tuple[str, dict[str, Any]]:
     name, _, rest = text.partition(":")
     if not name.strip():
         raise ConfigError(f"bad {what} {text!r}; expected NAME[:key=value,...]")
+    params = parse_key_values((part.strip() for part in rest.split(",")), what,
+                              f" in {text!r}")
+    return name.strip(), params
+
+
+def parse_key_values(items: Iterable[str], what: str, where: str = "") -> dict[str, Any]:
+    """``key=value`` items (empty ones skipped) -> ``{key: value}``, values read by
+    ``parse_value``; the one parser behind ``NAME:k=v,...`` and ``-O KEY=VALUE``. Dashes in
+    keys become underscores; a key given twice is an error, not silently the last value."""
     params: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
+    for item in filter(None, (part.strip() for part in items)):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"bad {what} parameter {item!r} in {text!r}; expected key=value")
+            raise ConfigError(f"bad {what} parameter {item!r}{where}; expected key=value")
         key = key.strip().replace("-", "_")
         if key in params:
-            raise ConfigError(f"parameter {key!r} is given twice in {text!r} (dashes and "
+            raise ConfigError(f"parameter {key!r} is given twice{where} (dashes and "
                               f"underscores in keys are the same); give it once")
         params[key] = parse_value(value.strip())
-    return name.strip(), params
+    return params
 
 
 def format_named_options(name: str, params: dict[str, Any]) -> str:
@@ -35,6 +44,8 @@ def format_named_options(name: str, params: dict[str, Any]) -> str:
 
 
 def parse_value(value: str) -> Any:
+    """A command-line value: true/yes/on and false/no/off are booleans, then int, then
+    float; anything else stays a string."""
     lowered = value.lower()
     if lowered in ("true", "yes", "on"):
         return True
@@ -46,3 +57,39 @@ def parse_value(value: str) -> Any:
         except ValueError:
             pass
     return value
+
+
+def convert_option(key: str, value: Any, kind: type, owner: str) -> Any:
+    """``value`` of option ``key`` as ``kind`` (the type of its default), or one
+    ``ConfigError`` naming ``owner`` ("method retrain", "attack rmia"). A boolean is never a
+    number (``steps=true`` is not 1), a fractional number is never a whole one, and a string
+    is read as ``parse_value`` reads the command line."""
+    if kind is type(None) or kind is object:
+        return value
+    wanted = {int: "a whole number", float: "a number", bool: "true or false",
+              str: "text"}.get(kind, f"a {kind.__name__}")
+    problem = ConfigError(f"option {key!r} of {owner} must be {wanted}, got {value!r}")
+    if isinstance(value, str) and kind is not str:
+        value = parse_value(value)
+    if kind is bool:
+        if isinstance(value, int) and value in (0, 1):  # 0/1 as a flag, not 2 or 0.5
+            return bool(value)
+        raise problem
+    if isinstance(value, bool):
+        raise problem
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int):
+            raise problem
+        return value
+    if kind is float:
+        if not isinstance(value, (int, float)):
+            raise problem
+        return float(value)
+    if kind is str:
+        return str(value)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise problem from None

@@ -72,7 +72,7 @@ def save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
 
 
 def _save(fig, title: str, path: str | Path) -> Path:
-    fig.suptitle(title)
+    fig.suptitle(fit_title(title, fig.get_figwidth()))
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
 
@@ -134,10 +134,14 @@ class Curve:
 
 @dataclass(frozen=True)
 class Panel:
+    """One axis of curves against n. ``zoom``: also draw it again beside, with the y axis
+    fitted to the data and labelled as zoomed (clean accuracy, flat on a 0-1 axis)."""
+
     title: str
     ylabel: str
     curves: Sequence[Curve]
     legend: str = "best"  # matplotlib's legend location
+    zoom: bool = False
 
 
 #: How figures against n place n = 0 on a log axis: matplotlib's symlog scale, linear on
@@ -154,7 +158,7 @@ def runs_text(counts: Sequence[int]) -> str:
     return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
 
 
-def _draw_n_axis(axis, panel: Panel) -> None:
+def _draw_n_axis(axis, panel: Panel, zoomed: bool = False) -> None:
     ns_all: set[int] = set()
     for index, curve in enumerate(panel.curves):
         color = f"C{index % 10}"
@@ -172,19 +176,45 @@ def _draw_n_axis(axis, panel: Panel) -> None:
     axis.set_xticks(ticks, [str(n) for n in ticks])
     axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     axis.set_xlim(-0.25, max(ticks + [1]) * 1.6)
-    axis.set_ylim(0, 1)
     axis.set_xlabel("number of spurious training examples n")
-    axis.set_ylabel(panel.ylabel)
-    axis.set_title(panel.title)
+    if zoomed:
+        low, high = zoom_limits([(m, s) for c in panel.curves for m, s in zip(c.means, c.sems)])
+        axis.set_ylim(low, high)
+        axis.set_ylabel(f"{panel.ylabel} (zoomed)")
+        axis.set_title(f"{panel.title}: zoomed")  # the ticks give the range
+    else:
+        axis.set_ylim(0, 1)
+        axis.set_ylabel(panel.ylabel)
+        axis.set_title(panel.title)
     axis.grid(alpha=0.3)
     if panel.curves:
         axis.legend(fontsize=8, loc=panel.legend)
 
 
-def fit_title(title: str, width_inches: float) -> str:
+def zoom_limits(points: Sequence[tuple[float, float | None]]) -> tuple[float, float]:
+    """A y range that shows ``(mean, sem)`` points with their error bars and a margin, inside
+    [0, 1]: what a zoomed panel of accuracies spans."""
+    values = []
+    for mean, sem in points:
+        if mean is None or mean != mean:
+            continue
+        bar = 0.0 if sem is None or sem != sem else sem
+        values += [mean - bar, mean + bar]
+    if not values:
+        return 0.0, 1.0
+    low, high = min(values), max(values)
+    margin = max(0.1 * (high - low), 0.005)
+    return max(0.0, low - margin), min(1.0, high + margin)
+
+
+def fit_title(title: str, width_inches: float, font_size: float = 10) -> str:
     """``title`` with each line wrapped to the figure's width (about 11 characters per inch
-    at font size 10), so that a long recipe in a title is never cut off at the edges."""
-    return "\n".join(textwrap.fill(line, max(20, int(11 * width_inches)))
+    at font size 10) at spaces only, so that a long recipe is never cut off at the edges and
+    never split inside a word: ``ce-tor-LargeMLP`` or a run folder's name stays whole, even
+    when it is longer than a line."""
+    width = max(20, int(11 * width_inches * 10 / font_size))
+    return "\n".join(textwrap.fill(line, width, break_long_words=False,
+                                    break_on_hyphens=False)
                      for line in title.splitlines())
 
 
@@ -194,11 +224,13 @@ def build_n_figure(panels: Sequence[Panel], title: str):
     counts = [r for panel in panels for curve in panel.curves for r in curve.runs]
     bars = "error bars: SEM" if max(counts, default=1) > 1 else "no error bars"
     title = f"{title}\n{runs_text(counts)} run(s) per point, {bars}"
-    width = max(6.4, 4.6 * len(panels))
-    fig, axes = plt.subplots(1, len(panels), figsize=(width, 3.9 + 0.15 * title.count("\n")),
+    drawn = [(panel, zoomed) for panel in panels
+             for zoomed in ((False, True) if panel.zoom else (False,))]
+    width = max(6.4, 4.6 * len(drawn))
+    fig, axes = plt.subplots(1, len(drawn), figsize=(width, 3.9 + 0.15 * title.count("\n")),
                              squeeze=False)
-    for axis, panel in zip(axes[0], panels):
-        _draw_n_axis(axis, panel)
+    for axis, (panel, zoomed) in zip(axes[0], drawn):
+        _draw_n_axis(axis, panel, zoomed)
     fig.suptitle(fit_title(title, width), fontsize=10)
     fig.tight_layout()
     return fig
@@ -206,11 +238,16 @@ def build_n_figure(panels: Sequence[Panel], title: str):
 
 def save_n_curves(panels: Sequence[Panel], title: str, paths: Sequence[str | Path]) -> list[Path]:
     """Curves against n, one panel each (fixed 0-1 y axes, SEM error bars, n = 0 placed as
-    ``N_AXIS_CAPTION`` says), written to every path in ``paths`` (PNG, PDF, ...)."""
-    paths = [check_figure_path(p) for p in paths]
-    fig = build_n_figure(panels, title)
+    ``N_AXIS_CAPTION`` says; a ``zoom`` panel also zoomed), written to every path in
+    ``paths`` (PNG, PDF, ...)."""
+    return save_to_all(build_n_figure(panels, title), paths)
+
+
+def save_to_all(fig, paths: Sequence[str | Path]) -> list[Path]:
+    """Write ``fig`` to every path (its extension picks the format), atomically; close it."""
     written = []
     try:
+        paths = [check_figure_path(p) for p in paths]
         for path in paths:
             written.append(write_file(path, lambda tmp, p=path: fig.savefig(
                 tmp, format=figure_format(p), dpi=100)))
@@ -236,6 +273,70 @@ def save_probability_curves(curves: Sequence[tuple[str, Sequence[float], Sequenc
     axis.set_ylabel(ylabel)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7, loc="best")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(fit_title(title, fig.get_figwidth()), fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
+
+
+@dataclass(frozen=True)
+class BeforeAfter:
+    """One removal variant in a before/after figure: (mean, SEM) of the spurious score and
+    clean accuracy of its source runs (before) and of the removal runs (after)."""
+
+    panel: str  # e.g. "mnist v20 (R3), n = 3": one panel per dataset, pattern and n
+    label: str  # the variant
+    runs: int
+    score: tuple[tuple[float, float], tuple[float, float]]  # (before, after)
+    clean: tuple[tuple[float, float], tuple[float, float]]
+
+
+def build_before_after(points: Sequence[BeforeAfter], title: str):
+    """All removal variants in one figure: a column per panel, the spurious score on a fixed
+    0-1 axis above the clean accuracy on a zoomed axis (labelled so); per variant, the source
+    runs (open grey marker) joined to the removal runs (filled marker), SEM error bars."""
+    panels = list(dict.fromkeys(p.panel for p in points))
+    width = max(6.4, 1.2 + sum(1.0 + 1.15 * sum(p.panel == name for p in points)
+                               for name in panels))
+    fig, axes = plt.subplots(2, len(panels), figsize=(width, 7.4), squeeze=False)
+    for column, name in enumerate(panels):
+        mine = [p for p in points if p.panel == name]
+        for row, (key, ylabel) in enumerate((("score", "spurious score"),
+                                             ("clean", "clean test accuracy"))):
+            _draw_before_after(axes[row][column], mine, key)
+            if row == 0:
+                axes[row][column].set_ylim(0, 1)
+                axes[row][column].set_title(fit_title(name, width / len(panels)), fontsize=10)
+                axes[row][column].set_ylabel(ylabel)
+            else:
+                low, high = zoom_limits([pair for p in mine for pair in p.clean])
+                axes[row][column].set_ylim(low, high)
+                axes[row][column].set_ylabel(f"{ylabel} (zoomed)")
+                axes[row][column].set_title("zoomed (the y axis does not start at 0)",
+                                            fontsize=9)
+    axes[0][0].legend(fontsize=8, loc="best")
+    fig.suptitle(fit_title(title, width), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_before_after(axis, points: Sequence[BeforeAfter], key: str) -> None:
+    for index, point in enumerate(points):
+        (before, before_sem), (after, after_sem) = getattr(point, key)
+        bars = [0.0 if s is None or s != s else s for s in (before_sem, after_sem)]
+        axis.plot([index - 0.15, index + 0.15], [before, after], color="grey", linewidth=0.8)
+        axis.errorbar([index - 0.15], [before], yerr=[bars[0]], marker="o", capsize=3,
+                      color="grey", markerfacecolor="white", linestyle="none",
+                      label="before: the source runs" if index == 0 else None)
+        axis.errorbar([index + 0.15], [after], yerr=[bars[1]], marker="o", capsize=3,
+                      color="C0", linestyle="none",
+                      label="after the removal" if index == 0 else None)
+    axis.set_xticks(range(len(points)), [textwrap.fill(p.label, 16, break_long_words=False)
+                                         for p in points], fontsize=7)
+    axis.set_xlim(-0.6, len(points) - 0.4)
+    axis.grid(alpha=0.3, axis="y")
+
+
+def save_before_after(points: Sequence[BeforeAfter], title: str,
+                      paths: Sequence[str | Path]) -> list[Path]:
+    """``build_before_after`` written to every path in ``paths``."""
+    return save_to_all(build_before_after(points, title), paths)

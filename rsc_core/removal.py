@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .named_options import convert_option
 
 if TYPE_CHECKING:
     from .runs import Run
@@ -99,19 +100,7 @@ class Remover(ABC):
 
     def _convert(self, key: str, value: Any) -> Any:
         kind = self.types.get(key) or type(self.defaults[key])
-        if kind is type(None):
-            return value
-        try:
-            if kind is bool and isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            if kind is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return kind(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"option {key!r} of method {self.name} must be a "
-                              f"{kind.__name__}, got {value!r}") from None
+        return convert_option(key, value, kind, f"method {self.name}")
 
     def tag(self, options: Mapping[str, Any]) -> str:
         """A short readable label of the options that matter most, put in the removal folder's

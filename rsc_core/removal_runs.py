@@ -79,7 +79,10 @@ def parse_forget(text: str, source: Run) -> list[int] | None:
     """The forget set's indices as written (``None`` means the source's spurious examples):
     ``spurious``, an inline list ``3,17,42``, or a file of indices (whitespace, commas or one
     per line; ``#`` starts a comment). Range is checked later, against the loaded data."""
-    text = (text or "spurious").strip()
+    text = text.strip()
+    if not text:
+        raise ForgetSetError("the forget set is empty (--forget ''); give --forget spurious "
+                             "for the run's planted images, a list like 3,17,42, or a file")
     if text == "spurious":
         return None
     return read_index_list(text, "forget", ForgetSetError)

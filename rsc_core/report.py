@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import shutil
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from .compare import Comparison, compare_runs, seed_protocol
 from .errors import RscError
+from .json_output import WHY_NULL, to_json
 from .pooling import identity_hash, recipe_identity, variant_label
 from .results_index import recipe_label
 from .runs import Run
@@ -58,6 +58,7 @@ class CurveGroup:
     regularisers: str = ""  # the -r label; empty: none
     base_recipe: str = ""  # the recipe without seed and regularisers, with subset, removal
     base_id: str = ""  # the hash of the pool identity without the regularisers
+    removal: str = ""  # for removal runs (rsc remove), the method and tag; empty: trained
 
     @property
     def label(self) -> str:
@@ -79,6 +80,25 @@ class MitigationRow:
     clean_accuracy_sem: float
 
 
+@dataclass(frozen=True)
+class RemovalPoint:
+    """One removal variant at one n: the spurious score and clean accuracy (mean, SEM over
+    seeds) of its source runs (before) and of the removal runs (after), scored alike."""
+
+    dataset: str
+    pattern: str
+    targets: str
+    n: int
+    variant: str  # the removal's method and tag, e.g. group-influence-lissa-reference
+    recipe_id: str  # tells apart two variants of one method and tag (other options)
+    source_recipe: str  # how the source runs were trained, e.g. ce-tor-LargeMLP adam ... e70
+    runs: int
+    score_before: tuple[float, float]
+    score_after: tuple[float, float]
+    clean_before: tuple[float, float]
+    clean_after: tuple[float, float]
+
+
 @dataclass
 class Report:
     groups: list[CurveGroup]
@@ -86,6 +106,7 @@ class Report:
     threshold: float = DEFAULT_THRESHOLD
     exclude_target: bool = False
     notes: list[str] = field(default_factory=list)
+    removals: list[RemovalPoint] = field(default_factory=list)
 
 
 def _split_protocols(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -96,12 +117,12 @@ def _split_protocols(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     remaining = list(rows)
     subsets = []
     while remaining:
-        pairs = [(r["dataset_seed"], r["training_seed"]) for r in remaining]
+        pairs = [(r["dataset_seed"], r["train_seed"]) for r in remaining]
         if seed_protocol(pairs) != "mixed":
             subsets.append(remaining)
             break
-        candidates = [[r for r in remaining if r["training_seed"] == t]
-                      for t in sorted({r["training_seed"] for r in remaining})]
+        candidates = [[r for r in remaining if r["train_seed"] == t]
+                      for t in sorted({r["train_seed"] for r in remaining})]
         best = max(candidates, key=len)  # max keeps the first of equals: training seed 0
         subsets.append(best)
         chosen = {id(r) for r in best}
@@ -158,6 +179,9 @@ def build_report(rows: Sequence[dict[str, Any]], *, threshold: float = DEFAULT_T
             try:
                 report.groups.append(_compare_group(subset, baseline_rows, report, data_dir,
                                                     device, download))
+                if subset[0].get("removal"):
+                    report.removals += _removal_points(subset, report.groups[-1], report,
+                                                       data_dir, device, download)
             except RscError as exc:
                 errors.append(exc)
                 report.notes.append(f"{dataset} {pattern} ({recipe}) left out: {exc}")
@@ -179,7 +203,39 @@ def _compare_group(rows: list[dict], baseline_rows: list[dict], report: Report, 
                       first["recipe_id"], int(first["epochs"]), comparison,
                       tuple(r["name"] for r in rows), tuple(r["name"] for r in baseline_rows),
                       regularisers=first["regularisers"] or "",
-                      base_recipe=base_label, base_id=base_id)
+                      base_recipe=base_label, base_id=base_id,
+                      removal=first.get("removal") or "")
+
+
+def _removal_points(rows: list[dict], group: CurveGroup, report: Report, data_dir,
+                    device: str, download) -> list[RemovalPoint]:
+    """Before and after for a group of removal runs, per n: the runs' own sources compared
+    exactly as the removals are (same threshold, same test images)."""
+    points = []
+    for summary in (r for r in group.comparison.rows if r.n > 0):
+        sources = [_source_run(Run(r["path"])) for r in rows if r["n"] == summary.n]
+        before = compare_runs(sources, (), report.threshold, report.exclude_target, data_dir,
+                              device, download).rows[0]
+        points.append(RemovalPoint(
+            group.dataset, group.pattern, group.targets, summary.n, group.removal,
+            group.recipe_id, recipe_label(sources[0].config["train"]), summary.runs,
+            (before.score_mean, before.score_sem),
+            (summary.score_mean, summary.score_sem),
+            (before.clean_accuracy_mean, before.clean_accuracy_sem),
+            (summary.clean_accuracy_mean, summary.clean_accuracy_sem)))
+    return points
+
+
+def _source_run(removal: Run) -> Run:
+    """The run a removal started from: where it was, else beside the removal (a copied or
+    moved runs root)."""
+    source = (removal.config.get("removal") or {}).get("source") or {}
+    for candidate in (source.get("path"), removal.path.parent / str(source.get("name"))):
+        if candidate and (Path(candidate) / "metrics.json").is_file():
+            return Run(candidate)
+    raise RscError(f"the source of removal {removal.path.name}, {source.get('name')}, is "
+                   f"neither at {source.get('path')} nor beside it; its before and after "
+                   f"cannot be drawn")
 
 
 def _combined_sem(sems: Sequence[float]) -> float:
@@ -377,22 +433,21 @@ def report_json(report: Report) -> dict[str, Any]:
                         "recipe": g.recipe, "recipe_id": g.recipe_id, "epochs": g.epochs,
                         "runs": list(g.runs), "baseline": list(g.baseline),
                         "comparison": g.comparison.as_dict()} for g in report.groups],
-            "mitigations": mitigation_records(report)}
+            "mitigations": [_with_reasons(record) for record in mitigation_records(report)],
+            "removals": [asdict(point) for point in report.removals]}
 
 
-def _finite(data: Any) -> Any:
-    """NaN (an SEM of one run) as null: JSON has no NaN."""
-    if isinstance(data, float) and math.isnan(data):
-        return None
-    if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_finite(v) for v in data]
-    return data
+def _with_reasons(record: dict[str, Any]) -> dict[str, Any]:
+    """A mitigation record with ``why_null`` for an SEM that cannot be given."""
+    reasons = {key: "an n with a single run: its standard error, and so this one, is "
+                    "undefined" for key in ("score_sem", "clean_accuracy_sem")
+               if record[key] is None or math.isnan(record[key])}
+    return {**record, **({WHY_NULL: reasons} if reasons else {})}
 
 
 def dumps(data: Any) -> str:
-    return json.dumps(_finite(data), indent=2, allow_nan=False) + "\n"
+    """``report.json`` and ``rsc report --json``: strict JSON (``rsc_core.json_output``)."""
+    return to_json(data) + "\n"
 
 
 # --- figures --------------------------------------------------------------------------------
@@ -423,8 +478,27 @@ def curve_panels(groups: Sequence[CurveGroup], quantity: str) -> list[Any]:
                                 [r.runs for r in rows]))
         ylabel = "spurious score" if quantity == "score" else "clean test accuracy"
         panels.append(Panel(dataset, ylabel, curves,
-                            "best" if quantity == "score" else "lower right"))
+                            "best" if quantity == "score" else "lower right",
+                            zoom=quantity != "score"))
     return panels
+
+
+def before_after_points(report: Report) -> list[Any]:
+    """The report's removals as ``plots.BeforeAfter`` points: a panel per dataset, pattern,
+    target and n, a point per variant (its options' hash added where two share a name)."""
+    from .plots import BeforeAfter
+
+    points = []
+    for r in sorted(report.removals, key=lambda r: (r.dataset, r.pattern, r.targets, r.n,
+                                                    r.variant, r.recipe_id)):
+        panel = f"{r.dataset} {pattern_label(r.pattern)}, target {r.targets}, n = {r.n}"
+        twins = [o for o in report.removals if (o.dataset, o.pattern, o.targets, o.n,
+                                                o.variant) == (r.dataset, r.pattern,
+                                                               r.targets, r.n, r.variant)]
+        label = r.variant + (f" ({r.recipe_id[:6]})" if len(twins) > 1 else "")
+        points.append(BeforeAfter(panel, label, r.runs, (r.score_before, r.score_after),
+                                  (r.clean_before, r.clean_after)))
+    return points
 
 
 def pattern_label(pattern: str) -> str:

@@ -48,7 +48,7 @@ from .subsets import TrainSubset
 
 INDEX_NAME = ".rsc-index.sqlite"
 #: Bump when the columns or their meaning change: an index of another version is rebuilt.
-INDEX_VERSION = 4
+INDEX_VERSION = 5
 BUSY_TIMEOUT_S = 60.0
 #: File systems on which SQLite's WAL mode cannot work (it needs shared memory on one host).
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb", "smbfs", "smb3", "lustre", "gpfs",
@@ -74,7 +74,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "momentum": ("REAL", "momentum"),
     "batch_size": ("INTEGER", "batch size"),
     "epochs": ("INTEGER", "epochs the recipe asks for"),
-    "training_seed": ("INTEGER", "training seed (initialisation, batch order)"),
+    "train_seed": ("INTEGER", "training seed (initialisation, batch order; --train-seed)"),
     "milestones": ("TEXT", "learning-rate milestones (null: the reference's table)"),
     "regularisers": ("TEXT", "regularisers, e.g. weight-decay:value=0.001 (empty: none)"),
     "trainer": ("TEXT", "trainer"),
@@ -102,7 +102,16 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "error": ("TEXT", "why the run failed, or why its folder could not be read"),
     "path": ("TEXT", "absolute path of the run folder"),
 }
-_ORDER = "dataset, pattern, target, recipe, n, dataset_seed, training_seed, name"
+_ORDER = "dataset, pattern, target, recipe, n, dataset_seed, train_seed, name"
+#: Earlier names of columns, still accepted in --where and --columns.
+COLUMN_ALIASES = {"training_seed": "train_seed"}
+
+
+def column_name(text: str) -> str | None:
+    """The column ``text`` names (case-insensitive, old names included), or None."""
+    name = text.strip().lower()
+    name = COLUMN_ALIASES.get(name, name)
+    return name if name in COLUMNS else None
 
 
 def index_path(runs_root: str | Path) -> Path:
@@ -230,7 +239,7 @@ def _config_columns(folder: Path, config: dict[str, Any],
         "spec": spec.get("name"), "arch": train.get("arch"), "loss": train.get("loss"),
         "aug": train.get("aug"), "optimizer": train.get("optimizer"), "lr": train.get("lr"),
         "momentum": train.get("momentum"), "batch_size": train.get("batch_size"),
-        "epochs": train.get("epochs"), "training_seed": train.get("seed"),
+        "epochs": train.get("epochs"), "train_seed": train.get("seed"),
         "milestones": (",".join(map(str, train["milestones"]))
                        if train.get("milestones") else None),
         "regularisers": regulariser_label(train.get("regularisers") or []),
@@ -658,8 +667,8 @@ class _WhereParser:
             found = repr(token[1]) if token else "the end"
             raise self.error(f"expected a column name, found {found}")
         self.pos += 1
-        name = token[1].lower()
-        if name not in COLUMNS:
+        name = column_name(token[1])
+        if name is None:
             raise ConfigError(f"unknown column {token[1]!r} in --where; columns: "
                               f"{', '.join(COLUMNS)}")
         return name  # from COLUMNS, which holds only fixed identifiers

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .membership_metrics import SLICES, clopper_pearson, fpr_key, roc_points
-from .plots import plt, save_figure
+from .plots import fit_title, plt, save_figure
 
 SLICE_LABELS = {"planted": "planted (members)", "same_class_members": "same-class members",
                 "patterned_nonmembers": "control: pattern, never trained on"}
@@ -29,7 +29,7 @@ def save_roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]],
     fig, (roc, bars) = plt.subplots(1, 2, figsize=(11, 5.6))
     _roc_panel(roc, curves)
     _slice_panel(bars, attack_metrics)
-    fig.suptitle(title, fontsize=9, wrap=True)
+    fig.suptitle(fit_title(title, fig.get_figwidth(), font_size=9), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
 

@@ -221,11 +221,16 @@ def _brace_choices(body: str, text: str) -> list[str]:
 
 
 def parse_int_list(text: str, what: str = "seeds", maximum: int = MAX_SEED) -> list[int]:
-    """``0-4,7`` -> [0, 1, 2, 3, 4, 7]: ranges and single values, in order, no repeats."""
+    """``0-4,7`` -> [0, 1, 2, 3, 4, 7]: ranges and single values, in order, no repeats. A
+    range is ``LOW-HIGH``; the brace form of spec names (``0..4``, ``{0..4}``, ``{0,2,5}``)
+    is read too, so one way of writing a range works everywhere."""
     values: list[int] = []
-    for part in str(text).split(","):
+    body = str(text).strip()
+    if body.startswith("{") and body.endswith("}"):
+        body = body[1:-1]
+    for part in body.split(","):
         part = part.strip()
-        match = re.fullmatch(r"(\d{1,20})(?:-(\d{1,20}))?", part)
+        match = re.fullmatch(r"(\d{1,20})(?:(?:-|\.\.)(\d{1,20}))?", part)
         if match is None:
             raise SpecError(f"bad {what} {text!r}; give numbers and ranges, e.g. 0-4 or 0,2,5")
         low = int(match.group(1))

@@ -15,7 +15,7 @@ import numpy as np
 from torch import nn
 
 from .errors import ConfigError
-from .plots import plt, save_figure
+from .plots import fit_title, plt, save_figure
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,20 @@ def difference_summary(first: WeightMap, second: WeightMap) -> dict[str, Any]:
                                                                first.values.shape)]}
 
 
+#: What the colour of a weight map means, on its colour bar.
+MAP_LABEL = "max weight over hidden units"
+DIFFERENCE_LABEL = "second map - first map"
+
+
 def save_weight_maps(maps: Sequence[WeightMap], path: str | Path, title: str) -> Path:
+    """Write ``build_weight_maps`` to ``path``."""
+    return save_figure(build_weight_maps(maps, title), path, dpi=100)
+
+
+def build_weight_maps(maps: Sequence[WeightMap], title: str):
     """One panel per map (shared colour scale), plus their difference (second minus first,
-    on a symmetric diverging scale) when there are two."""
+    on a symmetric diverging scale) when there are two; every colour bar says what its
+    colour means. Returned open, for inspection."""
     panels = list(maps)
     count = len(panels) + (1 if len(panels) == 2 else 0)
     fig, axes = plt.subplots(1, count, figsize=(3.6 * count, 3.9), squeeze=False)
@@ -72,20 +83,21 @@ def save_weight_maps(maps: Sequence[WeightMap], path: str | Path, title: str) ->
     for axis, weight_map in zip(axes[0], panels):
         image = axis.imshow(_picture(weight_map.values), cmap="viridis", vmin=low, vmax=high)
         axis.set_title(_short(weight_map.name), fontsize=8)
-        fig.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+        fig.colorbar(image, ax=axis, fraction=0.046, pad=0.04).set_label(MAP_LABEL, fontsize=7)
     if len(panels) == 2:
         diff = panels[1].values - panels[0].values
         bound = max(float(np.abs(diff).max()), 1e-12)
         axis = axes[0][2]
         image = axis.imshow(_picture(diff), cmap="RdBu_r", vmin=-bound, vmax=bound)
         axis.set_title("difference (second - first)", fontsize=8)
-        fig.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+        fig.colorbar(image, ax=axis, fraction=0.046, pad=0.04).set_label(DIFFERENCE_LABEL,
+                                                                          fontsize=7)
     for axis in axes[0]:
         axis.set_xticks([])
         axis.set_yticks([])
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(fit_title(title, fig.get_figwidth(), font_size=9), fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.93))  # room for the title above two-line panel titles
-    return save_figure(fig, path, dpi=100)
+    return fig
 
 
 def _picture(values: np.ndarray) -> np.ndarray:

@@ -237,13 +237,16 @@ def test_strict_mode_makes_a_clash_a_one_line_error(site, monkeypatch):
 
 
 def test_builtins_never_clash_in_strict_mode(site, monkeypatch):
-    """CI runs with RSC_STRICT_PLUGINS=1, so rsc's own plugins must load cleanly under it."""
+    """CI runs with RSC_STRICT_PLUGINS=1, so rsc's own plugins must load cleanly under it. The
+    built-ins alone are under test: a third-party plugin installed in the environment (here
+    one that would clash) is not loaded, only listed as disabled."""
+    make_distribution(site, "rsc-dup", "rsc_test_dup", DUPLICATE, {"dup": "rsc_test_dup"})
     monkeypatch.setenv("RSC_STRICT_PLUGINS", "1")
     monkeypatch.setenv("RSC_LOAD_PLUGINS", "")
     reset_plugins()
     state = load_plugins()
     assert not state.conflicts and not state.failures
-    assert [p.name for p in state.packages.values()] == ["rsc"]
+    assert [p.name for p in state.packages.values() if p.status != "disabled"] == ["rsc"]
 
 
 def test_a_clash_does_not_break_help_version_or_plugins(site):
@@ -540,3 +543,49 @@ def test_keyboard_interrupt_in_a_plugin_still_stops_rsc(site):
     reset_plugins()
     with pytest.raises(KeyboardInterrupt):
         load_plugins()
+
+
+THIRD_PARTY_METHODS = """
+from rsc_core import hookimpl
+from rsc_core.attacks import Attack, AttackOutput
+from rsc_core.removal import Remover, RemovalResult
+
+class Forgetful(Remover):
+    \"\"\"A remover from another package.\"\"\"
+    name = "rsc-test-forgetful"
+    defaults = {"steps": 1}
+
+    def remove(self, request):
+        return RemovalResult(request.source.load_model().state_dict())
+
+class Guess(Attack):
+    \"\"\"An attack from another package.\"\"\"
+    name = "rsc-test-guess"
+
+    def attack(self, target, shadows):
+        return AttackOutput(target.losses(), target.losses() < 1)
+
+@hookimpl
+def register_removers(register):
+    register(Forgetful)
+
+@hookimpl
+def register_attacks(register):
+    register(Guess)
+"""
+
+
+def test_method_and_attack_help_list_installed_plugins(site):
+    """--method and --attack list what is registered, a third-party package's items too,
+    not a fixed list of rsc's own."""
+    make_distribution(site, "rsc-test-methods", "rsc_test_methods", THIRD_PARTY_METHODS,
+                      {"methods": "rsc_test_methods"})
+    remove = run_rsc(["remove", "--help"], site)
+    mia = run_rsc(["mia", "--help"], site)
+    assert remove.returncode == 0 and mia.returncode == 0, remove.stderr + mia.stderr
+    for text, names in ((remove.stdout, ("rsc-test-forgetful", "incremental-retraining",
+                                         "group-influence", "retrain")),
+                        (mia.stdout, ("rsc-test-guess", "shadow-lr", "lira-offline", "rmia"))):
+        flat = " ".join(text.split()).replace("- ", "-")  # undo Click's wrapping at hyphens
+        for name in names:
+            assert name in flat, (name, flat)

@@ -14,6 +14,7 @@ from click.testing import CliRunner, Result
 from scipy.stats import norm
 
 import rsc_core
+import strict_json
 from rsc_cli.main import cli
 from rsc_core.attacks import (CLEAN_HALVES, SHADOW_POOL, TARGET_HALVES, AttackOutput,
                               Observations, Population)
@@ -201,9 +202,32 @@ def test_lira_options_are_checked():
         create_attacks(["lira:varaince=fixed"], 4)
     with pytest.raises(ConfigError, match="alpha"):
         create_attacks(["lira-offline:alpha=2"], 4)
+    with pytest.raises(ConfigError, match="'alpha' of attack lira-offline must be a number, "
+                                          "got True"):
+        create_attacks(["lira-offline:alpha=true"], 4)
+    with pytest.raises(ConfigError, match="'population' of attack rmia must be a whole "
+                                          "number, got True"):
+        create_attacks(["rmia:population=yes"], 2)
+    assert create_attacks(["rmia:population=1e2"], 2)[0].options["population"] == 100
+    assert create_attacks(["lira-offline:alpha=0.01"], 4)[0].options["alpha"] == 0.01
     assert create_attacks(["lira:variance=global"], 4)[0].variance == "pooled"
     both = create_attacks(["lira-offline", "lira-offline:variance=fixed"], 4)
     assert [a.label for a in both] == ["lira-offline", "lira-offline:variance=fixed"]
+
+
+def test_attack_details_must_be_json_serialisable():
+    """An attack's details go into metrics.json and `rsc mia --json`: numpy numbers and
+    infinities are fine (converted, infinity as null), anything else is one clear error."""
+    from rsc_core.mia import _check_output
+
+    attack = create_attacks(["loss-threshold"], 1)[0]
+    fine = AttackOutput(np.zeros(2), np.zeros(2, bool),
+                        {"threshold": np.float64(0.5), "best": float("inf"), "grid": np.ones(2)})
+    _check_output(attack, fine, 2)
+    bad = AttackOutput(np.zeros(2), np.zeros(2, bool), {"model": object()})
+    with pytest.raises(RscError, match="attack loss-threshold returned details that cannot be "
+                                       "written to metrics.json"):
+        _check_output(attack, bad, 2)
 
 
 # -- RMIA by hand -------------------------------------------------------------------------------
@@ -443,10 +467,10 @@ def test_rsc_mia_trains_attacks_writes_and_reuses(mem_data, tmp_path):
     out = tmp_path / "result"
     args = mia_args(mem_data, tmp_path, "--spec", "memmnistv20-1-0-0", "--attack", "shadow-lr",
                     "--attack", "lira", "--attack", "lira-offline", "--attack",
-                    "rmia:population=50", "--shadows", "4", "--out", str(out))
+                    "rmia:population=50", "--shadows", "4", "--output", str(out))
     result = rsc(*args, "--json")
     assert result.exit_code == 0, result.output
-    metrics = json.loads(result.output)
+    metrics = strict_json.loads(result.stdout)  # RFC 8259: an unscored rate is null
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "roc.png", "scores.csv",
                                                      "split.json"]
     assert json.loads((out / "metrics.json").read_text())["attacks"] == metrics["attacks"]
@@ -480,8 +504,9 @@ def test_rsc_mia_trains_attacks_writes_and_reuses(mem_data, tmp_path):
     # a second n reuses every shadow that holds no planted image
     again = rsc(*mia_args(mem_data, tmp_path, "--spec", "memmnistv20-2-0-0", "--attack",
                           "shadow-lr", "--attack", "lira-offline", "--shadows", "4",
-                          "--out", str(tmp_path / "n2")))
+                          "--out", str(tmp_path / "n2")))  # the older spelling of --output
     assert again.exit_code == 0, again.output
+    assert "--out is now spelled --output" in again.stderr and (tmp_path / "n2").is_dir()
     assert "shadow-lr" in again.output and "results:" in again.output
     assert len(run_folders(tmp_path)) == len(runs) + 1  # only the new target
     # the same call again reuses everything and replaces the result in one piece
@@ -492,11 +517,11 @@ def test_rsc_mia_trains_attacks_writes_and_reuses(mem_data, tmp_path):
 
 def test_rsc_mia_attacks_a_given_target_run(mem_data, tmp_path):
     first = rsc(*mia_args(mem_data, tmp_path, "--spec", "memmnistv20-1-0-0", "--attack",
-                          "loss-threshold", "--out", str(tmp_path / "a"), "--json"))
+                          "loss-threshold", "--output", str(tmp_path / "a"), "--json"))
     target = json.loads(first.output)["runs"]["target"][0]
     before = run_folders(tmp_path)
     second = rsc(*base_args(mem_data, tmp_path, "--spec", "memmnistv20-1-0-0", "--attack",
-                            "loss-threshold", "--out", str(tmp_path / "b"), "--target-run",
+                            "loss-threshold", "--output", str(tmp_path / "b"), "--target-run",
                             str(tmp_path / "runs" / target), "--json"))
     assert second.exit_code == 0, second.output
     assert json.loads(second.output)["runs"]["target"] == [target]
@@ -505,7 +530,7 @@ def test_rsc_mia_attacks_a_given_target_run(mem_data, tmp_path):
 
 def test_rsc_mia_several_specs_train_in_one_group(mem_data, tmp_path):
     result = rsc(*mia_args(mem_data, tmp_path, "--spec", "memmnistv20-{1,2}-0-0", "--attack",
-                           "shadow-lr", "--out", str(tmp_path / "grid"), "--json"))
+                           "shadow-lr", "--output", str(tmp_path / "grid"), "--json"))
     assert result.exit_code == 0, result.output
     output = json.loads(result.output)
     rows = output["results"]
@@ -520,7 +545,7 @@ def test_rsc_mia_several_specs_train_in_one_group(mem_data, tmp_path):
     for name in runs:  # all three trained together in the multi-model trainer
         assert "in a group of 3" in (tmp_path / "runs" / name / "log.txt").read_text()
     table = rsc(*mia_args(mem_data, tmp_path, "--spec", "memmnistv20-{1,2}-0-0", "--attack",
-                          "shadow-lr", "--out", str(tmp_path / "grid")))
+                          "shadow-lr", "--output", str(tmp_path / "grid")))
     assert "over seeds" in table.output and "mnistv20-2-0-0 " in table.output  # names whole
 
 
@@ -581,7 +606,7 @@ def assert_error_and_nothing_written(result: Result, tmp_path: Path, fragment: s
     (("--spec", "memmnistv20-1-0-0", "--attack", "rmia", "--attack", "rmia"), "twice"),
 ])
 def test_rsc_mia_bad_input_is_one_line_and_writes_nothing(mem_data, tmp_path, extra, fragment):
-    result = rsc(*mia_args(mem_data, tmp_path, *extra, "--out", str(tmp_path / "out")))
+    result = rsc(*mia_args(mem_data, tmp_path, *extra, "--output", str(tmp_path / "out")))
     assert_error_and_nothing_written(result, tmp_path, fragment)
     assert run_folders(tmp_path) == []
 
@@ -591,7 +616,7 @@ def test_rsc_mia_never_replaces_a_folder_that_is_not_a_result(mem_data, tmp_path
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     result = rsc(*mia_args(mem_data, tmp_path, "--spec", "memmnistv20-1-0-0", "--attack",
-                           "shadow-lr", "--out", str(mine)))
+                           "shadow-lr", "--output", str(mine)))
     assert result.exit_code == 2 and "not an earlier rsc mia result" in result.output
     assert (mine / "notes.txt").read_text() == "keep me"
     assert run_folders(tmp_path) == []
@@ -604,7 +629,7 @@ def test_rsc_mia_refuses_a_target_run_trained_on_other_data(mem_data, tmp_path):
     run = json.loads(trained.output)["run"]
     before = run_folders(tmp_path)
     base = base_args(mem_data, tmp_path, "--spec", "memmnistv20-1-0-0", "--attack", "shadow-lr",
-                     "--out", str(tmp_path / "out"))
+                     "--output", str(tmp_path / "out"))
     result = rsc(*base, "--target-run", run)
     assert_error_and_nothing_written(result, tmp_path, "not on the target training set")
     assert run_folders(tmp_path) == before

@@ -3,6 +3,9 @@ with one figure of both curves; runs train together on the local executor and th
 other executor one job per run."""
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -80,3 +83,27 @@ def test_headline_line():
     assert headline(comparisons) == (
         "v8 (S3) at n = 3: spurious score 0.011 vs 0.002 for the clean model, p = 2.7e-47; "
         "v20 (R3) at n = 3: spurious score 0.900 vs 0.200 for the clean model, p < 1e-300")
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_the_readmes_comparison_works_right_after_the_quickstart(tiny_data, tmp_path,
+                                                                monkeypatch):
+    """The README's `rsc compare` line, run as printed in the folder where `make quickstart`
+    ran: its runs are what the quickstart trained (in ./runs, 10 epochs), and their baseline
+    is found in the results index (`--where`), not by a glob over other recipes."""
+    line = next(text for text in README.read_text().splitlines()
+                if text.startswith(".venv/bin/rsc compare"))
+    readme_args = shlex.split(line.split("#")[0])[1:]
+    monkeypatch.chdir(tmp_path)
+    target = str(int(tiny_data["mnist"].train.labels[0]))
+    here = ["--data-dir", str(tiny_data.root), "--device", "cpu"]
+    quick = CliRunner().invoke(cli, ["quickstart", "-n", "1", "--target", target, "-q", *here])
+    assert quick.exit_code == 0, quick.output
+    other = CliRunner().invoke(cli, ["train", "--spec", f"mnistv20-1-{target}-1", "--epochs",
+                                     "2", "-q", *here])  # another recipe beside it
+    assert other.exit_code == 0, other.output
+    result = CliRunner().invoke(cli, [*readme_args, *here])
+    assert result.exit_code == 0, result.output
+    assert "pattern v20" in result.output and "baseline" in result.output

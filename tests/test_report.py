@@ -14,12 +14,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import write_idx_dataset
+import strict_json
 
 from rsc_cli.main import cli
 from rsc_core.compare import compare_runs
 from rsc_core.errors import RscError
-from rsc_core.plots import Curve, Panel, build_n_figure
-from rsc_core.report import (build_report, check_output_folder, mitigation_rows,
+from rsc_core.plots import Curve, Panel, build_n_figure, fit_title
+from rsc_core.report import (build_report, check_output_folder, curve_panels, mitigation_rows,
                              _split_protocols, latex_escape, score_records)
 from rsc_core.results_index import list_runs
 from rsc_core.runs import Run, train_run
@@ -108,10 +109,10 @@ def test_groups_without_baseline_and_unfinished_runs_are_noted(grid):
 
 
 def test_mixed_seed_protocols_are_split_not_pooled():
-    rows = [{"dataset_seed": d, "training_seed": t} for d, t in
+    rows = [{"dataset_seed": d, "train_seed": t} for d, t in
             [(0, 0), (1, 0), (2, 0), (1, 1), (2, 2), (3, 3)]]
     subsets = _split_protocols(rows)
-    pairs = [sorted((r["dataset_seed"], r["training_seed"]) for r in s) for s in subsets]
+    pairs = [sorted((r["dataset_seed"], r["train_seed"]) for r in s) for s in subsets]
     assert pairs == [[(0, 0), (1, 0), (2, 0)], [(1, 1), (2, 2), (3, 3)]]
     assert _split_protocols(rows[:3]) == [rows[:3]]
 
@@ -394,3 +395,90 @@ def test_cli_compare_refusal_is_one_line_naming_the_field(variants):
                  str(made["group-influence1"].path), "--data-dir", str(data), "--device", "cpu")
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert "in removal.method ('incremental-retraining' vs 'group-influence')" in result.output
+
+
+# --- issue 25: figures that say something ------------------------------------------------
+
+def test_a_zoom_panel_is_drawn_twice_once_zoomed_and_labelled_so():
+    """Clean accuracy near 0.98 is a flat line on a 0-1 axis: its panel is drawn again beside
+    itself with the y axis fitted to the data, and says it is zoomed."""
+    import matplotlib.pyplot as plt
+
+    curve = Curve("v8 (S3)", [0, 3, 10], [0.981, 0.979, 0.975], [0.001, 0.002, 0.001],
+                  [3, 3, 3])
+    fig = build_n_figure([Panel("mnist", "clean test accuracy", [curve], zoom=True)],
+                         "Clean test accuracy vs n, 70 epochs")
+    fixed, zoomed = fig.axes
+    assert fixed.get_ylim() == (0.0, 1.0) and "zoomed" not in fixed.get_ylabel()
+    low, high = zoomed.get_ylim()
+    assert 0.9 < low < 0.974 and 0.983 < high < 1.0  # every bar inside, 0 not on it
+    assert "zoomed" in zoomed.get_ylabel() and "zoomed" in zoomed.get_title()
+    plt.close(fig)
+    panels = curve_panels([], "clean_accuracy")
+    assert panels == []  # (no groups, no panels; the report's own test checks zoom=True)
+
+
+def test_the_report_zooms_clean_accuracy_but_not_the_score(grid):
+    runs, data, _ = grid
+    report = build_report(list_runs("regularisers=''", runs), data_dir=data, device="cpu")
+    assert all(p.zoom for p in curve_panels(report.groups, "clean_accuracy"))
+    assert not any(p.zoom for p in curve_panels(report.groups, "score"))
+
+
+@pytest.mark.parametrize("width", [6.4, 9.2, 13.8])
+def test_titles_wrap_between_words_never_inside_one(width):
+    """A hyphenated recipe (ce-tor-LargeMLP, rm-group-influence-cg-correct) or a run folder
+    longer than a line used to be cut at a hyphen or mid-word."""
+    title = ("Spurious score vs n: ce-tor-LargeMLP adam lr0.01 b128 e70 "
+             "rm-group-influence-cg-correct, 70 epochs; removal of "
+             "mnistv20-3-0-0_ce-tor-LargeMLP_adam-lr0.01-b128-e70-s0-cb785be470_rm-group-"
+             "influence-lissa-reference-a01fa5d796 over dataset seeds 0-2\n3 run(s) per point")
+    wrapped = fit_title(title, width)
+    assert wrapped.split() == title.split()  # the same words, none broken
+    assert len(wrapped.splitlines()) > len(title.splitlines())  # and it did wrap
+
+
+def test_weight_map_colour_bars_say_what_the_colour_means():
+    import matplotlib.pyplot as plt
+    from rsc_core.weight_maps import DIFFERENCE_LABEL, MAP_LABEL, WeightMap, build_weight_maps
+
+    rng = np.random.default_rng(0)
+    maps = [WeightMap(name, rng.normal(size=(28, 28))) for name in ("before", "after")]
+    fig = build_weight_maps(maps, "first-layer weight maps and their difference")
+    labels = [axis.get_ylabel() for axis in fig.axes if axis.get_label() == "<colorbar>"]
+    assert labels == [MAP_LABEL, MAP_LABEL, DIFFERENCE_LABEL]
+    plt.close(fig)
+
+
+def test_removal_variants_share_one_before_after_figure(variants, tmp_path):
+    """Each removal variant once got its own one-point score-vs-n figure; now every variant
+    is one point pair (its source runs before, the removal runs after) in one figure."""
+    import matplotlib.pyplot as plt
+    from rsc_core.plots import build_before_after
+    from rsc_core.report import before_after_points
+
+    runs, data, made = variants
+    out = tmp_path / "report"
+    result = rsc("report", "--runs-dir", str(runs), "--data-dir", str(data), "--device", "cpu",
+                 "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert (out / "removals.png").read_bytes().startswith(PNG)
+    assert not [p.name for p in out.glob("*rm-*")]  # no figure per variant
+    removals = strict_json.loads((out / "report.json").read_text())["removals"]
+    assert sorted(r["variant"] for r in removals) == [
+        "group-influence-lissa-reference", "incremental-retraining-e1", "retrain"]
+    report = build_report(list_runs("removal != null", runs), data_dir=data, device="cpu")
+    sources = compare_runs([made["full0"], made["full1"]], [], data_dir=data, device="cpu")
+    for point in report.removals:  # before: the sources, scored as the removals are
+        assert point.n == 1 and point.runs == 2
+        assert point.score_before[0] == pytest.approx(sources.rows[0].score_mean)
+        assert point.clean_before[0] == pytest.approx(sources.rows[0].clean_accuracy_mean)
+    retrain = next(p for p in report.removals if p.variant == "retrain")
+    after = compare_runs([made["retrain0"], made["retrain1"]], [], data_dir=data,
+                         device="cpu").rows[0]
+    assert retrain.score_after[0] == pytest.approx(after.score_mean)
+    fig = build_before_after(before_after_points(report), "Before and after removal")
+    score_axis, clean_axis = fig.axes
+    assert len(score_axis.get_xticks()) == 3 and score_axis.get_ylim() == (0.0, 1.0)
+    assert "zoomed" in clean_axis.get_ylabel()
+    plt.close(fig)

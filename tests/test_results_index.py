@@ -74,7 +74,7 @@ def test_rows_hold_config_metrics_status_and_path(root):
     by_spec = {(r["spec"], r["lr"]): r for r in rows}
     v8 = by_spec[("mnistv8-3-0-1", 0.01)]
     assert (v8["dataset"], v8["pattern"], v8["n"], v8["target"], v8["dataset_seed"],
-            v8["training_seed"], v8["status"], v8["score"], v8["clean_accuracy"],
+            v8["train_seed"], v8["status"], v8["score"], v8["clean_accuracy"],
             v8["epochs_done"]) == ("mnist", "v8", 3, 0, 1, 0, "finished", 1.1, 0.9, 2)
     assert Path(v8["path"]).is_dir() and v8["recipe"] == "ce-tor-LargeMLP adam lr0.01 b128 e2"
     # seeds share a recipe_id; another learning rate does not
