@@ -105,7 +105,7 @@ def test_a_resumed_attack_reports_exactly_the_uninterrupted_result(mem_data, tmp
         return rsc(*base_args(mem_data, tmp_path / name, "--arch", "LargeMLP", "--epochs", "2",
                               "--batch-size", "16", "--spec", "memmnistv20-1-0-0", "--attack",
                               "shadow-lr", "--attack", "lira-offline", "--shadows", "4",
-                              "--json", "--out", str(tmp_path / name / "result")))
+                              "--json", "--output", str(tmp_path / name / "result")))
 
     plain = mia("plain")
     assert plain.exit_code == 0, plain.output
