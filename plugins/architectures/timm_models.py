@@ -9,15 +9,14 @@ images' own size (``img_size``) when the default size does not fit; whether the 
 the images is checked once, on blank images (``rsc_core.architectures.check_input``)."""
 from __future__ import annotations
 
-import difflib
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import nn
 
-from rsc_core.architectures import Architecture, check_input
-from rsc_core.errors import ConfigError, OptionalDependencyError, UnknownNameError
+from rsc_core.architectures import check_input
+from rsc_core.errors import ConfigError, OptionalDependencyError
 
-PREFIX = "timm:"
+from .family import LibraryArchitecture, ModelFamily
 
 
 def import_timm() -> Any:
@@ -29,10 +28,8 @@ def import_timm() -> Any:
     return timm
 
 
-class TimmArchitecture(Architecture):
-    """One timm model; ``model`` is its name in timm."""
-
-    model: ClassVar[str] = ""
+class TimmArchitecture(LibraryArchitecture):
+    """One timm model, built untrained for the images' shape."""
 
     def build(self, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
         timm = import_timm()
@@ -49,20 +46,17 @@ class TimmArchitecture(Architecture):
             return check_input(model, self.name, shape, num_classes)
 
 
-class TimmFamily:
+class TimmFamily(ModelFamily):
     """Any timm model, untrained: timm:<name>, e.g. timm:resnet10t (needs rsc[timm])."""
 
-    name = PREFIX
+    name = "timm:"
+    library = "timm"
+    architecture = TimmArchitecture
 
-    @staticmethod
-    def member(model: str) -> type[Architecture]:
-        """The architecture class of ``timm:<model>``."""
-        timm = import_timm()
-        if not timm.is_model(model):
-            close = difflib.get_close_matches(model, timm.list_models(), n=3, cutoff=0.6)
-            hint = (f"did you mean {', '.join(PREFIX + c for c in close)}?" if close else
-                    "timm.list_models() lists them")
-            raise UnknownNameError(f"unknown architecture {PREFIX}{model!r}; {hint}")
-        return type(f"Timm_{model}", (TimmArchitecture,),
-                    {"name": PREFIX + model, "model": model,
-                     "description": f"timm model {model}, untrained"})
+    @classmethod
+    def models(cls) -> list[str]:
+        return import_timm().list_models()
+
+    @classmethod
+    def known(cls, model: str) -> bool:
+        return import_timm().is_model(model)

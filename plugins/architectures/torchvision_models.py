@@ -12,15 +12,14 @@ checked once, on blank images, when it is built (``rsc_core.architectures.check_
 e.g. AlexNet's pooling stack needs larger images than MNIST's."""
 from __future__ import annotations
 
-import difflib
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import nn
 
-from rsc_core.architectures import Architecture, check_input
-from rsc_core.errors import ConfigError, UnknownNameError
+from rsc_core.architectures import check_input
+from rsc_core.errors import ConfigError
 
-PREFIX = "torchvision:"
+from .family import LibraryArchitecture, ModelFamily
 
 
 def classifier_names() -> list[str]:
@@ -57,10 +56,8 @@ def adapt_input_channels(model: nn.Module, channels: int, name: str) -> nn.Modul
                       f"adapt it to {channels}-channel images; use 3-channel images")
 
 
-class TorchvisionArchitecture(Architecture):
-    """One torchvision classifier; ``model`` is its name in ``torchvision.models``."""
-
-    model: ClassVar[str] = ""
+class TorchvisionArchitecture(LibraryArchitecture):
+    """One torchvision classifier, built untrained for the images' shape."""
 
     def build(self, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
         import torchvision.models
@@ -72,20 +69,13 @@ class TorchvisionArchitecture(Architecture):
         return check_input(net, self.name, shape, num_classes)
 
 
-class TorchvisionFamily:
-    """Any torchvision.models classifier, untrained: torchvision:<name>, e.g. torchvision:resnet18."""
+class TorchvisionFamily(ModelFamily):
+    """Any torchvision.models classifier, untrained: torchvision:<name>, e.g. resnet18."""
 
-    name = PREFIX
+    name = "torchvision:"
+    library = "torchvision.models"
+    architecture = TorchvisionArchitecture
 
-    @staticmethod
-    def member(model: str) -> type[Architecture]:
-        """The architecture class of ``torchvision:<model>``."""
-        names = classifier_names()
-        if model not in names:
-            close = difflib.get_close_matches(model, names, n=3, cutoff=0.5)
-            hint = (f"did you mean {', '.join(PREFIX + c for c in close)}?" if close else
-                    f"torchvision has {', '.join(names[:6])}, ... ({len(names)} in all)")
-            raise UnknownNameError(f"unknown architecture {PREFIX}{model!r}; {hint}")
-        return type(f"Torchvision_{model}", (TorchvisionArchitecture,),
-                    {"name": PREFIX + model, "model": model,
-                     "description": f"torchvision.models.{model}, untrained"})
+    @classmethod
+    def models(cls) -> list[str]:
+        return classifier_names()

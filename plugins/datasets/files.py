@@ -15,6 +15,7 @@ without error, so a bad image never leaves a half-filled cache."""
 from __future__ import annotations
 
 import hashlib
+import os
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,9 +129,8 @@ class FileDataset(CachedProvider):
         source = self.source().resolve()
         stats = []
         for path in self.source_files():
-            st = path.stat()
-            stats.append((str(path.relative_to(source)) if path != source else path.name,
-                          st.st_size, st.st_mtime_ns))
+            st = os.stat(path)
+            stats.append((str(path), st.st_size, st.st_mtime_ns))
         where_ = _sha256(str(source))[:8]
         what = _sha256(repr((CACHE_VERSION, self.name, sorted(self.declaration.items()),
                              stats)))[:16]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,15 @@ GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The image files under ``folder`` (recursively), sorted by path; hidden ones skipped."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    """The image files under ``folder`` (recursively), sorted by path; hidden ones skipped.
+    ``os.walk`` because it lists a folder's entries once (70,000 files: well under a second;
+    ``Path.rglob`` with a stat per file took seconds)."""
+    found = []
+    for parent, folders, names in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        found += [os.path.join(parent, name) for name in names if not name.startswith(".")
+                  and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS]
+    return [Path(path) for path in sorted(found)]
 
 
 def class_folders(split: Path) -> list[str]:
