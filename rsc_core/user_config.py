@@ -15,8 +15,8 @@ skipped like a failing plugin. What a declaration MEANS is not core: the plugin 
 kinds live in ``rsc_plugins.datasets``). So this module knows files and tables, nothing about
 images.
 
-The file is ``$RSC_CONFIG`` when set, else ``rsc.toml`` in the working folder; there is none
-otherwise (rsc works without one). It is read once per process, when plugins load.
+The file is ``$RSC_CONFIG`` when set, else ``rsc.toml`` in the working folder; rsc works
+without one. It is read once per process, when plugins load.
 """
 from __future__ import annotations
 
@@ -35,16 +35,13 @@ FILE_NAME = "rsc.toml"
 
 
 def config_path() -> Path | None:
-    """The project file in use: ``$RSC_CONFIG`` (which must then exist), else ``./rsc.toml``
-    if there is one, else None."""
-    env = os.environ.get(CONFIG_ENV)
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_file():
-            raise UserConfigError(f"{CONFIG_ENV} names {path}, which is not a file; create it "
-                                  f"(rsc data add NAME PATH writes one) or unset {CONFIG_ENV}")
-        return path
-    path = Path(FILE_NAME)
+    """The project file in use: ``write_path()`` if it exists, else None. A ``$RSC_CONFIG``
+    that does not exist yet declares nothing, like a folder without ``rsc.toml``: it is where
+    ``rsc data add`` will create the file."""
+    path = write_path()
+    if path.is_dir():
+        raise UserConfigError(f"{path} is a folder; {CONFIG_ENV} must name a TOML file (or "
+                              f"unset it to use ./{FILE_NAME})")
     return path if path.is_file() else None
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner, Result
-from conftest import ONE_THREAD_ENV
 from PIL import Image
 
 import rsc_core
@@ -178,8 +177,8 @@ def test_mnist_written_out_by_the_docs_script_is_mnist_again(project, dataset_wr
     root = project / "data"
     dataset_writers.balanced_mnist(root, seed=5, train_per_class=3, test_per_class=1)
     script = Path(__file__).parent.parent / "docs" / "examples" / "write_imagefolder.py"
-    subprocess.run([sys.executable, str(script), "mnist", str(root), "digits"], check=True,
-                   env=ONE_THREAD_ENV, capture_output=True)
+    monkeypatch.setattr(sys, "argv", [str(script), "mnist", str(root), "digits"])
+    runpy.run_path(str(script), run_name="__main__")  # in-process: torch is imported already
     monkeypatch.setenv("RSC_DATA_DIR", str(root))
     declare(project, '[datasets.digits]\nkind = "imagefolder"\npath = "digits"\n'
                      'order = "name"\n')
@@ -245,6 +244,12 @@ def test_train_score_mia_with_two_shadows_and_remove(project, name):
     assert removed.exit_code == 0, removed.output
     removal = json.loads(removed.output)["removal"]
     assert removal["forget_set"]["size"] == 2 and removal["training_rows"]["after"] == 46
+    listed = json.loads(rsc("runs", "list", "--where", f"dataset={name} and n=2",
+                            "--json").output)
+    assert {row["spec"] for row in listed} == {f"{name}v8-2-0-0", f"{name}v20-2-0-0"}
+    sweep = rsc("sweep", "--preset", "score-vs-n", "--dataset", name, "--patterns", "v8",
+                "--n", "0,2", "--seeds", "0", "--dry-run")
+    assert sweep.exit_code == 0 and f"{name}v8-2-0-0" in sweep.output, sweep.output
 
 
 def test_a_torchvision_model_trains_on_grey_images_and_falls_back_to_generic_hvp(project):
@@ -410,9 +415,15 @@ def test_rsc_config_names_the_file_anywhere(project, monkeypatch):
     monkeypatch.setenv("RSC_CONFIG", str(project / "sub" / "conf.toml"))
     rsc_core.reset_plugins()
     assert len(load_dataset("bugs").train) == 48  # path relative to the file, not the cwd
-    monkeypatch.setenv("RSC_CONFIG", str(project / "nope.toml"))
+    monkeypatch.setenv("RSC_CONFIG", str(project / "new.toml"))  # not there yet: no datasets
     rsc_core.reset_plugins()
-    with pytest.raises(UserConfigError, match="nope.toml"):
+    assert "bugs" not in rsc_core.list_names("datasets")
+    assert rsc("data", "add", "bugs", "sub/bugs").exit_code == 0  # creates it
+    assert (project / "new.toml").read_text() == ('[datasets.bugs]\nkind = "imagefolder"\n'
+                                                  'path = "sub/bugs"\n')
+    monkeypatch.setenv("RSC_CONFIG", str(project))
+    rsc_core.reset_plugins()
+    with pytest.raises(UserConfigError, match="is a folder"):
         rsc_core.registry("datasets")
 
 
