@@ -144,11 +144,12 @@ def _planted(text: str | None, spec: SpuriousSpec, num_train: int) -> np.ndarray
                         f"{spec.name} plants rsc's pattern itself, so give --dataset "
                         f"{spec.dataset} with --planted, or the spec alone")
     indices = np.unique(np.asarray(read_index_list(text, "planted"), dtype=np.int64))
+    if indices.size == 0:
+        raise SpecError("--planted lists no training index; give one per line")
     bad = indices[(indices < 0) | (indices >= num_train)]
-    if indices.size == 0 or bad.size:
-        raise SpecError(f"planted index {int(bad[0]) if bad.size else 'list'} is out of range "
-                        f"or empty: the training set has {num_train} images (indices 0-"
-                        f"{num_train - 1})")
+    if bad.size:
+        raise SpecError(f"planted index {int(bad[0])} is out of range: the training set has "
+                        f"{num_train} images (indices 0-{num_train - 1})")
     return indices
 
 

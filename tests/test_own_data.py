@@ -371,6 +371,8 @@ def test_import_refuses_pickled_models_and_weights_that_do_not_fit(project):
                    "unexpected keys")
     one_line_error(rsc("import", "weights.pt", "--spec", "rgbv8-2-0-0", "--dataset", "rgb"),
                    "not both")
+    one_line_error(rsc("import", "weights.pt", *base, "torchvision:shufflenet_v2_x0_5",
+                       "--planted", "3,48"), "planted index 48 is out of range", "0-47")
     assert not (project / "runs").exists() or not [
         p for p in (project / "runs").iterdir() if not p.name.startswith(".")]
 
