@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install --quiet -e '.[test,dp,dask,slurm,influence]'
+	$(VENV)/bin/pip install --quiet -e '.[test,dp,dask,slurm,influence,timm]'
 	touch $(STAMP)
 
 .PHONY: setup quickstart test

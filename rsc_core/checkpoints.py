@@ -55,13 +55,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             raise _corrupt(path, exc) from None
         raise CheckpointError(
             f"checkpoint {path} holds objects other than tensors and plain data, which rsc "
-            f"refuses to load because they could run code ({_unsafe_global(exc)})"
+            f"refuses to load because they could run code ({_unsafe_global(exc)}); for a "
+            f"whole pickled model (torch.save(model)), save its weights instead: "
+            f"torch.save(model.state_dict(), PATH)"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError,
             IndexError, TypeError, AttributeError) as exc:  # what torch raises on garbage
         raise _corrupt(path, exc) from None
     if isinstance(data, dict) and "model_state_dict" in data:
         return data
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        return {**data, "model_state_dict": data["state_dict"]}  # e.g. PyTorch Lightning's
     if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor) for v in data.values()):
         return {"model_state_dict": data}  # a bare state_dict
     raise CheckpointError(f"{path} is not a model checkpoint (no 'model_state_dict')")
@@ -96,7 +100,22 @@ def build_model_from_checkpoint(checkpoint: dict[str, Any], arch: str | None = N
     try:
         model.load_state_dict(checkpoint["model_state_dict"])
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint weights do not fit architecture {arch} with input "
-                              f"{input_shape} and {num_classes} classes: {first}") from None
+                              f"{input_shape} and {num_classes} classes: "
+                              f"{_misfit(model.state_dict(), checkpoint['model_state_dict'], exc)}"
+                              ) from None
     return model
+
+
+def _misfit(expected: dict[str, Any], given: dict[str, Any], exc: RuntimeError) -> str:
+    """Which keys do not fit, counted, with an example of each kind (torch's own message runs
+    to hundreds of lines for a wrong architecture)."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} is {tuple(given[k].shape)} in the file, {tuple(expected[k].shape)} in the "
+              f"model" for k in expected if k in given and hasattr(given[k], "shape")
+              and tuple(given[k].shape) != tuple(expected[k].shape)]
+    parts = [f"{len(items)} {what} (e.g. {items[0]})" for items, what in (
+        (missing, "missing keys"), (unexpected, "unexpected keys"), (shapes, "shape mismatches"))
+        if items]
+    return "; ".join(parts) or str(exc).strip().splitlines()[0]

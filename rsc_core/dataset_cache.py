@@ -53,6 +53,9 @@ class RawSplits:
     test_labels: torch.Tensor
     classes: tuple[str, ...]
     mismatched: tuple[str, ...] = ()
+    #: A checksum of the source, for sources without published MD5s (a user's image folder
+    #: or array file), so a user can tell which copy a cache entry was decoded from.
+    digest: str = ""
 
     @property
     def verified(self) -> bool:
@@ -81,7 +84,7 @@ class RawSplits:
     def to_cache(self) -> dict[str, Any]:
         """A dict of tensors and plain values, loadable with ``weights_only=True``."""
         return {"version": CACHE_VERSION, "classes": list(self.classes),
-                "mismatched": list(self.mismatched),
+                "mismatched": list(self.mismatched), "digest": self.digest,
                 "train_images": self.train_images.contiguous(),
                 "train_labels": self.train_labels.contiguous(),
                 "test_images": self.test_images.contiguous(),
@@ -96,7 +99,7 @@ class RawSplits:
                     isinstance(obj[key], torch.Tensor) for key in tensors):
                 return None
             raw = cls(*(obj[key] for key in tensors), tuple(str(c) for c in obj["classes"]),
-                      tuple(str(name) for name in obj["mismatched"]))
+                      tuple(str(name) for name in obj["mismatched"]), str(obj.get("digest", "")))
         except (KeyError, TypeError, IndexError):
             return None
         return raw if raw.problem(provider) is None else None
@@ -141,6 +144,10 @@ class CachedProvider(DatasetProvider):
 
     def load(self, root: Path, download: bool = False) -> DatasetBundle:
         """Load both splits, from rsc's tensor cache when the source files are unchanged."""
+        return self.load_raw(root, download).bundle(self.name)
+
+    def load_raw(self, root: Path, download: bool = False) -> RawSplits:
+        """``load`` before the conversion to float: the cached uint8 tensors and facts."""
         root = Path(root)
         if not self.present(root):
             if not download:
@@ -153,13 +160,18 @@ class CachedProvider(DatasetProvider):
             problem = raw.problem(self)
             if problem:
                 raise DatasetCorruptError(
-                    f"dataset {self.name!r} in {root / self.folder} is not what rsc expects "
+                    f"dataset {self.name!r} in {self.location(root)} is not what rsc expects "
                     f"({problem}); replace the files with a fresh copy")
             raw = replace(raw, mismatched=self.mismatched_files(root))
             write_cache(cache_file, raw)
         if raw.mismatched:
             self.warn_unverified(root, raw.mismatched)
-        return raw.bundle(self.name)
+        return raw
+
+    def location(self, root: Path) -> Path:
+        """Where the source files are (for messages): the provider's folder of the data root;
+        a dataset declared with its own path overrides this."""
+        return root / self.folder
 
     def published_md5s(self) -> Mapping[str, str]:
         """The published MD5 of each file that has one. A method so that a provider can look

@@ -64,3 +64,10 @@ class DivergenceError(RscError):
 
 class OptionalDependencyError(RscError, ImportError):
     """An optional extra (for example ``rsc[dp]``) is needed but not installed."""
+
+
+class UserConfigError(ConfigError):
+    """The user's project file (``rsc.toml``, ``rsc_core.user_config``) is malformed or declares
+    something impossible. Unlike a failing plugin, which is skipped with a warning, this stops
+    rsc: running on with part of the user's own declarations ignored would silently use other
+    data than they named."""

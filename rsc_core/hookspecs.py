@@ -26,12 +26,14 @@ def register_patterns(register: Register) -> None:
 
 @hookspec
 def register_datasets(register: Register) -> None:
-    """Register dataset providers (subclasses of ``rsc_core.datasets.DatasetProvider``)."""
+    """Register dataset providers (subclasses of ``rsc_core.datasets.DatasetProvider``). rsc's
+    own hook also registers the datasets a user declares in ``rsc.toml``."""
 
 
 @hookspec
 def register_architectures(register: Register) -> None:
-    """Register architectures (subclasses of ``rsc_core.architectures.Architecture``)."""
+    """Register architectures (subclasses of ``rsc_core.architectures.Architecture``), or a
+    family of them (``name`` ending in ``:`` and ``member(name)``, ``rsc_core.registry``)."""
 
 
 @hookspec

@@ -11,7 +11,9 @@ nothing, and the plugin's other hooks still run. "Fails" means any exception, ``
 included (a plugin calling ``sys.exit(0)`` at import would otherwise end every rsc command
 silently with status 0); only ``KeyboardInterrupt`` passes through. Either is a one-line
 warning and a listed failure. ``RSC_STRICT_PLUGINS=1`` turns failures and conflicts into
-errors (CI sets it).
+errors (CI sets it). One exception is never isolated: a ``UserConfigError`` (the user's own
+``rsc.toml`` is wrong, ``rsc_core.user_config``) stops rsc, because skipping the hook would
+silently ignore what the user declared.
 
 ``RSC_DISABLE_PLUGINS=a,b`` skips those distributions; ``RSC_LOAD_PLUGINS=a,b`` loads only
 those third-party distributions (set but empty: none). rsc's own plugins always load.
@@ -28,7 +30,7 @@ from typing import Any, Callable
 import pluggy
 
 from . import hookspecs
-from .errors import PluginConflictError, PluginError
+from .errors import PluginConflictError, PluginError, UserConfigError
 from .registry import KINDS, Entry, KindRegistry
 
 ENTRY_POINT_GROUP = "rsc"
@@ -285,7 +287,7 @@ def _run_register_hook(state: PluginState, kind: str, plugin: LoadedPlugin,
 
     try:
         hook(register=register)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, UserConfigError):  # the user's rsc.toml: theirs to fix, not skip
         raise
     except BaseException as exc:  # SystemExit too: a plugin must not end rsc silently
         _fail(state, PluginFailure(plugin.source, plugin.entry_point, f"register_{kind}",

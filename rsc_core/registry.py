@@ -1,5 +1,12 @@
 """The programmatic registry: for each plugin kind, list names, get an item with its metadata,
-and create an instance. Populated by ``rsc_core.plugins`` from the ``rsc`` entry points."""
+and create an instance. Populated by ``rsc_core.plugins`` from the ``rsc`` entry points.
+
+A **family** is one registered item that stands for many names with one prefix, for a library
+whose items cannot be listed up front (``torchvision:<model>``, ``timm:<model>``). It is
+registered under ``<prefix>:`` (its ``name`` ends with a colon) and has a method
+``member(name) -> obj`` that returns the item for ``<prefix>:<name>`` or raises
+``UnknownNameError``; ``get("torchvision:resnet18")`` then returns an ordinary ``Entry`` for
+that item, so every caller of the registry accepts family names without knowing about them."""
 from __future__ import annotations
 
 import difflib
@@ -58,6 +65,7 @@ class KindRegistry:
     kind: str
     _entries: dict[str, Entry] = field(default_factory=dict)
     _lookup: dict[str, str] = field(default_factory=dict)
+    _members: dict[str, Entry] = field(default_factory=dict)  # family members already made
 
     def make_entry(
         self,
@@ -126,9 +134,13 @@ class KindRegistry:
         return name in self._lookup
 
     def get(self, name: str) -> Entry:
-        """The entry for ``name`` or an alias; unknown names list the close matches."""
-        if name in self._lookup:
+        """The entry for ``name`` or an alias (or a family member, ``prefix:name``); unknown
+        names list the close matches."""
+        if name in self._lookup and not name.endswith(":"):
             return self._entries[self._lookup[name]]
+        prefix, colon, member = name.partition(":")
+        if colon and f"{prefix}:" in self._lookup:
+            return self._member(self._entries[self._lookup[f"{prefix}:"]], member)
         close = difflib.get_close_matches(name, self.keys(), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(self.list())}"
         singular = self.kind[:-1]
@@ -138,6 +150,19 @@ class KindRegistry:
 
     def create(self, name: str, **kwargs: Any) -> Any:
         return self.get(name).create(**kwargs)
+
+    def _member(self, family: Entry, member: str) -> Entry:
+        """The entry of ``family.name + member``, made once by the family's ``member``."""
+        name = family.name + member
+        if name not in self._members:
+            if not member:
+                raise UnknownNameError(f"{family.name} names a family of {self.kind}; add a "
+                                       f"name after the colon ({family.description})")
+            obj = family.obj.member(member)
+            self._members[name] = Entry(self.kind, name, obj,
+                                        getattr(obj, "description", "") or family.description,
+                                        (), family.source)
+        return self._members[name]
 
 
 def _natural_key(name: str) -> tuple:

@@ -132,14 +132,33 @@ def _split_head(head: str) -> tuple[str, str | None]:
     datasets = registry("datasets")
     candidates = sorted((n for n in datasets.keys() if head.startswith(n)), key=len,
                         reverse=True)
-    for dataset in candidates:
-        rest = head[len(dataset):]
-        if rest == "" or rest in registry("patterns"):
-            return dataset, rest or None
+    splits = [(dataset, head[len(dataset):]) for dataset in candidates
+              if head[len(dataset):] in ("", *registry("patterns").keys())]
+    if len(splits) > 1:  # user-declared names can make a head readable two ways
+        readings = " or ".join(f"dataset {d!r} with pattern {p!r}" if p else f"dataset {d!r}"
+                               for d, p in splits)
+        raise SpecError(f"{head!r} is ambiguous: {readings}; rename one of the datasets in "
+                        f"rsc.toml")
+    if splits:
+        return splits[0][0], splits[0][1] or None
     if candidates:
         raise SpecError(f"unknown pattern {head[len(candidates[0]):]!r} in {head!r}; "
                         f"patterns: {', '.join(registry('patterns').list())}")
     raise SpecError(f"unknown dataset in {head!r}; datasets: {', '.join(datasets.list())}")
+
+
+def check_dataset_name(name: str) -> None:
+    """A ``SpecError`` unless every spec head made of ``name`` and a pattern (or none) reads
+    back as dataset ``name``: a newly declared name must not be ambiguous with, or shadowed
+    by, a dataset and pattern already registered (``mnistv8`` would be)."""
+    from . import registry
+
+    for pattern in ("", *registry("patterns").keys()):
+        dataset, found = _split_head(name + pattern)
+        if dataset != name:
+            raise SpecError(f"{name + pattern!r} reads as dataset {dataset!r} with pattern "
+                            f"{found!r}, so specs of a dataset named {name!r} would not "
+                            f"work; choose another name")
 
 
 #: More significant digits than any n, class or seed can have (seeds are below 2**32); also

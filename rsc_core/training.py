@@ -26,7 +26,9 @@ AUGMENTATIONS = ("aug01",)
 ADAM_IMPLS = ("fused", "foreach", "single")
 MAX_TRAIN_SEED = 2**63 - 1  # torch.manual_seed's limit
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-_MODEL_SPEC = re.compile(r"(?:(?P<aug>[a-z0-9]+)-)?(?P<loss>[a-z]+)-tor-(?P<arch>[A-Za-z0-9_]+)")
+#: ``arch`` may hold ``:`` and ``.`` for family names such as ``torchvision:resnet18``.
+_MODEL_SPEC = re.compile(
+    r"(?:(?P<aug>[a-z0-9]+)-)?(?P<loss>[a-z]+)-tor-(?P<arch>[A-Za-z0-9_.:]+)")
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,18 @@ def write_idx_dataset(root: Path, folder: str, seed: int, n_train: int = 5,
     return TinyDataset(splits["train"], splits["t10k"], ())
 
 
+def write_balanced_mnist(root: Path, seed: int, train_per_class: int,
+                         test_per_class: int) -> None:
+    """An MNIST-format root (``root/MNIST/raw``) holding every class equally often, shuffled,
+    with random pixels: what membership splits and written-out folders need."""
+    rng = np.random.RandomState(seed)
+    for prefix, per_class in (("train", train_per_class), ("t10k", test_per_class)):
+        labels = rng.permutation(np.repeat(np.arange(10), per_class))
+        images = rng.randint(0, 256, size=(labels.size, 28, 28)).astype(np.uint8)
+        write_idx(root / "MNIST" / "raw" / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(root / "MNIST" / "raw" / f"{prefix}-labels-idx1-ubyte", labels)
+
+
 def write_pickle(path: Path, obj: object, bytes_keys: bool = False) -> None:
     """A CIFAR python-batch file. The originals are Python 2 pickles whose keys read back as
     str (latin1) or bytes depending on the reader, so both spellings are offered."""
@@ -161,4 +173,5 @@ def tiny_data(tmp_path: Path) -> TinyData:
 def dataset_writers() -> SimpleNamespace:
     """The writers above, for tests that build variants (a changed file, bytes keys...)."""
     return SimpleNamespace(idx=write_idx, idx_dataset=write_idx_dataset, pickle=write_pickle,
-                           cifar10=write_cifar10, cifar100=write_cifar100)
+                           cifar10=write_cifar10, cifar100=write_cifar100,
+                           balanced_mnist=write_balanced_mnist)

@@ -9,7 +9,7 @@ from torch import nn
 import rsc_core
 from rsc_core.architectures import Architecture, count_parameters
 from rsc_core.errors import ConfigError, UnknownNameError
-from rsc_plugins import architectures as archs
+from rsc_plugins.architectures import reference as archs
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)

@@ -432,13 +432,8 @@ def mem_data(tmp_path: Path, dataset_writers) -> Path:
     """An MNIST-format data root with 24 training images per class (240) and 40 test images.
     The split reserves half of class 0 (12) for the spurious draw, so every part holds 3
     images of class 0 and 6 of every other class: 57."""
-    rng = np.random.RandomState(3)
     root = tmp_path / "data"
-    for prefix, per_class in (("train", 24), ("t10k", 4)):
-        labels = rng.permutation(np.repeat(np.arange(10), per_class))
-        images = rng.randint(0, 256, size=(labels.size, 28, 28)).astype(np.uint8)
-        dataset_writers.idx(root / "MNIST" / "raw" / f"{prefix}-images-idx3-ubyte", images)
-        dataset_writers.idx(root / "MNIST" / "raw" / f"{prefix}-labels-idx1-ubyte", labels)
+    dataset_writers.balanced_mnist(root, seed=3, train_per_class=24, test_per_class=4)
     return root
 
 

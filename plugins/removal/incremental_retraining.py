@@ -54,9 +54,10 @@ class IncrementalRetrainingRemover(Remover):
         source = request.source
         checkpoint = read_checkpoint(source.path / "model.pt")
         if not checkpoint.get("optimizer_state_dict"):
+            fix = ("an imported model brings none: use -m retrain or -m group-influence"
+                   if "imported" in source.config else "retrain the source with rsc train")
             raise CheckpointError(f"{source.path / 'model.pt'} holds no optimizer state, which "
-                                  f"incremental retraining continues from; retrain the source "
-                                  f"with rsc train")
+                                  f"incremental retraining continues from; {fix}")
         config = source.train_config
         epochs = int(checkpoint.get("epoch") or config.epochs)
         extra = int(request.options["extra_epochs"])

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any, Sequence
 
 import torch
@@ -154,7 +155,7 @@ class ErmTrainer(Trainer, GroupTrainer):
             for regulariser in regularisers:
                 x, y = regulariser.before_forward(x, y, ctx)
             ctx.optimizer.zero_grad(set_to_none=True)
-            with autocast:
+            with autocast, one_image_batch_guard(config, x_all.shape[0]):
                 logits = model(x).float()
                 losses = loss_fn(logits, y)
             for regulariser in regularisers:
@@ -179,6 +180,23 @@ class ErmTrainer(Trainer, GroupTrainer):
                 f"{'NaN' if math.isnan(mean_loss) else 'infinite'}; try a lower learning rate "
                 f"(--lr, now {config.lr})")
         return mean_loss, total_correct.item() / max(seen, 1)
+
+
+@contextmanager
+def one_image_batch_guard(config: TrainConfig, num_train: int) -> Iterator[None]:
+    """BatchNorm cannot normalise a single value per channel while training: one image in the
+    last batch through a network whose feature map shrinks to 1x1 (e.g. a torchvision ResNet
+    on small images) makes torch raise a ValueError deep inside the model. Say instead what to
+    change."""
+    try:
+        yield
+    except ValueError as exc:
+        if "Expected more than 1 value per channel" not in str(exc):
+            raise
+        raise ConfigError(f"a batch of one image reached a BatchNorm layer with a 1x1 feature "
+                          f"map, which cannot be trained on ({num_train} training images in "
+                          f"batches of {config.batch_size} leave one in the last batch); "
+                          f"choose another --batch-size, or use larger images") from None
 
 
 def _checked(regulariser: Regulariser, losses: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

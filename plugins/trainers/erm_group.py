@@ -34,7 +34,7 @@ from rsc_core.regularisers import iter_batches
 from rsc_core.training import (AUGMENT, TrainConfig, TrainState, make_loss, make_optimizer,
                                reference_milestones)
 
-from .erm import adam_impl, epoch_seed
+from .erm import adam_impl, epoch_seed, one_image_batch_guard
 
 #: Regularisers whose numeric values may differ between members of one group.
 GROUPABLE_REGULARISERS = {"weight-decay": "value", "input-noise": "sigma", "grad-clip": "value"}
@@ -305,8 +305,8 @@ class _GroupEngine:
             x, y = self.data.gather(index)
             x = self._member_inputs(x, generators, augment)
             self.optimizer.zero_grad(set_to_none=True)
-            with self.autocast:  # bf16 forward (if asked); the loss in float32, as erm's
-                logits = self.stack.forward(x, train=True).float()
+            with self.autocast, one_image_batch_guard(self.config, len(orders[0])):
+                logits = self.stack.forward(x, train=True).float()  # bf16 if asked, as erm's
             per_example = self.loss_fn(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
             loss = per_example.view(self.k, -1).mean(1)
             loss.sum().backward()  # members share no weights: each gets its own gradient

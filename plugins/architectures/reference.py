@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsc_core import hookimpl
 from rsc_core.architectures import Architecture
 from rsc_core.errors import ConfigError
 
@@ -417,9 +416,3 @@ ARCHITECTURES: tuple[type[Architecture], ...] = (
     AltResNet20Norm02, AltResNet32Norm02, AltResNet110Norm02,
     Vgg16Norm02,
 )
-
-
-@hookimpl
-def register_architectures(register) -> None:
-    for architecture in ARCHITECTURES:
-        register(architecture)
