@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -35,6 +37,28 @@ def write_file(path: str | Path, write: Callable[[str], None]) -> Path:
             exc.filename2 = None
         raise
     return path
+
+
+@contextmanager
+def replaced_folder(out: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out`` to fill; when the block finishes, rename it to
+    ``out``, replacing an older folder of that name only then. An error (or interrupt) inside
+    the block removes the temporary folder and leaves ``out`` as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _is_temporary(filename: Any, path: Path) -> bool:

@@ -18,6 +18,7 @@ KINDS: tuple[str, ...] = (
     "removers",
     "attacks",
     "executors",
+    "auditors",
 )
 
 
