@@ -87,14 +87,19 @@ class Ranking:
         return np.lexsort((self.indices, -self.key))
 
     def csv(self) -> str:
+        """The CSV text (an auditor's label with options holds commas: quoted)."""
+        import csv
+        import io
+
         names = list(self.scores) + ([COMBINED] if len(self.scores) > 1 else [])
         columns = [*self.scores.values()] + ([self.key] if len(self.scores) > 1 else [])
-        lines = [",".join(["rank", "index", "label", *names])]
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["rank", "index", "label", *names])
         for rank, row in enumerate(self.order(), start=1):
-            values = [repr(float(column[row])) for column in columns]
-            lines.append(",".join([str(rank), str(int(self.indices[row])),
-                                   str(int(self.labels[row])), *values]))
-        return "\n".join(lines) + "\n"
+            writer.writerow([rank, int(self.indices[row]), int(self.labels[row]),
+                             *(repr(float(column[row])) for column in columns)])
+        return text.getvalue()
 
 
 def read_ranking(path: str | Path) -> Ranking:
