@@ -125,3 +125,13 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def json_marks(path: Path, name: str, key: str) -> bool:
+    """Whether ``path/name`` is a JSON object with ``key``: how a result folder rsc wrote is
+    told from any other folder before it is replaced."""
+    try:
+        data = json.loads((Path(path) / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and key in data

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 from . import registry
-from .atomic import replaced_folder, write_json, write_text
+from .atomic import json_marks, replaced_folder, write_json, write_text
 from .auditors import (AuditRequest, Auditor, AuditorError, check_proposal, check_scores,
                        proposal_path)
 from .errors import ConfigError, DatasetMissingError, RscError
@@ -116,20 +115,16 @@ def read_ranking(path: str | Path) -> Ranking:
                    {n: np.array([float(r[n]) for r in rows]) for n in names})
 
 
-def is_audit_folder(path: Path) -> bool:
-    """Whether ``path`` holds an earlier ``rsc audit`` result (its audit.json says so)."""
-    try:
-        data = json.loads((path / "audit.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "rsc_audit" in data
-
-
 @dataclass(frozen=True)
 class AuditOutcome:
     folder: Path
     summary: dict[str, Any]
     ranking: Ranking
+
+
+def is_audit_folder(path: Path) -> bool:
+    """Whether ``path`` holds an earlier ``rsc audit`` result (its audit.json says so)."""
+    return json_marks(path, "audit.json", "rsc_audit")
 
 
 def audit_run(path: str | Path, auditors: Sequence[Auditor], out: str | Path, *,

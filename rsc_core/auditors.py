@@ -102,11 +102,9 @@ class Auditor(ABC):
     def resolve_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """Every declared option, given or default, converted to the default's type; an option
         the auditor does not have is one error naming those it has."""
-        unknown = sorted(set(options) - set(self.defaults))
-        if unknown:
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise ConfigError(f"auditor {self.name} has no option {unknown[0]!r}; its options "
-                              f"are: {known}")
+        from .named_options import check_known_options
+
+        check_known_options(f"auditor {self.name}", options, self.defaults)
         resolved = dict(self.defaults)
         for key, value in options.items():
             resolved[key] = convert_option(self.name, key, value, self.defaults[key])
@@ -137,6 +135,24 @@ def convert_option(auditor: str, key: str, value: Any, default: Any) -> Any:
         return str(value)
     raise ConfigError(f"option {key!r} of auditor {auditor} must be a {kind.__name__}, got "
                       f"{value!r}")
+
+
+def require(auditor: str, options: Mapping[str, Any], keys: tuple[str, ...], test: Any,
+            what: str) -> None:
+    """One error for the first of ``keys`` whose option fails ``test`` (``what`` says what it
+    must be, e.g. "at least 1")."""
+    for key in keys:
+        if not test(options[key]):
+            raise ConfigError(f"option {key!r} of auditor {auditor} must be {what}, got "
+                              f"{options[key]!r}")
+
+
+def require_choice(auditor: str, options: Mapping[str, Any], key: str,
+                   choices: tuple[str, ...]) -> None:
+    """One error if option ``key`` is not one of ``choices``."""
+    if options[key] not in choices:
+        raise ConfigError(f"unknown {auditor} {key} {options[key]!r}; use one of "
+                          f"{', '.join(choices)}")
 
 
 def check_scores(name: str, scores: Any, rows: int) -> np.ndarray:

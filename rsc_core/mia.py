@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from rich.console import Console
 from rich.progress import track
 
 from . import registry
-from .atomic import replaced_folder, write_json, write_text
+from .atomic import json_marks, replaced_folder, write_json, write_text
 from .attacks import (SHADOW_POOL, TARGET_HALVES, Attack, AttackOutput, Observations,
                       Population)
 from .datasets import DatasetBundle, load_dataset
@@ -143,11 +142,7 @@ def check_output(out: Path, is_result: Callable[[Path], bool] | None = None,
 
 def is_result_folder(path: Path) -> bool:
     """Whether ``path`` holds a result this module wrote (its metrics.json says so)."""
-    try:
-        data = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "rsc_mia" in data
+    return json_marks(path, "metrics.json", "rsc_mia")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ import torch
 
 from rsc_core import registry
 from rsc_core.attacks import Observations
-from rsc_core.auditors import AuditRequest, AuditResult, Auditor, AuditorError
+from rsc_core.auditors import AuditRequest, AuditResult, Auditor, AuditorError, require_choice
 from rsc_core.errors import ConfigError, RscError
 from rsc_core.evaluation import predict_logits
 from rsc_core.runs import Run
@@ -60,9 +60,7 @@ class MemorisationAuditor(Auditor):
 
     def resolve_options(self, options: Any) -> dict[str, Any]:
         resolved = super().resolve_options(options)
-        if resolved["statistic"] not in STATISTICS:
-            raise ConfigError(f"unknown memorisation statistic {resolved['statistic']!r}; use "
-                              f"one of {', '.join(STATISTICS)}")
+        require_choice(self.name, resolved, "statistic", STATISTICS)
         return resolved
 
     def check(self, model: torch.nn.Module, run: Run | None = None) -> None:

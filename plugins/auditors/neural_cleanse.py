@@ -35,8 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rsc_core.auditors import AuditRequest, AuditResult, Auditor, PatternProposal
-from rsc_core.errors import ConfigError
+from rsc_core.auditors import AuditRequest, AuditResult, Auditor, PatternProposal, require
 
 MAD_SCALE = 1.4826  # makes the MAD of a normal sample estimate its standard deviation
 FLAG_INDEX = 2.0    # the authors' anomaly threshold
@@ -54,17 +53,11 @@ class NeuralCleanseAuditor(Auditor):
 
     def resolve_options(self, options: Any) -> dict[str, Any]:
         resolved = super().resolve_options(options)
-        for key in ("steps", "images", "batch", "phase"):
-            if resolved[key] < 1:
-                raise ConfigError(f"option {key!r} of neural-cleanse must be at least 1, got "
-                                  f"{resolved[key]!r}")
-        if not 0 < resolved["success"] <= 1:
-            raise ConfigError(f"option 'success' of neural-cleanse is an attack success rate "
-                              f"in (0, 1], got {resolved['success']!r}")
-        for key in ("lr", "init_cost"):
-            if not resolved[key] > 0:
-                raise ConfigError(f"option {key!r} of neural-cleanse must be positive, got "
-                                  f"{resolved[key]!r}")
+        require(self.name, resolved, ("steps", "images", "batch", "phase"), lambda v: v >= 1,
+                "at least 1")
+        require(self.name, resolved, ("success",), lambda v: 0 < v <= 1,
+                "an attack success rate in (0, 1]")
+        require(self.name, resolved, ("lr", "init_cost"), lambda v: v > 0, "positive")
         return resolved
 
     def audit(self, request: AuditRequest) -> AuditResult:

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rsc_core.auditors import AuditRequest, AuditResult, Auditor, PatternProposal
-from rsc_core.errors import ConfigError
+from rsc_core.auditors import (AuditRequest, AuditResult, Auditor, PatternProposal, require,
+                               require_choice)
 from rsc_core.saliency import KINDS, input_saliency
 
 
@@ -46,23 +46,15 @@ class SaliencyConcentrationAuditor(Auditor):
 
     name = "saliency"
     aliases = ("saliency-concentration",)
-    description = ("share of an example's input saliency in a small region almost no example "
-                   "uses, shared with other high scorers")
     defaults: dict[str, Any] = {"window": 5, "top": 50, "quantile": 0.99, "floor": 0.01,
                                 "saliency": "gradient-x-input", "batch": 1000}
 
     def resolve_options(self, options: Any) -> dict[str, Any]:
         resolved = super().resolve_options(options)
-        if resolved["saliency"] not in KINDS:
-            raise ConfigError(f"unknown saliency {resolved['saliency']!r}; use one of "
-                              f"{', '.join(KINDS)}")
-        if not (0 < resolved["quantile"] < 1 and resolved["floor"] > 0):
-            raise ConfigError("saliency needs 0 < quantile < 1 and floor > 0, got "
-                              f"{resolved['quantile']!r} and {resolved['floor']!r}")
-        for key in ("window", "top", "batch"):
-            if resolved[key] < 1:
-                raise ConfigError(f"option {key!r} of saliency must be at least 1, got "
-                                  f"{resolved[key]!r}")
+        require_choice(self.name, resolved, "saliency", KINDS)
+        require(self.name, resolved, ("quantile",), lambda v: 0 < v < 1, "in (0, 1)")
+        require(self.name, resolved, ("floor",), lambda v: v > 0, "positive")
+        require(self.name, resolved, ("window", "top", "batch"), lambda v: v >= 1, "at least 1")
         return resolved
 
     def audit(self, request: AuditRequest) -> AuditResult:

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rsc_core.auditors import AuditRequest, AuditResult, Auditor, AuditorError
-from rsc_core.errors import ConfigError
+from rsc_core.auditors import (AuditRequest, AuditResult, Auditor, AuditorError, require,
+                               require_choice)
 
 SOLVERS = ("ekfac", "arnoldi", "cg", "lissa")
 GRADIENTS = ("loss", "margin")
@@ -56,20 +56,11 @@ class SelfInfluenceAuditor(Auditor):
 
     def resolve_options(self, options: Any) -> dict[str, Any]:
         resolved = super().resolve_options(options)
-        if resolved["solver"] not in SOLVERS:
-            raise ConfigError(f"unknown self-influence solver {resolved['solver']!r}; use one "
-                              f"of {', '.join(SOLVERS)}")
-        if resolved["gradient"] not in GRADIENTS:
-            raise ConfigError(f"unknown self-influence gradient {resolved['gradient']!r}; use "
-                              f"one of {', '.join(GRADIENTS)}")
-        for key in ("damp", "scale", "tol"):
-            if not resolved[key] > 0:
-                raise ConfigError(f"option {key!r} of self-influence must be positive, got "
-                                  f"{resolved[key]!r}")
-        for key in ("batch", "fit_batch", "rank", "max_iter", "depth", "repeats"):
-            if resolved[key] < 1:
-                raise ConfigError(f"option {key!r} of self-influence must be at least 1, got "
-                                  f"{resolved[key]!r}")
+        require_choice(self.name, resolved, "solver", SOLVERS)
+        require_choice(self.name, resolved, "gradient", GRADIENTS)
+        require(self.name, resolved, ("damp", "scale", "tol"), lambda v: v > 0, "positive")
+        require(self.name, resolved, ("batch", "fit_batch", "rank", "max_iter", "depth",
+                                      "repeats"), lambda v: v >= 1, "at least 1")
         return resolved
 
     def check(self, model: torch.nn.Module, run: Any = None) -> None:
