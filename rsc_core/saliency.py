@@ -33,11 +33,11 @@ def input_saliency(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                    device: torch.device | str = "cpu", kind: str = KINDS[0],
                    batch: int = 1000) -> torch.Tensor:
     """The saliency map of every image (N x C x H x W) for its label: N x H x W, float32, on
-    the CPU, with the model in eval mode."""
+    the CPU, with the model in eval mode on ``device`` (where it stays)."""
     if kind not in KINDS:
         raise ConfigError(f"unknown saliency {kind!r}; use one of {', '.join(KINDS)}")
     was_training = model.training
-    model.eval()
+    model.to(device).eval()
     maps = []
     try:
         for start in range(0, images.shape[0], batch):

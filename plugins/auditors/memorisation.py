@@ -155,7 +155,7 @@ def _members(reference: Run, indices: np.ndarray) -> np.ndarray:
 
 
 def _logits(model: torch.nn.Module, images: torch.Tensor, device: torch.device) -> np.ndarray:
-    return predict_logits(model, images, device).double().numpy()
+    return predict_logits(model.to(device), images, device).double().numpy()
 
 
 def _lira(target: Observations, shadows: list[Observations], variance: str) -> np.ndarray:
