@@ -109,11 +109,12 @@ def mean_sem(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), sem
 
 
-def cell(values: list[float], digits: int = 2) -> str:
+def cell(values: list[float], digits: int = 2, style: str = "f") -> str:
+    """``mean ± SEM`` (just the mean for one value; "–" for none)."""
     mean, sem = mean_sem(values)
     if math.isnan(mean):
         return "–"
-    return f"{mean:.{digits}f}" + ("" if math.isnan(sem) else f" ± {sem:.{digits}f}")
+    return f"{mean:.{digits}{style}}" + ("" if math.isnan(sem) else f" ± {sem:.{digits}{style}}")
 
 
 def tables(rows: list[dict[str, Any]]) -> str:
@@ -159,7 +160,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
             above = "–" if base is None or pattern == "clean" else \
                 f"{sum(v > base for v in values)}/{len(values)}"
             lines.append(f"| {dataset} | {pattern} | {n} | {name.split(':')[0]} | "
-                         f"{cell(values, 4)} | {above} |")
+                         f"{cell(values, 3, 'g')} | {above} |")
     times: dict[str, list] = defaultdict(list)
     for row in rows:
         for name, seconds in row["seconds"].items():
