@@ -142,6 +142,9 @@ class LossHessian:
         """Per training row in ``rows`` (a 1-d index tensor), the gradient of its logit margin
         phi = z_y - logsumexp_{j != y} z_j: B x P. Unlike the loss's, it does not vanish on a
         row the model fits with certainty (the self-influence auditor's ``gradient=margin``)."""
+        if self.mlp is not None:  # hand-written, as for the loss (mlp_hvp.py)
+            return mlp_gradient_batched(self.mlp, self.images[rows].flatten(1).unsqueeze(1),
+                                        self.labels[rows].unsqueeze(1), margin=True)
         from .saliency import logit_margin
 
         def margin(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

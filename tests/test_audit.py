@@ -289,3 +289,17 @@ def test_block_conjugate_gradient_solves_each_row_as_alone():
     torch.testing.assert_close(x, expected)
     alone, _ = conjugate_gradient(lambda p: matrix @ p, block[0], 0.5, tol=1e-10, max_iter=50)
     torch.testing.assert_close(alone, expected[0])
+
+
+def test_hand_written_margin_gradients_equal_torch_func(planted):
+    """rsc's MLPs take the hand-written per-example margin gradients (mlp_hvp.py); they must
+    equal the generic torch.func ones."""
+    from rsc_core.hessian import LossHessian
+
+    model, train = planted["model"], planted["train"]
+    fast = LossHessian(model, train.images, train.labels)
+    generic = LossHessian(model, train.images, train.labels, specialised=False)
+    assert fast.mlp is not None and generic.mlp is None
+    rows = torch.tensor([0, 5, 17, 199])
+    torch.testing.assert_close(fast.margin_gradient_rows(rows),
+                               generic.margin_gradient_rows(rows), rtol=1e-5, atol=1e-6)

@@ -123,16 +123,18 @@ def _hvp_rows(hessian: Any, options: dict[str, Any]) -> torch.Tensor | None:
         hessian.device)
 
 
-def _unit_gradients(hessian: Any, start: int, stop: int,
-                    gradient: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows start..stop's loss (or margin) gradients as unit vectors (B x P) and their squared
-    norms (float64)."""
+def _gradients(hessian: Any, start: int, stop: int, gradient: str) -> torch.Tensor:
+    """Rows start..stop's loss (or margin) gradients, B x P."""
     rows = torch.arange(start, stop, device=hessian.device)
-    gradients = (hessian.gradient_rows_batched(rows.unsqueeze(1)) if gradient == "loss" else
-                 hessian.margin_gradient_rows(rows))
+    return (hessian.gradient_rows_batched(rows.unsqueeze(1)) if gradient == "loss" else
+            hessian.margin_gradient_rows(rows))
+
+
+def _unit(gradients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients as unit vectors and their squared norms (float64: a memorised example's
+    entries of 1e-23 would square to 0 in float32; the norm itself is representable)."""
     norms = torch.linalg.vector_norm(gradients, dim=1, dtype=torch.float64)
-    unit = (gradients.double() / norms.clamp_min(1e-300).unsqueeze(1)).to(gradients.dtype)
-    return unit, norms ** 2
+    return gradients / norms.clamp_min(1e-300).to(gradients.dtype).unsqueeze(1), norms ** 2
 
 
 def _arnoldi(request: AuditRequest, options: dict[str, Any]) -> tuple[torch.Tensor, dict]:
@@ -162,12 +164,11 @@ def _arnoldi(request: AuditRequest, options: dict[str, Any]) -> tuple[torch.Tens
     weights = torch.from_numpy(1.0 / (values + options["damp"]) - 1.0 / options["damp"])
     scores = []
     for begin in range(0, hessian.num_rows, options["batch"]):
-        unit, squared = _unit_gradients(hessian, begin,
-                                        min(begin + options["batch"], hessian.num_rows),
-                                        options["gradient"])
-        projections = (unit @ basis).double().cpu()
-        inside = (projections ** 2 * weights).sum(1) + 1.0 / options["damp"]
-        scores.append(squared.cpu() * inside)
+        rows = _gradients(hessian, begin, min(begin + options["batch"], hessian.num_rows),
+                          options["gradient"])
+        squared = torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64).cpu() ** 2
+        projections = (rows @ basis).double().cpu()  # squared in float64
+        scores.append((projections ** 2 * weights).sum(1) + squared / options["damp"])
     return torch.cat(scores), {"eigenvalues": values.tolist(), "hvp_calls": calls,
                                "hvp_rows": hessian.num_rows if rows is None else rows.numel(),
                                "eigen_seconds": eigen_seconds}
@@ -194,9 +195,9 @@ def _cg(request: AuditRequest, options: dict[str, Any]) -> tuple[torch.Tensor, d
     rows = _hvp_rows(hessian, options)
     scores, iterations, worst = [], 0, 0.0
     for begin in range(0, hessian.num_rows, options["batch"]):
-        unit, squared = _unit_gradients(hessian, begin,
-                                        min(begin + options["batch"], hessian.num_rows),
-                                        options["gradient"])
+        unit, squared = _unit(_gradients(hessian, begin,
+                                         min(begin + options["batch"], hessian.num_rows),
+                                         options["gradient"]))
         solved, facts = conjugate_gradient(lambda p: _block_hvp(hessian, p, rows), unit,
                                            options["damp"], tol=options["tol"],
                                            max_iter=options["max_iter"])
@@ -217,7 +218,7 @@ def _lissa(request: AuditRequest, options: dict[str, Any]) -> tuple[torch.Tensor
     samples = draw_samples(hessian.num_rows, settings, generator, hessian.device)
     scores = []
     for row in range(hessian.num_rows):  # one chain set per example: small sets only
-        unit, squared = _unit_gradients(hessian, row, row + 1, options["gradient"])
+        unit, squared = _unit(_gradients(hessian, row, row + 1, options["gradient"]))
         estimate, _ = lissa(hessian.hvp_rows_batched, unit[0], samples, settings)
         scores.append(squared.cpu() * (unit[0] * estimate).double().sum().cpu())
     return torch.cat(scores), {"lissa_depth": settings.depth,
