@@ -164,10 +164,10 @@ def _arnoldi(request: AuditRequest, options: dict[str, Any]) -> tuple[torch.Tens
     weights = torch.from_numpy(1.0 / (values + options["damp"]) - 1.0 / options["damp"])
     scores = []
     for begin in range(0, hessian.num_rows, options["batch"]):
-        rows = _gradients(hessian, begin, min(begin + options["batch"], hessian.num_rows),
-                          options["gradient"])
-        squared = torch.linalg.vector_norm(rows, dim=1, dtype=torch.float64).cpu() ** 2
-        projections = (rows @ basis).double().cpu()  # squared in float64
+        gradients = _gradients(hessian, begin, min(begin + options["batch"], hessian.num_rows),
+                               options["gradient"])
+        squared = torch.linalg.vector_norm(gradients, dim=1, dtype=torch.float64).cpu() ** 2
+        projections = (gradients @ basis).double().cpu()  # squared in float64
         scores.append((projections ** 2 * weights).sum(1) + squared / options["damp"])
     return torch.cat(scores), {"eigenvalues": values.tolist(), "hvp_calls": calls,
                                "hvp_rows": hessian.num_rows if rows is None else rows.numel(),
