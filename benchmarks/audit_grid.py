@@ -124,7 +124,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         groups[(row["dataset"], row["pattern"], row["n"])].append(row)
     names = sorted({name for row in rows for name in row["metrics"]},
-                   key=lambda n: (n == COMBINED, n))
+                   key=lambda n: (n.startswith(COMBINED), n))
     lines = ["| dataset | pattern | n | runs (seeds) | auditor | recall@10 | recall@100 | AUROC |",
              "|---|---|---:|---|---|---:|---:|---:|"]
     for (dataset, pattern, n), members in sorted(groups.items()):
@@ -182,7 +182,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     planted = [r for r in rows if r["pattern"] != "clean"]
     keys = sorted({(r["dataset"], r["pattern"]) for r in planted})
     names = sorted({name for r in planted for name in r["metrics"]},
-                   key=lambda n: (n == COMBINED, n))
+                   key=lambda n: (n.startswith(COMBINED), n))
     fig, axes = plt.subplots(2, len(keys), figsize=(3.6 * len(keys), 6.2), squeeze=False)
     for column, (dataset, pattern) in enumerate(keys):
         members = [r for r in planted if (r["dataset"], r["pattern"]) == (dataset, pattern)]
@@ -196,13 +196,14 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
                               yerr=[0 if math.isnan(s[1]) else s[1] for s in stats],
                               marker="o", capsize=3, label=name.split(":")[0])
             seeds = sorted({r["seed"] for r in members})
-            axis.set(xscale="log", ylim=(0, 1.02), xlabel="n (planted images of 60,000)",
-                     ylabel=measure, title=f"{dataset} {pattern}: seeds "
-                     f"{','.join(map(str, seeds))}")
+            axis.set(xscale="log", xlim=(0.7, 150), ylim=(0, 1.02), xticks=[1, 3, 10, 100],
+                     xticklabels=["1", "3", "10", "100"], xlabel="n (planted of 60,000)",
+                     ylabel=measure, title=f"{dataset} {pattern} (seeds "
+                     f"{','.join(map(str, seeds))})")
             axis.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle("Auditors on rsc's planted benchmarks: LargeMLP, 70 epochs; mean ± SEM over "
-                 "dataset seeds (AUROC 0.5 = chance)", fontsize=9)
+    fig.suptitle("Auditors on planted runs (LargeMLP, 70 epochs):\nmean ± SEM over dataset "
+                 "seeds; AUROC 0.5 = chance", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

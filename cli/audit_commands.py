@@ -33,13 +33,17 @@ def default_out(run: str, labels: list[str]) -> Path:
 @click.option("--out", "-o", type=click.Path(), default=None,
               help="Result folder (default: audits/<run>-<hash of the auditors>). An earlier "
                    "audit there is replaced once the new one is complete.")
+@click.option("--combine", type=click.Choice(["rank-average", "max-rank"]),
+              default="rank-average", show_default=True,
+              help="How several auditors rank together: the mean of their ranks (suspicious "
+                   "to all) or the best of them (suspicious to any one).")
 @click.option("--top-k", "-k", type=int, default=DEFAULT_TOP_K, show_default=True,
               help="How many of the most suspicious images the figure and audit.json show.")
 @data_options
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No stage lines on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print audit.json instead of a table.")
-def audit_command(run, auditor_names, out, top_k, data_dir, download, device, quiet,
+def audit_command(run, auditor_names, out, combine, top_k, data_dir, download, device, quiet,
                   as_json) -> None:
     """Rank every training example of a finished RUN folder by how likely it is to carry a
     rare shortcut, and propose the shortcut.
@@ -52,7 +56,7 @@ def audit_command(run, auditor_names, out, top_k, data_dir, download, device, qu
     auditors = create_auditors(auditor_names)
     folder = Path(out) if out else default_out(run, [a.label for a in auditors])
     outcome = audit_run(run, auditors, folder, top_k=top_k, device=device, data_dir=data_dir,
-                        download=download, progress=not quiet)
+                        download=download, progress=not quiet, combine=combine)
     if as_json:
         click.echo(json.dumps(outcome.summary, indent=2))
         return

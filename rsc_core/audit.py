@@ -5,8 +5,9 @@ The result folder holds:
 
 * ``ranking.csv``: one line per training example, most suspicious first: ``rank``, ``index``
   (original training index), ``label``, one score column per auditor and, with several
-  auditors, ``combined`` (their rank average: the mean over auditors of each example's
-  fractional rank, 1 = the auditor's top; ties share their average rank);
+  auditors, ``combined``: by default their rank average (the mean over auditors of each
+  example's fractional rank, 1 = the auditor's top; ties share their average rank), or with
+  ``combine="max-rank"`` the best of those ranks (suspicious to any one auditor);
 * ``patterns/<auditor>-<label>.png``: every proposed pattern, as a pattern file
   (``rsc_core.pattern_files``) that ``rsc score --pattern-file`` scores;
 * ``top-k.png``: the k most suspicious images with their saliency maps;
@@ -41,6 +42,12 @@ DEFAULT_TOP_K = 16
 COMBINED = "combined"
 
 
+def check_combine(combine: str) -> str:
+    if combine not in COMBINERS:
+        raise ConfigError(f"unknown --combine {combine!r}; use one of {', '.join(COMBINERS)}")
+    return combine
+
+
 def create_auditors(texts: Sequence[str]) -> list[Auditor]:
     """Auditors from ``NAME[:key=value,...]`` texts; the same auditor with the same options
     twice is an error (its column would be ambiguous)."""
@@ -59,12 +66,27 @@ def create_auditors(texts: Sequence[str]) -> list[Auditor]:
     return auditors
 
 
-def rank_average(columns: Sequence[np.ndarray]) -> np.ndarray:
-    """The mean over columns of each row's fractional rank (1 = the column's largest score,
-    1/N its smallest; ties share their average rank)."""
+def _fractional_ranks(columns: Sequence[np.ndarray]) -> np.ndarray:
+    """Per column, each row's fractional rank: 1 for the largest score, 1/N for the smallest;
+    ties share their average rank."""
     from scipy.stats import rankdata
 
-    return np.mean([rankdata(column) / len(column) for column in columns], axis=0)
+    return np.stack([rankdata(column) / len(column) for column in columns])
+
+
+def rank_average(columns: Sequence[np.ndarray]) -> np.ndarray:
+    """The mean over columns of each row's fractional rank: suspicious to all auditors."""
+    return _fractional_ranks(columns).mean(0)
+
+
+def max_rank(columns: Sequence[np.ndarray]) -> np.ndarray:
+    """The best of each row's fractional ranks: suspicious to any one auditor (the top k of
+    this holds about the top k / A of each of A auditors)."""
+    return _fractional_ranks(columns).max(0)
+
+
+#: How several auditors' scores combine into one ranking (``--combine``).
+COMBINERS = {"rank-average": rank_average, "max-rank": max_rank}
 
 
 @dataclass(frozen=True)
@@ -74,12 +96,13 @@ class Ranking:
     indices: np.ndarray  # original training indices, in the run's row order
     labels: np.ndarray
     scores: dict[str, np.ndarray]
+    combine: str = "rank-average"
 
     @property
     def key(self) -> np.ndarray:
-        """What the ranking sorts by: the single auditor's score, or the rank average."""
+        """What the ranking sorts by: the single auditor's score, or their combination."""
         columns = list(self.scores.values())
-        return columns[0] if len(columns) == 1 else rank_average(columns)
+        return columns[0] if len(columns) == 1 else COMBINERS[self.combine](columns)
 
     def order(self) -> np.ndarray:
         """Row positions, most suspicious first (ties: lower original index first)."""
@@ -130,12 +153,13 @@ def is_audit_folder(path: Path) -> bool:
 def audit_run(path: str | Path, auditors: Sequence[Auditor], out: str | Path, *,
               top_k: int = DEFAULT_TOP_K, device: str = "auto",
               data_dir: str | Path | None = None, download: bool | None = None,
-              progress: bool = False) -> AuditOutcome:
+              progress: bool = False, combine: str = "rank-average") -> AuditOutcome:
     """Audit the finished run at ``path`` with ``auditors`` and write the result folder
     ``out`` (see the module docstring). Every check that can fail (the run, the auditors'
     fit to its model, the output folder, the training set, k) runs before any auditor."""
     from .mia import check_output
 
+    check_combine(combine)
     run = _open_run(path)
     torch_device = resolve_device(device)
     model_sha256 = run.model_sha256()
@@ -165,7 +189,7 @@ def audit_run(path: str | Path, auditors: Sequence[Auditor], out: str | Path, *,
             check_proposal(auditor.label, proposal, tuple(data.input_shape))
         reports.append((auditor, result, seconds))
         _say(progress, f"auditor {auditor.label}: {seconds:.1f} s")
-    ranking = Ranking(indices, data.train.labels.numpy(), scores)
+    ranking = Ranking(indices, data.train.labels.numpy(), scores, combine)
     summary = _summary(run, model_sha256, len(indices), top_k, ranking, reports, out)
     with replaced_folder(out) as tmp:
         write_text(tmp / "ranking.csv", ranking.csv())
@@ -234,7 +258,8 @@ def _summary(run: Run, model_sha256: str, rows: int, top_k: int, ranking: Rankin
         "rsc_audit": AUDIT_FORMAT, "run": run.name, "model_sha256": model_sha256,
         "spec": run.spec.as_dict(), "arch": train.arch,
         "epochs": (run.metrics or {}).get("epochs", train.epochs), "num_train": rows,
-        "ranked_by": (COMBINED + " (rank average)") if len(reports) > 1 else reports[0][0].label,
+        "ranked_by": f"{COMBINED} ({ranking.combine})" if len(reports) > 1 else
+        reports[0][0].label,
         "auditors": auditors, "top_k": top_k,
         "top": [{"rank": rank, "index": int(ranking.indices[row]),
                  "label": int(ranking.labels[row]),

@@ -4,7 +4,8 @@ no auditor sees.
 
 * recall at k: the share of planted examples among the k most suspicious;
 * AUROC: the probability that a random planted example scores above a random clean one
-  (ties count half), from each auditor's scores (the rank average for ``combined``);
+  (ties count half), from each auditor's scores (and from the two combinations of several
+  auditors: the rank average and the best rank);
 * for a proposed pattern: whether its class was flagged, and the intersection over union of
   its mask (pixels with mask >= 0.5) with the planted pattern's support (the pixels the
   pattern changes on some image)."""
@@ -16,15 +17,18 @@ import numpy as np
 import torch
 
 from . import registry
-from .audit import COMBINED, Ranking
+from .audit import COMBINED, Ranking, max_rank, rank_average
 
 MASK_THRESHOLD = 0.5
+#: The evaluation's name for the max-rank combination (``combined`` is the rank average).
+MAX_RANK = "combined-max-rank"
 
 
 def ranking_metrics(ranking: Ranking, planted: np.ndarray,
                     ks: tuple[int, ...] = (10, 100)) -> dict[str, dict[str, Any]]:
-    """Per auditor (and ``combined`` when there are several): recall at each k, AUROC and
-    the best rank of a planted example. ``planted``: original training indices. Empty when
+    """Per auditor (and, when there are several, ``combined``, their rank average, and
+    ``combined-max-rank``, their best rank): recall at each k, AUROC and the best rank of a
+    planted example. ``planted``: original training indices. Empty when
     nothing was planted (a clean run has nothing to find)."""
     from sklearn.metrics import roc_auc_score
 
@@ -32,8 +36,9 @@ def ranking_metrics(ranking: Ranking, planted: np.ndarray,
     if not is_planted.any():
         return {}
     columns = dict(ranking.scores)
-    if len(columns) > 1:
-        columns[COMBINED] = ranking.key
+    if len(columns) > 1:  # both combinations, whichever the audit ranked by
+        columns[COMBINED] = rank_average(list(ranking.scores.values()))
+        columns[MAX_RANK] = max_rank(list(ranking.scores.values()))
     result = {}
     for name, column in columns.items():
         order = np.lexsort((ranking.indices, -column))

@@ -244,6 +244,10 @@ def test_ranking_metrics_and_rank_average():
     assert metrics["a"] == {"recall@2": 1.0, "auroc": 1.0, "best_rank": 1, "median_rank": 1.5}
     assert metrics["b"]["recall@2"] == 0.0 and metrics["b"]["auroc"] == 0.0
     assert np.allclose(ranking.key, 0.6)  # opposite rankings average to the middle
+    assert metrics["combined-max-rank"]["recall@2"] == 0.5  # 10 and 11 tie first
+    from rsc_core.audit import max_rank
+
+    assert np.allclose(max_rank([scores, -scores]), [1.0, 1.0, 0.6, 0.8, 0.8])
     assert np.allclose(rank_average([scores]), [0.2, 1.0, 0.6, 0.8, 0.4])
     assert ranking_metrics(ranking, np.array([], dtype=int)) == {}
 

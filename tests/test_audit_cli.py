@@ -169,6 +169,7 @@ def test_other_bad_input_is_one_error_each(data_env, tmp_path):
     one_error(rsc("audit", run, "-a", "salency"), "unknown auditor 'salency'", "saliency")
     one_error(rsc("audit", run, "-a", "saliency:windw=3"), "no option 'windw'")
     one_error(rsc("audit", run, "-a", "saliency", "-a", "saliency"), "given twice")
+    one_error(rsc("audit", run, "-a", "saliency", "--combine", "sum"), "'sum' is not one of")
     one_error(rsc("audit", run, "-a", "memorisation", "-o", str(tmp_path / "a")),
               "memorisation found no reference models")
     other = tmp_path / "other"
