@@ -272,7 +272,7 @@ def test_the_audit_grid_benchmark_audits_evaluates_and_resumes(data_env, tmp_pat
     assert [r["n"] for r in rows] == [2] and rows[0]["planted"] == 2
     metrics = rows[0]["metrics"]
     assert set(metrics) == {"saliency:quantile=0.9", "neural-cleanse:steps=10,images=10,phase=5",
-                            "combined"}
+                            "combined", "combined-max-rank"}
     assert 0 <= rows[0]["nc_iou"] <= 1 and isinstance(rows[0]["nc_target_flagged"], bool)
     assert "| mnist | v8 | 2 | 1 (0) | saliency |" in report.out
     assert "pending (not finished or not audited): 2" in report.err
