@@ -140,13 +140,14 @@ def cli() -> None:
 
 
 def _add_builtin_commands() -> None:
-    from . import (data_commands, import_commands, plugin_commands, privacy_commands,
+    from . import (audit_commands, data_commands, import_commands, plugin_commands,
+                   privacy_commands,
                    quickstart, removal_commands, report_commands, runs_commands,
                    sweep_commands, theory, train_commands)
 
     for module in (plugin_commands, data_commands, train_commands, quickstart, theory,
                    removal_commands, privacy_commands, runs_commands, report_commands,
-                   sweep_commands, import_commands):
+                   sweep_commands, import_commands, audit_commands):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -16,6 +16,7 @@ from rsc_core.errors import RscError
 from rsc_core.group_runs import (DEFAULT_GROUP_SIZE, RunRequest, RunResult, check_group_size,
                                  train_runs)
 from rsc_core.memory_format import AUTO, CHANNELS_LAST, MEMORY_FORMATS
+from rsc_core.pattern_files import BlendPattern, read_pattern_png
 from rsc_core.results_index import WHERE_HELP
 from rsc_core.runs import Run, TrainOutcome, resolve_device, score_run, train_run
 from rsc_core.scoring import DEFAULT_THRESHOLD, ScoreResult, resolve_target, score_model
@@ -218,6 +219,10 @@ def _print_score(result: ScoreResult, source: str, as_json: bool) -> None:
 @click.command("score")
 @click.argument("source")
 @click.option("--pattern", default=None, help="Pattern (default: the run's own).")
+@click.option("--pattern-file", type=click.Path(dir_okay=False), default=None,
+              help="Score a pattern stored as a PNG instead (x' = (1 - alpha) x + alpha "
+                   "colour; e.g. one rsc audit proposed); --target defaults to the class the "
+                   "file records.")
 @click.option("--target", type=int, default=None, help="Target class (default: the run's).")
 @click.option("--seed", type=int, default=None,
               help="Dataset seed whose pattern is added (it draws a noise pattern; default: "
@@ -231,8 +236,8 @@ def _print_score(result: ScoreResult, source: str, as_json: bool) -> None:
 @data_options
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def score_command(source, pattern, target, seed, threshold, exclude_target, arch, dataset,
-                  runs_dir, data_dir, download, device, as_json) -> None:
+def score_command(source, pattern, pattern_file, target, seed, threshold, exclude_target, arch,
+                  dataset, runs_dir, data_dir, download, device, as_json) -> None:
     """Spurious score of SOURCE: a run folder, a run's name (or a unique start of one) under
     --runs-dir, or a checkpoint file (rsc's or the reference's).
 
@@ -247,12 +252,20 @@ def score_command(source, pattern, target, seed, threshold, exclude_target, arch
     """
     resolve_device(device)  # a bad --device fails before any work, even for a cached score
     path = run_path(source, runs_dir)
+    if pattern_file is not None:
+        if pattern is not None:
+            raise RscError("give either --pattern or --pattern-file, not both")
+        pattern = read_pattern_png(pattern_file)
+        target = pattern.target if target is None else target
     if path.is_dir():
-        result = score_run(Run.open(path), pattern, target, seed, threshold, exclude_target,
-                           data_dir, download, device)
-        _print_score(result, path.name, as_json)
-        return
-    checkpoint = read_checkpoint(path)
+        run = Run.open(path)
+        if not isinstance(pattern, BlendPattern):
+            result = score_run(run, pattern, target, seed, threshold, exclude_target,
+                               data_dir, download, device)
+            _print_score(result, path.name, as_json)
+            return
+        run.model_sha256()  # a pattern file is not cached: score the verified weights
+    checkpoint = read_checkpoint(path / "model.pt" if path.is_dir() else path)
     meta_spec = (checkpoint.get("meta") or {}).get("spec")
     spec = SpuriousSpec.from_dict(meta_spec) if meta_spec else None
     dataset = dataset or (spec.dataset if spec else None)
@@ -260,7 +273,11 @@ def score_command(source, pattern, target, seed, threshold, exclude_target, arch
         raise RscError("this checkpoint does not record its dataset; pass --dataset (and --arch)")
     bundle = load_dataset(dataset, data_dir, download)
     model = build_model_from_checkpoint(checkpoint, arch, bundle.input_shape, bundle.num_classes)
-    pattern, target, seed = resolve_target(spec, pattern, target, seed)
+    if isinstance(pattern, BlendPattern):  # a pattern file: no seed, the file's own name
+        target = resolve_target(spec, "file", target, 0)[1]
+        seed = 0
+    else:
+        pattern, target, seed = resolve_target(spec, pattern, target, seed)
     result = score_model(model, bundle.test, pattern, target, seed, threshold, exclude_target,
                          resolve_device(device))
     _print_score(result, path.name, as_json)

@@ -1,7 +1,7 @@
 """rsc's core: interfaces for every plugin kind, the registry, and the experiment machinery.
 
 Programmatic registry, per kind (``patterns``, ``datasets``, ``architectures``, ``trainers``,
-``regularisers``, ``removers``, ``attacks``, ``executors``)::
+``regularisers``, ``removers``, ``attacks``, ``executors``, ``auditors``)::
 
     import rsc_core
     rsc_core.list_names("patterns")           # ['core', 'v1', ...]

@@ -9,9 +9,11 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -51,6 +53,26 @@ def new_file(folder: Path, stem: str, suffix: str) -> Path:
             continue
         return path
     raise AssertionError("unreachable")
+@contextmanager
+def replaced_folder(out: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out`` to fill; when the block finishes, rename it to
+    ``out``, replacing an older folder of that name only then. An error (or interrupt) inside
+    the block removes the temporary folder and leaves ``out`` as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _is_temporary(filename: Any, path: Path) -> bool:
@@ -117,3 +139,13 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def json_marks(path: Path, name: str, key: str) -> bool:
+    """Whether ``path/name`` is a JSON object with ``key``: how a result folder rsc wrote is
+    told from any other folder before it is replaced."""
+    try:
+        data = json.loads((Path(path) / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and key in data

@@ -62,5 +62,11 @@ def register_executors(register: Register) -> None:
 
 
 @hookspec
+def register_auditors(register: Register) -> None:
+    """Register auditors that rank training examples by shortcut evidence
+    (subclasses of ``rsc_core.auditors.Auditor``)."""
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add ``rsc`` subcommands to the Click group ``cli``."""

@@ -10,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,7 +22,7 @@ from rich.console import Console
 from rich.progress import track
 
 from . import registry
-from .atomic import write_json, write_text
+from .atomic import json_marks, replaced_folder, write_json, write_text
 from .attacks import (SHADOW_POOL, TARGET_HALVES, Attack, AttackOutput, Observations,
                       Population)
 from .datasets import DatasetBundle, load_dataset
@@ -123,16 +122,19 @@ def result_name(mem: MembershipSpec, config: TrainConfig, attacks: Sequence[Atta
     return f"{PREFIX}{run_slug(mem.spurious, config)}-{config_hash(key)}"
 
 
-def check_output(out: Path) -> Path:
+def check_output(out: Path, is_result: Callable[[Path], bool] | None = None,
+                 command: str = "rsc mia") -> Path:
     """The result folder must be creatable (its parent a writable folder), and an existing
-    folder is replaced only if it is empty or an earlier ``rsc mia`` result, never a folder
-    of anything else (``--out .`` must not replace the current folder)."""
+    folder is replaced only if it is empty or an earlier result of ``command`` (``is_result``
+    says; default: an ``rsc mia`` result), never a folder of anything else (``--out .`` must
+    not replace the current folder)."""
     out = Path(out)
+    is_result = is_result or is_result_folder
     if out.exists() and not out.is_dir():
         raise ConfigError(f"cannot write results to {out}: it is a file; choose a folder path")
-    if out.is_dir() and any(out.iterdir()) and not is_result_folder(out):
+    if out.is_dir() and any(out.iterdir()) and not is_result(out):
         raise ConfigError(f"cannot write results to {out}: it is a folder that holds other "
-                          f"files, not an earlier rsc mia result; choose a new --out")
+                          f"files, not an earlier {command} result; choose a new --out")
     parent = next(p for p in out.absolute().parents if p.exists())
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write results under {parent}: not a writable folder; "
@@ -142,11 +144,7 @@ def check_output(out: Path) -> Path:
 
 def is_result_folder(path: Path) -> bool:
     """Whether ``path`` holds a result this module wrote (its metrics.json says so)."""
-    try:
-        data = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "rsc_mia" in data
+    return json_marks(path, "metrics.json", "rsc_mia")
 
 
 @dataclass(frozen=True)
@@ -371,9 +369,7 @@ def _write_result(out: Path, metrics: dict[str, Any], split: MembershipSplit,
                   outputs: dict[str, AttackOutput], indices: np.ndarray) -> None:
     """Fill a temporary folder beside ``out``, then rename it into place (an older result of
     the same name is replaced only once the new one is complete)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with replaced_folder(out) as tmp:
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "split.json", {**split.as_dict(), "control": queries.control.tolist(),
                                         "population": queries.population.tolist()})
@@ -386,13 +382,3 @@ def _write_result(out: Path, metrics: dict[str, Any], split: MembershipSplit,
                       f"{split.spec.name}: 1 target model, {train['arch']}, "
                       f"{train['epochs']} epoch(s), {pool} examples, "
                       f"{queries.control.size} control images", tmp / "roc.png")
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

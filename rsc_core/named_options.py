@@ -93,3 +93,10 @@ def convert_option(key: str, value: Any, kind: type, owner: str) -> Any:
         return kind(value)
     except (TypeError, ValueError):
         raise problem from None
+def check_known_options(what: str, options: Any, known: Any) -> None:
+    """One error naming the first option of ``options`` not in ``known``, and those it has
+    (``what``: e.g. "method group-influence", "auditor saliency")."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        listed = ", ".join(sorted(known)) or "none"
+        raise ConfigError(f"{what} has no option {unknown[0]!r}; its options are: {listed}")

@@ -25,6 +25,7 @@ KINDS: tuple[str, ...] = (
     "removers",
     "attacks",
     "executors",
+    "auditors",
 )
 
 

@@ -87,11 +87,9 @@ class Remover(ABC):
                         forget: np.ndarray) -> dict[str, Any]:
         """Every declared option, given or default, converted to its type; an option the
         method does not have is one error naming those it has."""
-        unknown = sorted(set(options) - set(self.defaults))
-        if unknown:
-            known = ", ".join(sorted(self.defaults)) or "none"
-            raise ConfigError(f"method {self.name} has no option {unknown[0]!r}; its options "
-                              f"are: {known}")
+        from .named_options import check_known_options
+
+        check_known_options(f"method {self.name}", options, self.defaults)
         resolved = dict(self.defaults)
         for key, value in options.items():
             if value is not None:

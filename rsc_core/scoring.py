@@ -18,6 +18,7 @@ from .errors import ConfigError, RscError
 from .evaluation import predict_proba
 
 if TYPE_CHECKING:
+    from .patterns import Pattern
     from .spec import SpuriousSpec
 
 DEFAULT_THRESHOLD = 0.1
@@ -74,21 +75,23 @@ def resolve_target(spec: "SpuriousSpec | None", pattern: str | None, target: int
     return pattern, target, seed
 
 
-def score_model(model: nn.Module, test: ImageData, pattern: str, target: int, seed: int = 0,
-                threshold: float = DEFAULT_THRESHOLD, exclude_target: bool = False,
+def score_model(model: nn.Module, test: ImageData, pattern: "str | Pattern", target: int,
+                seed: int = 0, threshold: float = DEFAULT_THRESHOLD, exclude_target: bool = False,
                 device: torch.device | str = "cpu") -> ScoreResult:
-    """Evaluate the spurious score of ``model`` for ``pattern`` (with ``seed``) and class
-    ``target`` on the test split ``test``."""
+    """Evaluate the spurious score of ``model`` for ``pattern`` (a registered name, or a
+    ``Pattern`` instance such as a pattern file's) with ``seed`` and class ``target`` on the
+    test split ``test``."""
     from . import registry
 
     check_threshold(threshold)
-    entry = registry("patterns").get(pattern)
+    instance = pattern if not isinstance(pattern, str) else (
+        registry("patterns").get(pattern).create())
     clean_proba = predict_proba(model, test.images, device)
     num_classes = clean_proba.shape[1]
     if not 0 <= target < num_classes:
         raise ConfigError(f"target class {target} is out of range for a model with "
                           f"{num_classes} classes")
-    patterned_images = entry.create().apply(test.images, seed)
+    patterned_images = instance.apply(test.images, seed)
     patterned_proba = predict_proba(model, patterned_images, device)
     labels = test.labels.cpu()
     keep = labels != target if exclude_target else torch.ones_like(labels, dtype=torch.bool)
@@ -97,7 +100,7 @@ def score_model(model: nn.Module, test: ImageData, pattern: str, target: int, se
     others = labels != target
     patterned_accuracy = (patterned_proba.argmax(1) == labels)[others].float().mean().item()
     return ScoreResult(
-        pattern=entry.name, target=target, seed=seed, threshold=threshold,
+        pattern=instance.name, target=target, seed=seed, threshold=threshold,
         exclude_target=exclude_target, score=float(indicators.mean()) if indicators.size else 0.0,
         num_images=int(indicators.size),
         clean_accuracy=(clean_proba.argmax(1) == labels).float().mean().item(),

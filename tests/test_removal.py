@@ -24,7 +24,7 @@ from rsc_core.runs import Run, train_run
 from rsc_core.spec import SpuriousSpec
 from rsc_core.spurious import build_spurious_dataset
 from rsc_core.training import TrainConfig
-from rsc_plugins.removal.hessian import LossHessian
+from rsc_core.hessian import LossHessian
 
 NUM_TRAIN = 200
 # decayed twice by epoch 3, so the source ends at lr 1e-4: what incremental retraining keeps
@@ -627,7 +627,7 @@ def test_a_name_too_long_for_the_file_system_is_named_in_the_error(tmp_path):
 # --------------------------------------------------------------------------- EK-FAC solver
 def test_group_influence_with_ekfac_applies_the_influence_formula(env):
     pytest.importorskip("kronfluence")
-    from rsc_plugins.removal.ekfac import EkfacSettings, ekfac_ihvp
+    from rsc_core.ekfac import EkfacSettings, ekfac_ihvp
 
     outcome = remove(env, "group-influence", solver="ekfac", damp=0.5, fit_samples=150)
     source = env["source"]
@@ -685,7 +685,7 @@ def test_ekfac_serves_linear_and_conv_models_and_refuses_batch_norm(arch):
     build; the check is the same."""
     import rsc_core
     from rsc_core.errors import ConfigError
-    from rsc_plugins.removal.ekfac import check_supported
+    from rsc_core.ekfac import check_supported
 
     shape = (3, 32, 32) if "Norm02" in arch else (1, 28, 28)
     model = rsc_core.create("architectures", arch).build(shape, 10)

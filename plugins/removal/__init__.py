@@ -1,6 +1,8 @@
 """Built-in data-removal methods (PROTOCOL.md section 7), one per module:
-``incremental-retraining``, ``group-influence`` (with the LiSSA and CG solvers of ``lissa.py``
-and ``cg.py`` over the Hessian-vector products of ``hessian.py``) and ``retrain``."""
+``incremental-retraining``, ``group-influence`` (with the LiSSA, CG and EK-FAC solvers of
+``rsc_core.lissa``, ``rsc_core.conjugate_gradient`` and ``rsc_core.ekfac`` over the
+Hessian-vector products of ``rsc_core.hessian``, shared with the self-influence auditor) and
+``retrain``."""
 from __future__ import annotations
 
 from rsc_core import hookimpl

@@ -13,10 +13,10 @@ model in eval mode, cross-entropy loss, H the Hessian of the mean training loss.
   (``reference_lissa.py``): one chain per example of S whose product keeps autograd's graph,
   chain 0 / r applied. The only mode that reproduces the reference's numbers; LiSSA only.
 
-Solvers (``solver``): ``lissa`` (the stochastic recursion, ``lissa.py``), ``cg`` (conjugate
-gradient with exact HVPs over the training set, ``cg.py``) and ``ekfac`` (Kronfluence's EK-FAC
-Gauss-Newton approximation, ``ekfac.py``, extra ``rsc[influence]``); ``cg`` and ``ekfac`` for
-``correct`` and ``paper`` only."""
+Solvers (``solver``): ``lissa`` (the stochastic recursion, ``rsc_core.lissa``), ``cg``
+(conjugate gradient with exact HVPs over the training set, ``rsc_core.conjugate_gradient``)
+and ``ekfac`` (Kronfluence's EK-FAC Gauss-Newton approximation, ``rsc_core.ekfac``, extra
+``rsc[influence]``); ``cg`` and ``ekfac`` for ``correct`` and ``paper`` only."""
 from __future__ import annotations
 
 import math
@@ -32,14 +32,14 @@ from rsc_core.checkpoints import build_model_from_checkpoint, read_checkpoint
 from rsc_core.errors import ConfigError, DivergenceError
 from rsc_core.removal import RemovalRequest, RemovalResult, Remover
 
-from .cg import conjugate_gradient
-from .ekfac import EkfacSettings, check_supported, ekfac_ihvp, import_kronfluence
-from .lissa import LissaSettings, draw_samples, lissa
+from rsc_core.conjugate_gradient import conjugate_gradient
+from rsc_core.ekfac import EkfacSettings, check_supported, ekfac_ihvp, import_kronfluence
+from rsc_core.lissa import LissaSettings, draw_samples, lissa
 from .reference_lissa import (CHAINS_PER_PASS, ReferenceSettings, draw_reference_samples,
                               reference_ihvp_sum)
 
 if TYPE_CHECKING:
-    from .hessian import LossHessian
+    from rsc_core.hessian import LossHessian
 
 #: The reference's LiSSA scale per dataset (PROTOCOL.md section 7).
 REFERENCE_SCALE = {"mnist": 25.0, "fashion": 100.0, "cifar10": 100.0}
@@ -172,7 +172,7 @@ class GroupInfluenceRemover(Remover):
         options = request.options
         checkpoint = read_checkpoint(request.source.path / "model.pt")
         model = build_model_from_checkpoint(checkpoint)
-        from .hessian import LossHessian  # here: torch.func's import slows every plugin load
+        from rsc_core.hessian import LossHessian  # here: torch.func is slow to import
 
         hessian = LossHessian(model, request.data.train.images, request.data.train.labels,
                               request.device)

@@ -46,7 +46,7 @@ from typing import Any, Callable
 
 import torch
 
-from rsc_core.errors import DivergenceError
+from .errors import DivergenceError
 
 COMPAT_MODES = ("correct", "paper")
 GUARD_EVERY = 10  # steps between divergence checks (see the module docstring)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 
-from rsc_core.errors import RscError
+from .errors import RscError
 
 from .mlp_hvp import mlp_gradient_batched, mlp_hvp_batched, mlp_layers
 
@@ -137,6 +137,23 @@ class LossHessian:
     def _gradient_rows_generic(self, rows: torch.Tensor) -> torch.Tensor:
         return grad(lambda flat: self.loss(flat, self.images[rows], self.labels[rows]))(
             self.theta)
+
+    def margin_gradient_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Per training row in ``rows`` (a 1-d index tensor), the gradient of its logit margin
+        phi = z_y - logsumexp_{j != y} z_j: B x P. Unlike the loss's, it does not vanish on a
+        row the model fits with certainty (the self-influence auditor's ``gradient=margin``)."""
+        if self.mlp is not None:  # hand-written, as for the loss (mlp_hvp.py)
+            return mlp_gradient_batched(self.mlp, self.images[rows].flatten(1).unsqueeze(1),
+                                        self.labels[rows].unsqueeze(1), margin=True)
+        from .saliency import logit_margin
+
+        def margin(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            params: dict[str, Any] = {**self.unflatten(flat), **self.buffers}
+            logits = functional_call(self.model, params, (x.unsqueeze(0),))
+            return logit_margin(logits, y.unsqueeze(0)).sum()
+
+        return vmap(grad(margin), in_dims=(None, 0, 0))(self.theta, self.images[rows],
+                                                        self.labels[rows])
 
     def hvp_mean(self, vector: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """H v, H the Hessian of the mean loss over ``rows`` (all rows when None), computed

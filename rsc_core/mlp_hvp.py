@@ -124,10 +124,12 @@ def mlp_hvp_batched(layers: Sequence[nn.Linear], vectors: torch.Tensor, x: torch
 
 @torch.no_grad()
 def mlp_gradient_batched(layers: Sequence[nn.Linear], x: torch.Tensor, y: torch.Tensor,
-                         out: torch.Tensor | None = None) -> torch.Tensor:
+                         out: torch.Tensor | None = None, margin: bool = False) -> torch.Tensor:
     """Per chain k, the gradient of the mean CE loss over its rows ``x[k]`` (r x b x d) with
     labels ``y[k]`` (r x b): r x P in the flat layout of ``mlp_hvp_batched``, written into
-    ``out`` when given (a reused buffer: see ``mlp_hvp_batched`` on page faults).
+    ``out`` when given (a reused buffer: see ``mlp_hvp_batched`` on page faults). With
+    ``margin``, the gradient of the mean logit margin z_y - logsumexp_{j != y} z_j instead
+    (the self-influence auditor's statistic).
 
     Why by hand: the reference emulation of group influence (``reference_lissa.py``) needs one
     sampled example's gradient per chain and step; through ``vmap`` its weight gradients are
@@ -141,8 +143,11 @@ def mlp_gradient_batched(layers: Sequence[nn.Linear], x: torch.Tensor, y: torch.
             masks.append(mask)
             a = z * mask
             activations.append(a)
-    p = torch.softmax(z, dim=-1)
-    delta = (p - F.one_hot(y, p.shape[-1]).to(p.dtype)) / batch
+    onehot = F.one_hot(y, z.shape[-1]).to(z.dtype)
+    if margin:  # d phi / d z = onehot - softmax over the other classes
+        delta = (onehot - torch.softmax(z.masked_fill(onehot.bool(), float("-inf")), -1)) / batch
+    else:
+        delta = (torch.softmax(z, dim=-1) - onehot) / batch
     total = sum(layer.weight.numel() + layer.bias.numel() for layer in layers)
     out = torch.empty(r, total, dtype=x.dtype, device=x.device) if out is None else out
     offset = total
