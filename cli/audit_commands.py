@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from rsc_core.audit import DEFAULT_TOP_K, audit_run, create_auditors
 
 from .options import data_options
+from .output import echo_json, print_table, table_console
 from .train_commands import device_option
 
 
@@ -30,7 +29,7 @@ def default_out(run: str, labels: list[str]) -> Path:
                    "(solver=ekfac|arnoldi|cg|lissa, damp, ...), memorisation "
                    "(references=FOLDER_OR_GLOB, statistic=lira|loss-gap), saliency (window, "
                    "top), neural-cleanse (steps, images, ...). Options: docs/audit.md.")
-@click.option("--out", "-o", type=click.Path(), default=None,
+@click.option("--output", "-o", "out", type=click.Path(), default=None,
               help="Result folder (default: audits/<run>-<hash of the auditors>). An earlier "
                    "audit there is replaced once the new one is complete.")
 @click.option("--combine", type=click.Choice(["rank-average", "max-rank"]),
@@ -58,7 +57,7 @@ def audit_command(run, auditor_names, out, combine, top_k, data_dir, download, d
     outcome = audit_run(run, auditors, folder, top_k=top_k, device=device, data_dir=data_dir,
                         download=download, progress=not quiet, combine=combine)
     if as_json:
-        click.echo(json.dumps(outcome.summary, indent=2))
+        echo_json(outcome.summary)
         return
     names = list(outcome.ranking.scores)
     table = Table("rank", "index", "label", *names,
@@ -67,8 +66,8 @@ def audit_command(run, auditor_names, out, combine, top_k, data_dir, download, d
     for row in outcome.summary["top"][:10]:
         table.add_row(str(row["rank"]), str(row["index"]), str(row["label"]),
                       *(f"{row[name]:.4g}" for name in names))
-    console = Console()
-    console.print(table)
+    console = table_console()
+    print_table(table, console)
     console.print(f"written to {outcome.folder}", soft_wrap=True, highlight=False, markup=False)
 
 

@@ -1,8 +1,6 @@
 """``rsc import``: a model trained outside rsc becomes a run folder (``rsc_core.imports``)."""
 from __future__ import annotations
 
-import json
-
 import click
 
 from rsc_core.errors import SpecError
@@ -12,6 +10,7 @@ from rsc_core.spurious import build_spurious_dataset
 from rsc_core.training import MAX_TRAIN_SEED
 
 from .options import data_options
+from .output import echo_json
 from .train_commands import runs_dir_option
 from .train_options import build_train_config, split_train_kwargs, train_options
 
@@ -62,8 +61,7 @@ def import_command(model_file, spec_text, dataset, planted, data_dir, download, 
                          on_wait=lambda line: click.echo(line, err=True))
     metrics = outcome.run.metrics or {}
     if as_json:
-        click.echo(json.dumps({"run": str(outcome.run.path), "reused": outcome.reused,
-                               **metrics}, indent=2))
+        echo_json({"run": str(outcome.run.path), "reused": outcome.reused, **metrics})
         return
     click.echo(f"{'reused earlier import' if outcome.reused else 'imported'}: "
                f"{outcome.run.path}")

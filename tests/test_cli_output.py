@@ -69,7 +69,7 @@ def rsc(*args: str):
 
 JSON_COMMANDS = ("train", "score", "compare", "report", "sensitivity", "runs list", "runs show",
                  "remove", "weights", "data summary", "patterns list", "plugins", "theory",
-                 "quickstart", "sweep", "mia")
+                 "quickstart", "sweep", "mia", "audit", "import")
 
 
 def _json_commands(w: dict, tmp: Path) -> dict[str, list]:
@@ -98,7 +98,20 @@ def _json_commands(w: dict, tmp: Path) -> dict[str, list]:
         "mia": ["mia", "--spec", "memmnistv20-1-0-0", "--attack", "loss-threshold",
                 *TINY_FLAGS, "--runs-dir", tmp / "mia-runs", "-o", tmp / "mia", "-q",
                 "--json"],
+        "audit": ["audit", v8, "-a", "saliency", "-o", tmp / "audit", "--device", "cpu", "-q",
+                  "--json"],
+        "import": ["import", _state_dict_file(w["v8"], tmp), "--arch", "MLP", "--spec",
+                   "mnistv8-1-0-0", "--runs-dir", tmp / "imported", "--json"],
     }
+
+
+def _state_dict_file(run, tmp: Path) -> Path:
+    """The v8 run's weights as a plain state dict, as a user trained elsewhere would save."""
+    import torch
+
+    path = tmp / "weights.pt"
+    torch.save(run.load_model().state_dict(), path)
+    return path
 
 
 def _commands_with_json(group: click.Group, prefix: str = "") -> set[str]:

@@ -235,7 +235,7 @@ def test_train_score_mia_with_two_shadows_and_remove(project, name):
     score = json.loads(rsc("score", run, "--json").output)
     assert score["num_images"] == 8 and 0 <= score["score"] <= 1
     mia = rsc("mia", "--spec", f"mem{name}v20-2-0-0", "--attack", "rmia:population=10",
-              "--shadows", "2", *recipe, "-q", "--json", "--out", str(project / "mia"))
+              "--shadows", "2", *recipe, "-q", "--json", "--output", str(project / "mia"))
     assert mia.exit_code == 0, mia.output
     metrics = json.loads(mia.output)
     assert metrics["attacks"]["rmia:population=10"]["shadows"] == 2
@@ -326,7 +326,7 @@ def test_an_imported_model_is_scored_attacked_and_removed_from(project):
                       "s.png", "--json")
     assert sensitivity.exit_code == 0, sensitivity.output
     mia = rsc("mia", "--spec", "memrgbv8-2-0-0", "--attack", "shadow-lr", "--target-run",
-              str(run.path), "-q", "--json", "--out", "mia")
+              str(run.path), "-q", "--json", "--output", "mia")
     assert mia.exit_code == 0, mia.output
     assert json.loads(mia.output)["runs"]["target"] == [run.name]
     removed = rsc("remove", str(run.path), "-m", "retrain", "-q", "--json")
