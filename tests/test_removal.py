@@ -431,7 +431,7 @@ def test_weight_maps_need_an_mlp_and_an_output(env, tmp_path):
 def test_a_forget_set_with_zero_gradient_leaves_the_model_unchanged(env, monkeypatch):
     """Memorised examples can have a float32 loss of exactly 0; then v = 0, the update is 0
     and no solver runs (the real MNIST R3 n = 3 seed-0 run is such a case)."""
-    from rsc_plugins.removal import hessian as module
+    from rsc_core import hessian as module
 
     monkeypatch.setattr(module.LossHessian, "gradient_sum",
                         lambda self, rows: torch.zeros_like(self.theta))
