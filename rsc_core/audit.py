@@ -176,32 +176,45 @@ def audit_run(path: str | Path, auditors: Sequence[Auditor], out: str | Path, *,
     from .subsets import training_rows
 
     indices = training_rows(data)
-    scores, reports = {}, []
+    reports = _run_auditors(auditors, model, data, indices, torch_device, run, progress)
+    scores = {auditor.label: result.scores for auditor, result, _ in reports}
+    ranking = Ranking(indices, data.train.labels.numpy(), scores, combine)
+    summary = _summary(run, model_sha256, len(indices), top_k, ranking, reports)
+    with replaced_folder(out) as tmp:
+        write_text(tmp / "ranking.csv", ranking.csv())
+        _write_proposals(tmp, reports)
+        _top_k_figure(tmp / "top-k.png", run, model, data, ranking, top_k, torch_device)
+        write_json(tmp / "audit.json", summary)
+    return AuditOutcome(out, summary, ranking)
+
+
+def _run_auditors(auditors: Sequence[Auditor], model: torch.nn.Module, data: Any,
+                  indices: np.ndarray, device: torch.device, run: Run,
+                  progress: bool) -> list[tuple[Auditor, Any, float]]:
+    """Each auditor on its own copy of the model: (auditor, checked result, seconds)."""
+    reports = []
     for auditor in auditors:
         _say(progress, f"auditor {auditor.label}: running")
         started = time.perf_counter()
         request = AuditRequest(copy.deepcopy(model), data.train, data.test, indices,
-                               data.num_classes, auditor.options, torch_device, run, progress)
+                               data.num_classes, auditor.options, device, run, progress)
         result = auditor.audit(request)
         seconds = time.perf_counter() - started
-        scores[auditor.label] = check_scores(auditor.label, result.scores, len(indices))
+        result.scores = check_scores(auditor.label, result.scores, len(indices))
         for proposal in result.proposals:
             check_proposal(auditor.label, proposal, tuple(data.input_shape))
         reports.append((auditor, result, seconds))
         _say(progress, f"auditor {auditor.label}: {seconds:.1f} s")
-    ranking = Ranking(indices, data.train.labels.numpy(), scores, combine)
-    summary = _summary(run, model_sha256, len(indices), top_k, ranking, reports, out)
-    with replaced_folder(out) as tmp:
-        write_text(tmp / "ranking.csv", ranking.csv())
-        for auditor, result, _ in reports:
-            for proposal in result.proposals:
-                from .pattern_files import write_pattern_png
+    return reports
 
-                write_pattern_png(proposal_path(tmp, auditor.name, proposal), proposal.mask,
-                                  proposal.pattern, proposal.target)
-        _top_k_figure(tmp / "top-k.png", run, model, data, ranking, top_k, torch_device)
-        write_json(tmp / "audit.json", summary)
-    return AuditOutcome(out, summary, ranking)
+
+def _write_proposals(folder: Path, reports: list) -> None:
+    from .pattern_files import write_pattern_png
+
+    for auditor, result, _ in reports:
+        for proposal in result.proposals:
+            write_pattern_png(proposal_path(folder, auditor.name, proposal), proposal.mask,
+                              proposal.pattern, proposal.target)
 
 
 def _open_run(path: str | Path) -> Run:
@@ -243,7 +256,7 @@ def _say(enabled: bool, line: str) -> None:
 
 
 def _summary(run: Run, model_sha256: str, rows: int, top_k: int, ranking: Ranking,
-             reports: list, out: Path) -> dict[str, Any]:
+             reports: list) -> dict[str, Any]:
     order = ranking.order()[:top_k]
     auditors = []
     for auditor, result, seconds in reports:
