@@ -176,7 +176,7 @@ def audit_run(path: str | Path, auditors: Sequence[Auditor], out: str | Path, *,
     from .subsets import training_rows
 
     indices = training_rows(data)
-    reports = _run_auditors(auditors, model, data, indices, torch_device, run, progress)
+    reports = run_auditors(auditors, model, data, indices, torch_device, run, progress)
     scores = {auditor.label: result.scores for auditor, result, _ in reports}
     ranking = Ranking(indices, data.train.labels.numpy(), scores, combine)
     summary = _summary(run, model_sha256, len(indices), top_k, ranking, reports)
@@ -188,10 +188,12 @@ def audit_run(path: str | Path, auditors: Sequence[Auditor], out: str | Path, *,
     return AuditOutcome(out, summary, ranking)
 
 
-def _run_auditors(auditors: Sequence[Auditor], model: torch.nn.Module, data: Any,
+def run_auditors(auditors: Sequence[Auditor], model: torch.nn.Module, data: Any,
                   indices: np.ndarray, device: torch.device, run: Run,
                   progress: bool) -> list[tuple[Auditor, Any, float]]:
-    """Each auditor on its own copy of the model: (auditor, checked result, seconds)."""
+    """Each auditor on its own copy of ``model``, auditing ``data.train``: (auditor, checked
+    result, seconds). ``audit_run`` passes the run's own model; a control may pass another
+    (benchmarks/audit_control.py: a clean model on a planted training set)."""
     reports = []
     for auditor in auditors:
         _say(progress, f"auditor {auditor.label}: running")

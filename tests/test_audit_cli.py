@@ -290,3 +290,21 @@ def test_the_self_influence_benchmark_runs(data_env, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["rows"] for line in lines[:2]] == [20, 20]
     assert "arnoldi:rank=3,hvp_samples=0 vs cg:max_iter=5,damp=20" in lines[2]["spearman"]
+
+
+def test_the_audit_control_benchmark_audits_with_the_clean_model(data_env, tmp_path, capsys):
+    """The control: the planted run's training set audited with a clean run's weights."""
+    control = _script("audit_control")
+    run = data_env["run"]
+    clean = train_run(parse_spec("mnist"), TrainConfig(epochs=1, batch_size=16),
+                      runs_dir=tmp_path / "clean", progress=False).run
+    recipe = run.name.partition("_")[2].rsplit("-", 1)[0]
+    out = tmp_path / "control"
+    args = ["--runs-dir", str(run.path.parent), "--clean", str(clean.path), "--spec",
+            run.spec.name, "--recipe", recipe, "--auditor", "saliency:quantile=0.9",
+            "--out", str(out)]
+    assert control.main(args) == 0
+    row = json.loads((out / f"{run.name}.json").read_text())
+    assert row["clean"] == clean.name and row["n"] == 2
+    assert 0 <= row["metrics"]["saliency:quantile=0.9"]["auroc"] <= 1
+    assert "| mnist | v8 | 2 | 0 | saliency |" in capsys.readouterr().out

@@ -1,0 +1,118 @@
+"""The control of the audit grid (issue 23, docs/results.md): do the auditors find the planted
+images because the model LEARNED a shortcut from them, or because they are odd in pixel
+space (a white corner no digit has, noise on a black background)?
+
+For every finished planted run matching ``--spec``, the auditors score that run's training
+set (planted images included) with the CLEAN model's weights (``--clean``, a run that never
+saw any planted image) instead of the run's own, and the ranking is evaluated against the
+planted indices as in ``audit_grid.py``. Where an auditor finds the planted images as well
+with the clean model, its success on the planted model is pixel-space oddity, not evidence of
+what the model learned. One JSON file per run under ``--out`` (reused when present, so the
+script resumes); prints a markdown table of the control beside the planted model's own audit
+(``--grid``: the ``results.json`` of ``audit_grid.py``). One thread: OMP_NUM_THREADS=1.
+
+    OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE RSC_DATA_DIR=/work/shared/data \\
+      python benchmarks/audit_control.py --runs-dir /work/rsc-runs/runs \\
+      --clean /work/rsc-runs/runs/mnist_ce-tor-LargeMLP_adam-lr0.01-b128-e70-s0-031e237558 \\
+      --spec 'mnist{v20,v8}-{1,3,100}-0-{0..2}' --references /work/rsc-runs/mia-runs \\
+      --out /work/audit-out/control --grid /work/audit-out/grid/results.json
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rsc_core.atomic import write_json
+from rsc_core.audit import Ranking, create_auditors, run_auditors, training_set
+from rsc_core.audit_metrics import ranking_metrics
+from rsc_core.runs import Run, resolve_device
+from rsc_core.subsets import training_rows
+
+
+def _grid_module() -> Any:
+    """audit_grid.py beside this file (its run finder and table cells)."""
+    path = Path(__file__).with_name("audit_grid.py")
+    spec = importlib.util.spec_from_file_location("audit_grid_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def control(run: Run, clean: Run, texts: list[str], data_dir: str | None) -> dict[str, Any]:
+    """The auditors on ``run``'s training set with ``clean``'s model, evaluated."""
+    data = training_set(run, data_dir)
+    indices = training_rows(data)
+    reports = run_auditors(create_auditors(texts), clean.load_model(), data, indices,
+                           resolve_device("cpu"), clean, progress=True)
+    ranking = Ranking(indices, data.train.labels.numpy(),
+                      {auditor.label: result.scores for auditor, result, _ in reports})
+    planted = np.asarray(run.metrics["spurious_indices"], dtype=np.int64)
+    spec = run.spec
+    return {"run": run.name, "clean": clean.name, "pattern": spec.pattern, "n": spec.n,
+            "seed": spec.seed, "dataset": spec.dataset,
+            "metrics": ranking_metrics(ranking, planted)}
+
+
+def table(rows: list[dict[str, Any]], grid: dict[str, dict[str, Any]]) -> str:
+    cell = _grid_module().cell
+    groups: dict[tuple, list] = defaultdict(list)
+    for row in rows:
+        groups[(row["dataset"], row["pattern"], row["n"])].append(row)
+    lines = ["| dataset | pattern | n | seeds | auditor | AUROC, own model | AUROC, clean "
+             "model (control) | recall@100, own | recall@100, control |",
+             "|---|---|---:|---|---|---:|---:|---:|---:|"]
+    for (dataset, pattern, n), members in sorted(groups.items()):
+        seeds = ",".join(str(r["seed"]) for r in sorted(members, key=lambda r: r["seed"]))
+        for name in members[0]["metrics"]:
+            own = [grid[r["run"]]["metrics"][name] for r in members
+                   if r["run"] in grid and name in grid[r["run"]]["metrics"]]
+            ctrl = [r["metrics"][name] for r in members]
+            lines.append(f"| {dataset} | {pattern} | {n} | {seeds} | {name.split(':')[0]} | "
+                         f"{cell([m['auroc'] for m in own], 3)} | "
+                         f"{cell([m['auroc'] for m in ctrl], 3)} | "
+                         f"{cell([m['recall@100'] for m in own])} | "
+                         f"{cell([m['recall@100'] for m in ctrl])} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    grid = _grid_module()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs-dir", type=Path, required=True)
+    parser.add_argument("--clean", type=Path, required=True, help="the clean run's folder")
+    parser.add_argument("--spec", action="append", required=True)
+    parser.add_argument("--recipe", default=grid.DEFAULT_RECIPE)
+    parser.add_argument("--references", default="")
+    parser.add_argument("--auditor", action="append", default=None)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--grid", type=Path, default=None, help="audit_grid.py's results.json")
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+    texts = args.auditor or [a.format(references=args.references) for a in grid.AUDITORS
+                             if args.references or not a.startswith("memorisation")]
+    clean = Run.open(args.clean)
+    rows = []
+    for run in grid.find_runs(args.runs_dir, args.spec, args.recipe):
+        path = args.out / f"{run.name}.json"
+        if not path.is_file():
+            print(f"control for {run.name}", file=sys.stderr, flush=True)
+            write_json(path, control(run, clean, texts, args.data_dir))
+        rows.append(json.loads(path.read_text()))
+    own = {}
+    if args.grid is not None and args.grid.is_file():
+        own = {r["run"]: r for r in json.loads(args.grid.read_text())["rows"]}
+    print(table(rows, own))
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    sys.exit(main())
