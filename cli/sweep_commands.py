@@ -22,7 +22,8 @@ from rsc_core.paths import runs_dir as resolve_runs_dir
 from rsc_core.runs import config_hash, resolve_device, run_config
 from rsc_core.spec import parse_int_list
 from rsc_core.sweep_grid import Grid, GridError, grid_from_dict, load_grid
-from rsc_core.sweep_presets import PRESETS, preset_grid, to_toml
+from rsc_core.sweep_presets import PRESETS, preset_grid
+from rsc_core.toml_writer import to_toml
 from rsc_core.sweeps import (BROKEN, DONE, FINISHED, INTERRUPTED, NEW, PlannedRun, RunReport,
                              SweepJob, make_jobs, plan_sweep, run_sweep, write_sweep_record)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_text
+from .toml_writer import to_toml
 from .errors import UserConfigError
 
 CONFIG_ENV = "RSC_CONFIG"
@@ -98,7 +99,6 @@ def declaration_added(section: str, name: str, table: dict[str, Any]) -> Iterato
     with-block, which checks that it works; if the body raises, the file is put back as it was
     (or removed, if this made it). The old text is kept as it is, comments too, and every
     write is atomic, so the file is never broken or half-written."""
-    from .sweep_presets import to_toml  # the TOML writer rsc already has for grids
 
     path = write_path()
     old = path.read_text(encoding="utf-8") if path.is_file() else None

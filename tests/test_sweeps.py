@@ -21,7 +21,8 @@ from rsc_core.group_runs import train_runs
 from rsc_core.runs import Run, find_run
 from rsc_core.spec import SpuriousSpec
 from rsc_core.sweep_grid import GridError, load_grid, parse_grid
-from rsc_core.sweep_presets import PRESETS, STUDY_PATTERNS, preset_grid, to_toml
+from rsc_core.sweep_presets import PRESETS, STUDY_PATTERNS, preset_grid
+from rsc_core.toml_writer import to_toml
 from rsc_core.sweeps import plan_sweep
 from rsc_core.train_recipe import RECIPE_DEFAULTS
 
