@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from rsc_core.atomic import write_json
-from rsc_core.audit import Ranking, create_auditors, run_auditors, training_set
-from rsc_core.audit_metrics import ranking_metrics
-from rsc_core.runs import Run, resolve_device
-from rsc_core.subsets import training_rows
+from rsc_core.storage.atomic import write_json
+from rsc_core.audit.runner import Ranking, create_auditors, run_auditors, training_set
+from rsc_core.audit.metrics import ranking_metrics
+from rsc_core.runs.folder import Run, resolve_device
+from rsc_core.data.subsets import training_rows
 
 
 def _grid_module() -> Any:

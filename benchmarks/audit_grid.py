@@ -33,12 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from rsc_core.atomic import write_json
-from rsc_core.audit import (COMBINED, audit_run, create_auditors, is_audit_folder,
-                            read_ranking)
-from rsc_core.audit_metrics import mask_iou, pattern_support, ranking_metrics
-from rsc_core.runs import Run
-from rsc_core.spec import expand_names, parse_spec
+from rsc_core.storage.atomic import write_json
+from rsc_core.audit.runner import (COMBINED, audit_run, create_auditors, is_audit_folder,
+    read_ranking)
+from rsc_core.audit.metrics import mask_iou, pattern_support, ranking_metrics
+from rsc_core.runs.folder import Run
+from rsc_core.data.spec import expand_names, parse_spec
 
 #: The issue's grid, in the order the background training produces it.
 DEFAULT_SPECS = ("mnist", "fashion", "mnist{v20,v8}-{1,3,10,100}-0-{0..2}",
@@ -85,7 +85,7 @@ def evaluate(run: Run, folder: Path) -> dict[str, Any]:
         if planted.size:
             target = spec.target
             proposal = next(p for p in nc["proposals"] if p["target"] == target)
-            from rsc_core.pattern_files import read_pattern_png
+            from rsc_core.data.pattern_files import read_pattern_png
 
             mask = read_pattern_png(folder / proposal["file"]).mask.numpy()
             support = pattern_support(spec.pattern, tuple(summary_shape(run)), spec.seed)
@@ -96,7 +96,7 @@ def evaluate(run: Run, folder: Path) -> dict[str, Any]:
 
 
 def summary_shape(run: Run) -> tuple[int, int, int]:
-    from rsc_core.checkpoints import read_checkpoint
+    from rsc_core.runs.checkpoints import read_checkpoint
 
     return tuple(read_checkpoint(run.path / "model.pt")["meta"]["input_shape"])
 

@@ -17,7 +17,7 @@ decay 1e-4 (the optimizer's coupled term), cross-entropy, ``aug01``.
               processes, as each reference epoch does) + the steady per-batch time x the rest.
   (c) floor   forward + backward + step on ONE fixed batch already on the device, nothing
               else: the least any trainer can spend per batch.
-  (u) user    rsc as a user runs it: ``rsc_core.runs.train_run`` (what ``rsc train`` calls)
+  (u) user    rsc as a user runs it: ``rsc_core.runs.training.train_run`` (what ``rsc train`` calls)
               on the clean ``cifar10`` spec, its training rows cut to the first B x 128 images
               (``TrainSubset``), one epoch, then the trainer's evaluation on the whole test
               split on disk, the epoch checkpoint, the final scoring and model file. Its epoch
@@ -80,11 +80,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_throughput as base  # noqa: E402  (machine facts)
 
 import rsc_core  # noqa: E402
-import rsc_core.runs as rsc_runs  # noqa: E402
-from rsc_core.datasets import ImageData, load_dataset  # noqa: E402
-from rsc_core.hardware import ALLOW_EMULATED_ENV, cpu_bf16_flags, cpu_has_bf16  # noqa: E402
-from rsc_core.regularisers import build_regularisers  # noqa: E402
-from rsc_core.training import TrainConfig  # noqa: E402
+import rsc_core.runs.training as rsc_runs  # noqa: E402
+from rsc_core.data.datasets import ImageData, load_dataset  # noqa: E402
+from rsc_core.training.hardware import ALLOW_EMULATED_ENV, cpu_bf16_flags, cpu_has_bf16  # noqa: E402
+from rsc_core.training.regularisers import build_regularisers  # noqa: E402
+from rsc_core.training.trainer import TrainConfig  # noqa: E402
 
 ARCH = "altResNet20Norm02"
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-4
@@ -151,8 +151,8 @@ def measure_user(args: argparse.Namespace, device: torch.device, precision: str,
                  channels_last: bool) -> dict:
     """``train_run`` as ``rsc train`` calls it, on the first ``batches`` batches (see the
     module docstring for how its epoch is assembled)."""
-    from rsc_core.spec import parse_spec
-    from rsc_core.subsets import TrainSubset
+    from rsc_core.data.spec import parse_spec
+    from rsc_core.data.subsets import TrainSubset
 
     weight_decay = ({"name": "weight-decay", "params": {"value": WEIGHT_DECAY}},)
     config = TrainConfig(arch=ARCH, aug="aug01", optimizer="sgd", lr=LR, momentum=MOMENTUM,
@@ -372,7 +372,7 @@ def measure_batch_work(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespac
     """What (a) does per batch besides the model: pick the batch from a permutation
     (``index_select`` of images and labels) and apply aug01; timed alone over many batches, so
     that it can be compared with the floor's per-batch time even on a busy machine."""
-    from rsc_core.training import augment_aug01
+    from rsc_core.training.trainer import augment_aug01
 
     generator = torch.Generator(device=device).manual_seed(args.seed)
     order = torch.randperm(len(y), generator=generator, device=device)

@@ -105,11 +105,11 @@ def step_architectures(args: argparse.Namespace, budget: Budget) -> dict[str, An
     import torch
 
     import rsc_core
-    from rsc_core.checkpoints import save_checkpoint
-    from rsc_core.datasets import load_dataset
-    from rsc_core.evaluation import loss_and_accuracy
-    from rsc_core.memory_format import use_channels_last
-    from rsc_core.training import TrainConfig, make_loss
+    from rsc_core.runs.checkpoints import save_checkpoint
+    from rsc_core.data.datasets import load_dataset
+    from rsc_core.evaluation.predictions import loss_and_accuracy
+    from rsc_core.training.memory_format import use_channels_last
+    from rsc_core.training.trainer import TrainConfig, make_loss
 
     device = torch.device(args.device)
     bundles = {name: load_dataset(name, args.data_dir) for name in ("mnist", "cifar10")}
@@ -156,7 +156,7 @@ def _synchronize(device: Any) -> None:
 
 
 def _resident(bundle: Any, limit: int, device: Any) -> tuple[Any, Any]:
-    from rsc_core.datasets import ImageData
+    from rsc_core.data.datasets import ImageData
 
     n = len(bundle.train.labels) if limit == 0 else min(limit, len(bundle.train.labels))
     train = ImageData(bundle.train.images[:n].to(device), bundle.train.labels[:n].to(device))
@@ -166,9 +166,9 @@ def _resident(bundle: Any, limit: int, device: Any) -> tuple[Any, Any]:
 def step_logits(args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
     import torch
 
-    from rsc_core.checkpoints import build_model_from_checkpoint, read_checkpoint
-    from rsc_core.datasets import load_dataset
-    from rsc_core.evaluation import predict_logits
+    from rsc_core.runs.checkpoints import build_model_from_checkpoint, read_checkpoint
+    from rsc_core.data.datasets import load_dataset
+    from rsc_core.evaluation.predictions import predict_logits
 
     path = args.out / "altResNet20Norm02.pt"
     if not path.is_file():

@@ -46,12 +46,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from rsc_core.errors import DivergenceError
-from rsc_core.runs import Run
-from rsc_core.spurious import build_spurious_dataset
-from rsc_core.conjugate_gradient import conjugate_gradient
+from rsc_core.runs.folder import Run
+from rsc_core.data.planting import build_spurious_dataset
+from rsc_core.influence.conjugate_gradient import conjugate_gradient
 from rsc_plugins.removal.group_influence import REFERENCE_SCALE, reference_depth
-from rsc_core.hessian import LossHessian
-from rsc_core.lissa import LissaSettings, draw_samples, lissa
+from rsc_core.influence.hessian import LossHessian
+from rsc_core.influence.lissa import LissaSettings, draw_samples, lissa
 from rsc_plugins.removal.reference_lissa import (ReferenceSettings, draw_reference_samples,
                                                  reference_ihvp_sum)
 
@@ -198,7 +198,7 @@ def time_cg(hessian: LossHessian, rows: int, tol: float, max_iter: int,
 def time_ekfac(hessian: LossHessian, damp: float, fit_samples: list[int], cg_rows: int,
                tol: float, max_iter: int) -> dict[str, Any]:
     """(d): EK-FAC against CG on v = the summed gradient of 100 random training rows."""
-    from rsc_core.ekfac import EkfacSettings, ekfac_ihvp
+    from rsc_core.influence.ekfac import EkfacSettings, ekfac_ihvp
 
     generator = torch.Generator().manual_seed(0)
     v = hessian.gradient_sum(torch.randperm(hessian.num_rows, generator=generator)[:100])

@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_throughput as base  # noqa: E402  (machine facts, matmul peak, FLOP count)
 
 import rsc_core  # noqa: E402
-from rsc_core.datasets import ImageData, load_dataset  # noqa: E402
-from rsc_core.group_training import GroupMember  # noqa: E402
-from rsc_core.training import TrainConfig  # noqa: E402
+from rsc_core.data.datasets import ImageData, load_dataset  # noqa: E402
+from rsc_core.training.multi_model import GroupMember  # noqa: E402
+from rsc_core.training.trainer import TrainConfig  # noqa: E402
 
 EPOCH_BATCHES = math.ceil(60_000 / base.BATCH_SIZE)
 TARGETS = {

@@ -35,11 +35,11 @@ from typing import Any
 import torch
 
 import rsc_core
-from rsc_core import hardware
-from rsc_core.datasets import ImageData, load_dataset
-from rsc_core.runs import train_run
-from rsc_core.spec import parse_spec
-from rsc_core.training import TrainConfig
+from rsc_core.training import hardware
+from rsc_core.data.datasets import ImageData, load_dataset
+from rsc_core.runs.training import train_run
+from rsc_core.data.spec import parse_spec
+from rsc_core.training.trainer import TrainConfig
 
 PRECISIONS = ("fp32", "bf16")
 BATCH_SIZE = 128

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 import rsc_core
-from rsc_core.audit import Ranking, training_set
-from rsc_core.audit_metrics import ranking_metrics
-from rsc_core.auditors import AuditRequest
+from rsc_core.audit.runner import Ranking, training_set
+from rsc_core.audit.metrics import ranking_metrics
+from rsc_core.audit.auditor import AuditRequest
 from rsc_core.named_options import parse_named_options
-from rsc_core.runs import Run
-from rsc_core.subsets import training_rows
+from rsc_core.runs.folder import Run
+from rsc_core.data.subsets import training_rows
 
 
 def main(argv: list[str] | None = None) -> int:

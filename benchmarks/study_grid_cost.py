@@ -59,9 +59,9 @@ def grid_runs() -> tuple[int, int]:
 def time_evaluation(clock: Callable[[], float], data_dir: str | None) -> float:
     """One model's per-epoch evaluation on the MNIST test split, as the trainer runs it."""
     import rsc_core
-    from rsc_core.datasets import load_dataset
-    from rsc_core.evaluation import loss_and_accuracy
-    from rsc_core.training import make_loss
+    from rsc_core.data.datasets import load_dataset
+    from rsc_core.evaluation.predictions import loss_and_accuracy
+    from rsc_core.training.trainer import make_loss
     from rsc_plugins.trainers.erm import EVAL_BATCH
 
     test = load_dataset("mnist", data_dir).test

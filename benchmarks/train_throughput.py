@@ -96,7 +96,7 @@ def load_average() -> list[float] | None:
 
 
 def _vector_flags() -> list[str] | None:
-    from rsc_core.hardware import cpu_vector_flags
+    from rsc_core.training.hardware import cpu_vector_flags
 
     flags = cpu_vector_flags()
     return None if flags is None else list(flags)
@@ -130,8 +130,8 @@ def fresh_model(seed: int) -> nn.Module:
 
 def measure_rsc(x: torch.Tensor, y: torch.Tensor, seed: int, warmup_batches: int) -> dict:
     import rsc_core
-    from rsc_core.datasets import ImageData
-    from rsc_core.training import TrainConfig
+    from rsc_core.data.datasets import ImageData
+    from rsc_core.training.trainer import TrainConfig
 
     trainer = rsc_core.create("trainers", "erm")
     config = TrainConfig(arch="LargeMLP", loss="ce", optimizer="adam", lr=LR,
@@ -253,7 +253,7 @@ def measure_matmul(size: int, reps: int) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from rsc_core.datasets import load_dataset
+    from rsc_core.data.datasets import load_dataset
 
     # (b) deliberately uses more workers than cores, as the reference does; don't warn about it.
     warnings.filterwarnings("ignore", message="This DataLoader will create")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from rsc_core.audit import DEFAULT_TOP_K, audit_run, create_auditors
+from rsc_core.audit.runner import DEFAULT_TOP_K, audit_run, create_auditors
 
 from .options import data_options
 from .output import echo_json, print_table, table_console

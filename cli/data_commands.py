@@ -9,15 +9,15 @@ import numpy as np
 from rich.table import Table
 
 from rsc_core import registry, reset_plugins
-from rsc_core.atomic import write_file
-from rsc_core.datasets import load_dataset
+from rsc_core.storage.atomic import write_file
+from rsc_core.data.datasets import load_dataset
 from rsc_core.errors import ConfigError
-from rsc_core.imports import declared_training_set
-from rsc_core.paths import data_dir
+from rsc_core.runs.imports import declared_training_set
+from rsc_core.storage.paths import data_dir
 from rsc_core.plots import check_figure_path, save_pattern_grid
-from rsc_core.spec import MAX_SEED, check_dataset_name
-from rsc_core.spurious import plant
-from rsc_core.subsets import kept_spurious_indices, training_rows
+from rsc_core.data.spec import MAX_SEED, check_dataset_name
+from rsc_core.data.planting import plant
+from rsc_core.data.subsets import kept_spurious_indices, training_rows
 from rsc_core.user_config import declaration_added, write_path
 
 from .options import data_options, spec_options

@@ -4,10 +4,10 @@ from __future__ import annotations
 import click
 
 from rsc_core.errors import SpecError
-from rsc_core.imports import TrainingSet, declared_training_set, import_run
-from rsc_core.spec import SpuriousSpec, parse_int_list
-from rsc_core.spurious import build_spurious_dataset
-from rsc_core.training import MAX_TRAIN_SEED
+from rsc_core.runs.imports import TrainingSet, declared_training_set, import_run
+from rsc_core.data.spec import SpuriousSpec, parse_int_list
+from rsc_core.data.planting import build_spurious_dataset
+from rsc_core.training.trainer import MAX_TRAIN_SEED
 
 from .options import data_options
 from .output import echo_json

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 import click
 
 from rsc_core.errors import RscError
-from rsc_core.paths import file_in_the_way
+from rsc_core.storage.paths import file_in_the_way
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130

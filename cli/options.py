@@ -9,7 +9,7 @@ from typing import Any, Callable
 import click
 
 from rsc_core.errors import SpecError
-from rsc_core.spec import SpuriousSpec, expand_names, parse_spec
+from rsc_core.data.spec import SpuriousSpec, expand_names, parse_spec
 
 
 def data_options(fn: Callable) -> Callable:
@@ -108,8 +108,8 @@ def run_path(text: str, runs_dir: str | None) -> Path:
     """A run given on the command line: a path (folder or checkpoint file) when one exists,
     else a run's folder name, or a unique start of one, under the runs root (found through
     the results index, as `rsc runs show` finds it)."""
-    from rsc_core.paths import runs_dir as resolve_runs_dir
-    from rsc_core.results_index import get_run
+    from rsc_core.storage.paths import runs_dir as resolve_runs_dir
+    from rsc_core.runs.index import get_run
 
     path = Path(text)
     if path.exists():

@@ -9,17 +9,17 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from rsc_core.attacks import DEFAULT_SHADOWS
+from rsc_core.privacy.attacks import DEFAULT_SHADOWS
 from rsc_core.errors import ConfigError
-from rsc_core.group_runs import DEFAULT_GROUP_SIZE, check_group_size
-from rsc_core.atomic import write_json
-from rsc_core.membership import parse_membership_spec
-from rsc_core.membership_summary import summarise
-from rsc_core.membership_metrics import DIFFERENCE, LOW_FPRS, SLICES, fpr_key
-from rsc_core.mia import MiaResult, create_attacks, result_name, run_mia_many
-from rsc_core.runs import Run, resolve_device
-from rsc_core.spec import expand_names, parse_int_list
-from rsc_core.training import MAX_TRAIN_SEED
+from rsc_core.runs.groups import DEFAULT_GROUP_SIZE, check_group_size
+from rsc_core.storage.atomic import write_json
+from rsc_core.data.membership import parse_membership_spec
+from rsc_core.privacy.summary import summarise
+from rsc_core.privacy.metrics import DIFFERENCE, LOW_FPRS, SLICES, fpr_key
+from rsc_core.privacy.experiment import MiaResult, create_attacks, result_name, run_mia_many
+from rsc_core.runs.folder import Run, resolve_device
+from rsc_core.data.spec import expand_names, parse_int_list
+from rsc_core.training.trainer import MAX_TRAIN_SEED
 
 from .options import PluginNamesOption, data_options, old_spelling
 from .output import echo_json, table_console

@@ -14,14 +14,15 @@ import click
 from rich.console import Console
 
 from rsc_core import registry
-from rsc_core.compare import Comparison, compare_runs
+from rsc_core.analysis.compare import Comparison, compare_runs
 from rsc_core.errors import RscError
-from rsc_core.group_runs import RunRequest, train_runs
+from rsc_core.runs.groups import RunRequest, train_runs
 from rsc_core.plots import check_figure_path, save_n_curves
-from rsc_core.report import pattern_label
-from rsc_core.runs import Run, resolve_device, train_run
-from rsc_core.spec import SpuriousSpec
-from rsc_core.training import TrainConfig
+from rsc_core.reports.report import pattern_label
+from rsc_core.runs.folder import Run, resolve_device
+from rsc_core.runs.training import train_run
+from rsc_core.data.spec import SpuriousSpec
+from rsc_core.training.trainer import TrainConfig
 
 from .options import data_options
 from .output import echo_json, table_console

@@ -6,13 +6,13 @@ from typing import Any
 
 import click
 
-from rsc_core.checkpoints import read_checkpoint
+from rsc_core.runs.checkpoints import read_checkpoint
 from rsc_core.errors import RscError
 from rsc_core.named_options import parse_key_values
 from rsc_core.plots import check_figure_path
-from rsc_core.removal_runs import RemovalOutcome, remove_run
-from rsc_core.runs import Run
-from rsc_core.weight_maps import difference_summary, first_layer_map, save_weight_maps
+from rsc_core.removal.runs import RemovalOutcome, remove_run
+from rsc_core.runs.folder import Run
+from rsc_core.analysis.weight_maps import difference_summary, first_layer_map, save_weight_maps
 
 from .options import PluginNamesOption, data_options
 from .output import echo_json

@@ -9,18 +9,18 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from rsc_core.atomic import write_text
+from rsc_core.storage.atomic import write_text
 from rsc_core.errors import ConfigError
 from rsc_core.plots import (N_AXIS_CAPTION, check_figure_path, runs_text, save_before_after,
-                            save_n_curves, save_probability_curves)
-from rsc_core.report import (MITIGATION_COLUMNS, SCORE_COLUMNS, Report, before_after_points,
-                             build_report, by_recipe, check_output_folder, curve_panels,
-                             display_rows, dumps, mitigation_records, report_json,
-                             score_records, to_csv, to_latex, to_markdown, write_folder)
-from rsc_core.results_index import WHERE_HELP, list_runs
-from rsc_core.runs import Run, resolve_device
-from rsc_core.scoring import DEFAULT_THRESHOLD
-from rsc_core.sensitivity import DEFAULT_IMAGES, DEFAULT_STEPS, sensitivity_curve
+    save_n_curves, save_probability_curves)
+from rsc_core.reports.report import (MITIGATION_COLUMNS, SCORE_COLUMNS, Report,
+    before_after_points, build_report, by_recipe, check_output_folder, curve_panels, display_rows,
+    dumps, mitigation_records, report_json, score_records, to_csv, to_latex, to_markdown,
+    write_folder)
+from rsc_core.runs.index import WHERE_HELP, list_runs
+from rsc_core.runs.folder import Run, resolve_device
+from rsc_core.evaluation.spurious_score import DEFAULT_THRESHOLD
+from rsc_core.analysis.sensitivity import DEFAULT_IMAGES, DEFAULT_STEPS, sensitivity_curve
 
 from .options import data_options, old_spelling
 from .output import echo_json, table_console

@@ -7,9 +7,9 @@ import click
 from rich.table import Table
 
 from rsc_core.errors import ConfigError
-from rsc_core.report import to_csv
-from rsc_core.runs import format_number
-from rsc_core.results_index import COLUMNS, WHERE_HELP, column_name, get_run, list_runs
+from rsc_core.reports.report import to_csv
+from rsc_core.runs.folder import format_number
+from rsc_core.runs.index import COLUMNS, WHERE_HELP, column_name, get_run, list_runs
 
 from .output import echo_json, print_table
 from .train_commands import runs_dir_option

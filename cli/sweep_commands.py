@@ -16,16 +16,16 @@ from rich.table import Table
 
 from rsc_core import registry
 from rsc_core.errors import RscError
-from rsc_core.executors import ExecutorSettings
-from rsc_core.group_runs import DEFAULT_GROUP_SIZE, RunRequest
-from rsc_core.paths import runs_dir as resolve_runs_dir
-from rsc_core.runs import config_hash, resolve_device, run_config
-from rsc_core.spec import parse_int_list
-from rsc_core.sweep_grid import Grid, GridError, grid_from_dict, load_grid
-from rsc_core.sweep_presets import PRESETS, preset_grid
-from rsc_core.toml_writer import to_toml
-from rsc_core.sweeps import (BROKEN, DONE, FINISHED, INTERRUPTED, NEW, PlannedRun, RunReport,
-                             SweepJob, make_jobs, plan_sweep, run_sweep, write_sweep_record)
+from rsc_core.sweeps.executors import ExecutorSettings
+from rsc_core.runs.groups import DEFAULT_GROUP_SIZE, RunRequest
+from rsc_core.storage.paths import runs_dir as resolve_runs_dir
+from rsc_core.runs.folder import config_hash, resolve_device, run_config
+from rsc_core.data.spec import parse_int_list
+from rsc_core.sweeps.grid import Grid, GridError, grid_from_dict, load_grid
+from rsc_core.sweeps.presets import PRESETS, preset_grid
+from rsc_core.storage.toml_writer import to_toml
+from rsc_core.sweeps.sweep import (BROKEN, DONE, FINISHED, INTERRUPTED, NEW, PlannedRun, RunReport,
+    SweepJob, make_jobs, plan_sweep, run_sweep, write_sweep_record)
 
 from .options import data_options
 from .output import echo_json, table_console

@@ -15,8 +15,8 @@ from pathlib import Path
 import click
 
 from rsc_core.errors import ConfigError
-from rsc_core.theory import (STUDY_G_MAX, STUDY_NOISES, STUDY_POINTS, STUDY_RIDGES,
-                             StudyCurves, TheoryParams, study_curves)
+from rsc_core.analysis.theory import (STUDY_G_MAX, STUDY_NOISES, STUDY_POINTS, STUDY_RIDGES,
+    StudyCurves, TheoryParams, study_curves)
 
 from .output import echo_json
 
@@ -38,7 +38,7 @@ def plot_study(curves: StudyCurves, output: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rsc_core.atomic import write_file
+    from rsc_core.storage.atomic import write_file
     from rsc_core.plots import fit_title
 
     rows = [(key, title) for key, title in _ROWS if curves.families.get(key)]

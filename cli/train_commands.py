@@ -9,21 +9,24 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from rsc_core.checkpoints import build_model_from_checkpoint, read_checkpoint
-from rsc_core.compare import Comparison, compare_runs, runs_from_index
-from rsc_core.datasets import load_dataset
+from rsc_core.runs.checkpoints import build_model_from_checkpoint, read_checkpoint
+from rsc_core.analysis.compare import Comparison, compare_runs, runs_from_index
+from rsc_core.data.datasets import load_dataset
 from rsc_core.errors import RscError
-from rsc_core.group_runs import (DEFAULT_GROUP_SIZE, RunRequest, RunResult, check_group_size,
-                                 train_runs)
-from rsc_core.memory_format import AUTO, CHANNELS_LAST, MEMORY_FORMATS
-from rsc_core.pattern_files import BlendPattern, read_pattern_png
-from rsc_core.results_index import WHERE_HELP
-from rsc_core.runs import Run, TrainOutcome, resolve_device, score_run, train_run
-from rsc_core.scoring import DEFAULT_THRESHOLD, ScoreResult, resolve_target, score_model
-from rsc_core.spec import SpuriousSpec, parse_int_list
-from rsc_core.spurious import build_spurious_dataset
-from rsc_core.subsets import TrainSubset, read_index_list
-from rsc_core.training import MAX_TRAIN_SEED
+from rsc_core.runs.groups import (DEFAULT_GROUP_SIZE, RunRequest, RunResult, check_group_size,
+    train_runs)
+from rsc_core.training.memory_format import AUTO, CHANNELS_LAST, MEMORY_FORMATS
+from rsc_core.data.pattern_files import BlendPattern, read_pattern_png
+from rsc_core.runs.index import WHERE_HELP
+from rsc_core.runs.folder import Run, resolve_device
+from rsc_core.runs.scores import score_run
+from rsc_core.runs.training import TrainOutcome, train_run
+from rsc_core.evaluation.spurious_score import (DEFAULT_THRESHOLD, ScoreResult, resolve_target,
+    score_model)
+from rsc_core.data.spec import SpuriousSpec, parse_int_list
+from rsc_core.data.planting import build_spurious_dataset
+from rsc_core.data.subsets import TrainSubset, read_index_list
+from rsc_core.training.trainer import MAX_TRAIN_SEED
 
 from .options import data_options, run_path, spec_options
 from .output import echo_json, print_table, table_console

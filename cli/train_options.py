@@ -7,9 +7,9 @@ from typing import Any, Callable
 
 import click
 
-from rsc_core.hardware import PRECISIONS
-from rsc_core.train_recipe import RECIPE_DEFAULTS, build_train_config
-from rsc_core.training import ADAM_IMPLS, LOSSES, OPTIMIZERS
+from rsc_core.training.hardware import PRECISIONS
+from rsc_core.training.recipe import RECIPE_DEFAULTS, build_train_config
+from rsc_core.training.trainer import ADAM_IMPLS, LOSSES, OPTIMIZERS
 
 __all__ = ["build_train_config", "split_train_kwargs", "train_options"]
 _D = RECIPE_DEFAULTS

@@ -3,7 +3,7 @@ aliases. Squares and the bar set pixels to 1; the random patterns add a fixed no
 from __future__ import annotations
 
 from rsc_core import hookimpl
-from rsc_core.patterns import FixedNoisePattern, SquarePattern
+from rsc_core.data.patterns import FixedNoisePattern, SquarePattern
 
 
 class V1(SquarePattern):

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from rsc_core import hookimpl
 from rsc_core.errors import ConfigError, OptionalDependencyError
-from rsc_core.regularisers import Regulariser, TrainContext
-from rsc_core.training import TrainConfig
+from rsc_core.training.regularisers import Regulariser, TrainContext
+from rsc_core.training.trainer import TrainConfig
 
 _REQUIRED = object()
 

@@ -3,6 +3,12 @@ line saying what was wrong and what to do; the CLI prints it and exits non-zero.
 from __future__ import annotations
 
 
+__all__ = ['RscError', 'SpecError', 'UnknownNameError', 'PluginError',
+           'PluginConflictError', 'DatasetMissingError', 'DatasetCorruptError',
+           'PatternError', 'CheckpointError', 'ConfigError', 'DivergenceError',
+           'OptionalDependencyError', 'UserConfigError']
+
+
 class RscError(Exception):
     """Base class: a user-facing, one-line error."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from .errors import ConfigError
+from rsc_core.errors import ConfigError
 
 
 def parse_named_options(text: str, what: str) -> tuple[str, dict[str, Any]]:

@@ -20,8 +20,8 @@ import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 
-from .atomic import write_file  # noqa: E402
-from .errors import ConfigError  # noqa: E402
+from rsc_core.storage.atomic import write_file  # noqa: E402
+from rsc_core.errors import ConfigError  # noqa: E402
 
 
 def supported_formats() -> list[str]:

@@ -29,9 +29,9 @@ from typing import Any, Callable
 
 import pluggy
 
-from . import hookspecs
-from .errors import PluginConflictError, PluginError, UserConfigError
-from .registry import KINDS, Entry, KindRegistry
+from rsc_core import hookspecs
+from rsc_core.errors import PluginConflictError, PluginError, UserConfigError
+from rsc_core.registry import KINDS, Entry, KindRegistry
 
 ENTRY_POINT_GROUP = "rsc"
 #: The distribution whose plugins are rsc's own: loaded first, and never disabled.

@@ -14,7 +14,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .errors import PluginConflictError, UnknownNameError
+from rsc_core.errors import PluginConflictError, UnknownNameError
 
 KINDS: tuple[str, ...] = (
     "patterns",

@@ -27,9 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_text
-from .toml_writer import to_toml
-from .errors import UserConfigError
+from rsc_core.storage.atomic import write_text
+from rsc_core.storage.toml_writer import to_toml
+from rsc_core.errors import UserConfigError
 
 CONFIG_ENV = "RSC_CONFIG"
 FILE_NAME = "rsc.toml"

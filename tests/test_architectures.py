@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import rsc_core
-from rsc_core.architectures import Architecture, count_parameters
+from rsc_core.training.architectures import Architecture, count_parameters
 from rsc_core.errors import ConfigError, UnknownNameError
 from rsc_plugins.architectures import reference as archs
 

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import rsc_core
-from rsc_core.attacks import Observations
-from rsc_core.audit import Ranking, rank_average
-from rsc_core.audit_metrics import mask_iou, pattern_support, ranking_metrics
-from rsc_core.auditors import AuditRequest, AuditorError, PatternProposal, check_scores
-from rsc_core.datasets import ImageData
+from rsc_core.privacy.attacks import Observations
+from rsc_core.audit.runner import Ranking, rank_average
+from rsc_core.audit.metrics import mask_iou, pattern_support, ranking_metrics
+from rsc_core.audit.auditor import AuditRequest, AuditorError, PatternProposal, check_scores
+from rsc_core.data.datasets import ImageData
 from rsc_core.errors import ConfigError
 
 SIDE, CLASSES, PER_CLASS, PLANTED = 12, 4, 50, 4
@@ -159,8 +159,9 @@ def test_ekfac_self_scores_equal_the_preconditioned_gradients():
     """The closed form (rank-one per Linear layer, per-position sums per Conv2d layer) equals
     g_i^T (EK-FAC + damp I)^-1 g_i with the inverse ``precondition`` applies."""
     pytest.importorskip("kronfluence")
-    from rsc_core.ekfac import EkfacSettings, fit_factors, precondition, self_influence_scores
-    from rsc_core.hessian import LossHessian
+    from rsc_core.influence.ekfac import (EkfacSettings, fit_factors, precondition,
+        self_influence_scores)
+    from rsc_core.influence.hessian import LossHessian
 
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 2, bias=False),
@@ -245,7 +246,7 @@ def test_ranking_metrics_and_rank_average():
     assert metrics["b"]["recall@2"] == 0.0 and metrics["b"]["auroc"] == 0.0
     assert np.allclose(ranking.key, 0.6)  # opposite rankings average to the middle
     assert metrics["combined-max-rank"]["recall@2"] == 0.5  # 10 and 11 tie first
-    from rsc_core.audit import max_rank
+    from rsc_core.audit.runner import max_rank
 
     assert np.allclose(max_rank([scores, -scores]), [1.0, 1.0, 0.6, 0.8, 0.8])
     assert np.allclose(rank_average([scores]), [0.2, 1.0, 0.6, 0.8, 0.4])
@@ -273,14 +274,14 @@ def test_bad_scores_and_options_are_one_line_errors():
     with pytest.raises(ConfigError, match="unknown self-influence solver"):
         rsc_core.create("auditors", "self-influence", solver="exact")
     proposal = PatternProposal("p", 0, np.zeros((3, 3)), np.full((1, 3, 3), 2.0))
-    from rsc_core.auditors import check_proposal
+    from rsc_core.audit.auditor import check_proposal
 
     with pytest.raises(AuditorError, match="outside \\[0, 1\\]"):
         check_proposal("x", proposal, (1, 3, 3))
 
 
 def test_block_conjugate_gradient_solves_each_row_as_alone():
-    from rsc_core.conjugate_gradient import conjugate_gradient
+    from rsc_core.influence.conjugate_gradient import conjugate_gradient
 
     generator = torch.Generator().manual_seed(0)
     root = torch.randn(6, 6, generator=generator, dtype=torch.float64)
@@ -298,7 +299,7 @@ def test_block_conjugate_gradient_solves_each_row_as_alone():
 def test_hand_written_margin_gradients_equal_torch_func(planted):
     """rsc's MLPs take the hand-written per-example margin gradients (mlp_hvp.py); they must
     equal the generic torch.func ones."""
-    from rsc_core.hessian import LossHessian
+    from rsc_core.influence.hessian import LossHessian
 
     model, train = planted["model"], planted["train"]
     fast = LossHessian(model, train.images, train.labels)

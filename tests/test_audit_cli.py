@@ -17,10 +17,10 @@ import torch
 from click.testing import CliRunner, Result
 
 from rsc_cli.main import cli
-from rsc_core.pattern_files import BlendPattern, read_pattern_png, write_pattern_png
-from rsc_core.runs import train_run
-from rsc_core.spec import parse_spec
-from rsc_core.training import TrainConfig
+from rsc_core.data.pattern_files import BlendPattern, read_pattern_png, write_pattern_png
+from rsc_core.runs.training import train_run
+from rsc_core.data.spec import parse_spec
+from rsc_core.training.trainer import TrainConfig
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "audit.md"
 QUICK = ["-a", "saliency:quantile=0.9", "-a", "neural-cleanse:steps=20,images=20,phase=5",
@@ -182,7 +182,7 @@ def test_other_bad_input_is_one_error_each(data_env, tmp_path):
 
 def test_memorisation_uses_reference_runs(data_env, tmp_path):
     """Reference runs: clean runs of the dataset on halves of the training set."""
-    from rsc_core.subsets import TrainSubset
+    from rsc_core.data.subsets import TrainSubset
 
     runs = tmp_path / "refs"
     order = np.random.RandomState(0).permutation(60)
@@ -237,7 +237,7 @@ def test_third_party_auditor_from_the_docs_works(data_env, high_loss_installed, 
         rows = list(csv.DictReader(handle))
     losses = {int(r["index"]): float(r["high-loss:batch=7"]) for r in rows}
     model = data_env["run"].load_model().eval()
-    from rsc_core.audit import training_set
+    from rsc_core.audit.runner import training_set
 
     data = training_set(data_env["run"])
     with torch.no_grad():

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from conftest import ONE_THREAD_ENV, write_idx_dataset
 
-from rsc_core.runs import train_run
-from rsc_core.spec import SpuriousSpec
-from rsc_core.training import TrainConfig
+from rsc_core.runs.training import train_run
+from rsc_core.data.spec import SpuriousSpec
+from rsc_core.training.trainer import TrainConfig
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "group_influence.py"
 

@@ -15,7 +15,7 @@ from conftest import ONE_THREAD_ENV
 from torch import nn
 
 import rsc_core
-from rsc_core.checkpoints import build_model_from_checkpoint, read_checkpoint
+from rsc_core.runs.checkpoints import build_model_from_checkpoint, read_checkpoint
 
 CIFAR_SHAPE = (3, 32, 32)
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -242,7 +242,7 @@ def test_a_spec_without_a_pattern_is_one_line_saying_what_to_write(text, suggest
     """The reference turns a missing pattern into v1 on grey images and rejects it on colour
     ones; rsc has one rule for every dataset: name the pattern."""
     from rsc_core.errors import SpecError
-    from rsc_core.spec import parse_spec
+    from rsc_core.data.spec import parse_spec
 
     with pytest.raises(SpecError, match="names no pattern") as info:
         parse_spec(text)
@@ -252,7 +252,7 @@ def test_a_spec_without_a_pattern_is_one_line_saying_what_to_write(text, suggest
 
 def test_options_and_direct_construction_follow_the_same_rule():
     from rsc_core.errors import SpecError
-    from rsc_core.spec import SpuriousSpec
+    from rsc_core.data.spec import SpuriousSpec
 
     with pytest.raises(SpecError, match="cifar10-3-0-0 names no pattern.*--pattern"):
         SpuriousSpec.build("cifar10", None, 3, 0, 0)
@@ -302,7 +302,7 @@ def test_aug01_offsets_and_flips_have_torchvisions_distribution():
 
     n = 20_000
     image = (torch.arange(1, 145, dtype=torch.float32) / 255).view(1, 12, 12)  # 8-bit values
-    from rsc_core.training import aug01_draws, augment_aug01
+    from rsc_core.training.trainer import aug01_draws, augment_aug01
 
     out = augment_aug01(image.expand(n, 1, 12, 12).contiguous(),
                         torch.Generator().manual_seed(11))
@@ -359,7 +359,7 @@ def test_aug01_pixels_equal_the_references_transforms_for_the_same_draws(channel
     pixels the reference's ToPILImage rounds down to 1/255 steps."""
     from torchvision import transforms
 
-    from rsc_core.training import aug01_apply, aug01_draws, augment_aug01
+    from rsc_core.training.trainer import aug01_apply, aug01_draws, augment_aug01
 
     rng = np.random.RandomState(0)
     images = torch.from_numpy(rng.randint(0, 256, (24, 3, 32, 32)).astype(np.float32) / 255)
@@ -381,7 +381,7 @@ def test_aug01_pixels_equal_the_references_transforms_for_the_same_draws(channel
 
 
 def test_aug01_pads_with_zeros_and_keeps_8bit_images_exact():
-    from rsc_core.training import aug01_apply
+    from rsc_core.training.trainer import aug01_apply
 
     ones = torch.ones(2, 3, 32, 32)
     corner = aug01_apply(ones, torch.tensor([0, 8]), torch.tensor([0, 8]),
@@ -474,12 +474,12 @@ def test_cifar_run_stopped_part_way_is_scored_from_its_latest_checkpoint(tiny_da
     from click.testing import CliRunner
     from rsc_cli.main import cli
 
-    from rsc_core import runs as runs_module
-    from rsc_core.datasets import load_dataset
-    from rsc_core.runs import train_run
-    from rsc_core.scoring import score_model
-    from rsc_core.spec import SpuriousSpec
-    from rsc_core.training import TrainConfig
+    from rsc_core.runs import training as runs_module
+    from rsc_core.data.datasets import load_dataset
+    from rsc_core.runs.training import train_run
+    from rsc_core.evaluation.spurious_score import score_model
+    from rsc_core.data.spec import SpuriousSpec
+    from rsc_core.training.trainer import TrainConfig
 
     target = int(tiny_data["cifar10"].train.labels[0])
     spec = SpuriousSpec.build("cifar10", "v8", 1, target, 0)

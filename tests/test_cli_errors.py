@@ -18,13 +18,13 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-import rsc_core.atomic as atomic
+import rsc_core.storage.atomic as atomic
 from rsc_cli.main import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, cli, os_error_message
-from rsc_core.dataset_cache import CacheWarning
+from rsc_core.data.cache import CacheWarning
 from rsc_core.errors import SpecError
-from rsc_core.runs import Run, run_slug
-from rsc_core.spec import SpuriousSpec, parse_spec
-from rsc_core.training import TrainConfig
+from rsc_core.runs.folder import Run, run_slug
+from rsc_core.data.spec import SpuriousSpec, parse_spec
+from rsc_core.training.trainer import TrainConfig
 
 BIG = "9" * 5000  # past Python's 4,300-digit int() limit
 DEV_FULL = Path("/dev/full")
@@ -163,7 +163,7 @@ def test_keyboard_interrupt_exits_130_with_one_line(monkeypatch, tmp_path):
 
 
 def test_interrupted_training_stays_resumable(train_args, tmp_path, monkeypatch):
-    import rsc_core.runs as runs
+    from rsc_core.runs import training as runs
 
     real_save = runs.save_checkpoint
     calls = []

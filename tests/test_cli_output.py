@@ -16,10 +16,10 @@ from click.testing import CliRunner
 
 from rsc_cli.main import cli
 from rsc_core.json_output import WHY_NULL, to_json
-from rsc_core.removal_runs import remove_run
-from rsc_core.runs import train_run
-from rsc_core.spec import SpuriousSpec, parse_int_list
-from rsc_core.training import TrainConfig
+from rsc_core.removal.runs import remove_run
+from rsc_core.runs.training import train_run
+from rsc_core.data.spec import SpuriousSpec, parse_int_list
+from rsc_core.training.trainer import TrainConfig
 
 TINY = TrainConfig(arch="MLP", epochs=1, batch_size=16)
 TINY_FLAGS = ["--arch", "MLP", "--epochs", "1", "--batch-size", "16"]
@@ -174,7 +174,7 @@ def _whole(output: str, *texts: str) -> None:
 def test_runs_list_with_every_column_is_whole_when_piped(env):
     """CliRunner's stdout is not a terminal: rich used to assume 80 columns and squeeze
     twenty columns into them, down to zero width."""
-    from rsc_core.results_index import COLUMNS
+    from rsc_core.runs.index import COLUMNS
 
     result = rsc("runs", "list", "--columns", ",".join(c for c in COLUMNS if c != "path"))
     assert result.exit_code == 0, result.output

@@ -14,12 +14,11 @@ import torch
 import torchvision.datasets
 
 import rsc_core
-from rsc_core import dataset_cache
-from rsc_core.datasets import DatasetBundle, DatasetProvider
+from rsc_core.data import cache as dataset_cache
+from rsc_core.data.datasets import DatasetBundle, DatasetProvider
 from rsc_core.errors import DatasetCorruptError, DatasetMissingError, RscError
-from rsc_core.paths import cache_dir, data_dir
-from rsc_core.dataset_cache import (CacheWarning, RawSplits,
-                                  UnverifiedDataWarning, read_cache)
+from rsc_core.storage.paths import cache_dir, data_dir
+from rsc_core.data.cache import CacheWarning, RawSplits, UnverifiedDataWarning, read_cache
 
 NAMES = ("mnist", "fashion", "cifar10", "cifar100", "cifar100coarse")
 GREY = ("mnist", "fashion")

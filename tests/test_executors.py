@@ -20,10 +20,10 @@ from click.testing import CliRunner
 import rsc_core
 from rsc_cli.main import cli
 from rsc_core.errors import ConfigError, OptionalDependencyError, RscError
-from rsc_core.executors import (ExecutorSettings, JobResult, thread_environment, thread_share,
-                                worker_environment)
-from rsc_core.sweep_grid import parse_grid
-from rsc_core.sweeps import make_jobs, plan_sweep, run_sweep
+from rsc_core.sweeps.executors import (ExecutorSettings, JobResult, thread_environment,
+    thread_share, worker_environment)
+from rsc_core.sweeps.grid import parse_grid
+from rsc_core.sweeps.sweep import make_jobs, plan_sweep, run_sweep
 
 sys.path.insert(0, str(Path(__file__).parent))  # worker processes inherit sys.path
 from executor_jobs import current_task_key, die_once, reciprocal  # noqa: E402

@@ -24,18 +24,20 @@ from test_privacy import base_args, mem_data, rsc  # noqa: F401 - mem_data is a 
 from test_removal import env, remove, world  # noqa: F401 - env, world are fixtures
 
 from rsc_cli.main import cli
-from rsc_core import group_runs, results_index
-from rsc_core.checkpoints import read_checkpoint
-from rsc_core.executors import Executor, JobResult
-from rsc_core.group_runs import RunRequest, train_runs
-from rsc_core.removal_runs import remove_run
-from rsc_core.results_index import list_runs
-from rsc_core.run_lock import RunLock
-from rsc_core.runs import Run, find_run
-from rsc_core.spec import SpuriousSpec
-from rsc_core.sweeps import (FINISHED, RunReport, SweepOutcome, make_jobs, plan_sweep,
-                             run_sweep, write_sweep_record)
-from rsc_core.training import TrainConfig
+from rsc_core.runs import groups as group_runs
+from rsc_core.runs import index as results_index
+from rsc_core.runs.checkpoints import read_checkpoint
+from rsc_core.sweeps.executors import Executor, JobResult
+from rsc_core.runs.groups import RunRequest, train_runs
+from rsc_core.removal.runs import remove_run
+from rsc_core.runs.index import list_runs
+from rsc_core.runs.locks import RunLock
+from rsc_core.runs.folder import Run
+from rsc_core.runs.training import find_run
+from rsc_core.data.spec import SpuriousSpec
+from rsc_core.sweeps.sweep import (FINISHED, RunReport, SweepOutcome, make_jobs, plan_sweep,
+    run_sweep, write_sweep_record)
+from rsc_core.training.trainer import TrainConfig
 
 RECIPE = TrainConfig(arch="MLP", epochs=1, batch_size=2)
 

@@ -12,15 +12,16 @@ from click.testing import CliRunner
 
 from rsc_cli.main import cli
 from rsc_core import registry
-from rsc_core.checkpoints import read_checkpoint
-from rsc_core.datasets import load_dataset
+from rsc_core.runs.checkpoints import read_checkpoint
+from rsc_core.data.datasets import load_dataset
 from rsc_core.errors import ConfigError, SpecError
-from rsc_core.group_runs import RunRequest, check_group_size, train_runs
-from rsc_core.group_training import GroupMember
-from rsc_core.runs import Run, find_run, train_run
-from rsc_core.spec import SpuriousSpec, expand_names, parse_int_list
-from rsc_core.spurious import plant
-from rsc_core.training import TrainConfig
+from rsc_core.runs.groups import RunRequest, check_group_size, train_runs
+from rsc_core.training.multi_model import GroupMember
+from rsc_core.runs.folder import Run
+from rsc_core.runs.training import find_run, train_run
+from rsc_core.data.spec import SpuriousSpec, expand_names, parse_int_list
+from rsc_core.data.planting import plant
+from rsc_core.training.trainer import TrainConfig
 
 # Stated tolerances (max |difference| of any weight, group member vs single run): plain SGD
 # differs only by the rounding of batched matmuls; Adam divides by the root of tiny second
@@ -118,7 +119,7 @@ def test_members_see_only_their_own_patched_rows_and_the_data_is_held_once(data)
     specs = [SpuriousSpec.build("mnist", "v20", 5, target, seed) for seed in (0, 1)] + [
         SpuriousSpec.build("mnist")]
     planted = [plant(bundle, spec) for spec in specs]
-    from rsc_core.spurious import patched_rows
+    from rsc_core.data.planting import patched_rows
 
     members = []
     for spec in specs:
@@ -142,7 +143,7 @@ def two_members(target: int) -> list[RunRequest]:
 
 def interrupt_group_after(epoch: int, requests, root: Path, runs: Path, monkeypatch) -> None:
     """Train the group until both members have saved ``epoch``, then interrupt it."""
-    from rsc_core import group_runs
+    from rsc_core.runs import groups as group_runs
 
     real_save = group_runs.save_checkpoint_states
 

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from rsc_core.errors import DivergenceError
-from rsc_core.conjugate_gradient import conjugate_gradient
-from rsc_core.hessian import HessianError, LossHessian
-from rsc_core.lissa import LissaSettings, draw_samples, lissa
+from rsc_core.influence.conjugate_gradient import conjugate_gradient
+from rsc_core.influence.hessian import HessianError, LossHessian
+from rsc_core.influence.lissa import LissaSettings, draw_samples, lissa
 
 N = 12
 
@@ -276,7 +276,7 @@ def test_ekfac_is_near_exact_where_the_gauss_newton_matrix_is_kronecker():
     Monte-Carlo error of the sampled labels (2000 rows). At damp 1e-4 the damping hardly
     matters, so a wrong scale, sign, damping or weight/bias layout would show."""
     pytest.importorskip("kronfluence")
-    from rsc_core.ekfac import EkfacSettings, ekfac_ihvp
+    from rsc_core.influence.ekfac import EkfacSettings, ekfac_ihvp
 
     torch.manual_seed(0)
     images, labels = torch.randn(2000, 1, 2, 4) + 0.5, torch.randint(0, 3, (2000,))
@@ -308,7 +308,7 @@ def test_ekfac_preconditioning_is_kronfluences_own():
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
 
-    from rsc_core.ekfac import _classification_task, precondition
+    from rsc_core.influence.ekfac import _classification_task, precondition
 
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Conv2d(3, 2, 2, bias=False),
@@ -365,7 +365,7 @@ def test_ekfac_update_agrees_with_cg(arch, side):
     CG's x) is compared too, because the damping alone would already make the updates
     look alike: a factor N in Lambda (v / damp) or a layer-layout error shows there."""
     pytest.importorskip("kronfluence")
-    from rsc_core.ekfac import EkfacSettings, ekfac_ihvp
+    from rsc_core.influence.ekfac import EkfacSettings, ekfac_ihvp
 
     model, images, labels = small_trained(arch, side)
     hessian = LossHessian(model, images, labels)

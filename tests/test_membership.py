@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from rsc_core.errors import SpecError
-from rsc_core.membership import (PARTS, RESERVE_MAX, MembershipSplit, membership_split,
-                                 parse_membership_spec)
-from rsc_core.spec import parse_spec
-from rsc_core.spurious import select_spurious_indices
+from rsc_core.data.membership import (PARTS, RESERVE_MAX, MembershipSplit, membership_split,
+    parse_membership_spec)
+from rsc_core.data.spec import parse_spec
+from rsc_core.data.planting import select_spurious_indices
 
 
 def labels_of(per_class: int = 120, classes: int = 10, seed: int = 0) -> np.ndarray:

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 import rsc_core
 from rsc_core.errors import ConfigError
-from rsc_core.memory_format import (MEMORY_FORMATS, check_memory_format, is_convolutional,
-                                    use_channels_last)
+from rsc_core.training.memory_format import (MEMORY_FORMATS, check_memory_format, is_convolutional,
+    use_channels_last)
 
 CIFAR_SHAPE = (3, 32, 32)
 
@@ -83,9 +83,9 @@ def test_an_unknown_memory_format_is_one_clear_error():
 
 
 def _tiny_cifar_run(tiny_data, tmp_path, memory_format):
-    from rsc_core.runs import train_run
-    from rsc_core.spec import SpuriousSpec
-    from rsc_core.training import TrainConfig
+    from rsc_core.runs.training import train_run
+    from rsc_core.data.spec import SpuriousSpec
+    from rsc_core.training.trainer import TrainConfig
 
     config = TrainConfig(arch="altResNet20Norm02", aug="aug01", optimizer="adam", lr=0.01,
                          batch_size=4, epochs=1)
@@ -139,7 +139,7 @@ def test_cli_memory_format_option_and_its_old_spelling(tiny_data, tmp_path):
 def _adam_resumed(param_format, state_format) -> torch.Tensor:
     """One fused Adam step, its state re-laid in ``state_format``, then a resumed second
     step on a parameter in ``param_format``."""
-    from rsc_core.memory_format import match_state_layouts
+    from rsc_core.training.memory_format import match_state_layouts
 
     torch.manual_seed(0)
     weight, grad = torch.randn(16, 8, 3, 3), torch.randn(16, 8, 3, 3)
@@ -173,8 +173,8 @@ def test_fused_adam_resumed_across_layouts_takes_the_same_step(param_format, sta
 def test_a_run_saved_nchw_resumes_channels_last_in_step_with_the_nchw_continuation():
     """The trainer end to end: epoch 1 in NCHW, then epoch 2 resumed in either layout; the two
     continuations differ by rounding only (a mis-laid optimizer state is off by ~lr)."""
-    from rsc_core.datasets import ImageData
-    from rsc_core.training import TrainConfig
+    from rsc_core.data.datasets import ImageData
+    from rsc_core.training.trainer import TrainConfig
 
     torch.manual_seed(0)
     train = ImageData(torch.rand(12, *CIFAR_SHAPE), torch.arange(12) % 10)

@@ -18,13 +18,13 @@ from PIL import Image
 
 import rsc_core
 from rsc_cli.main import cli
-from rsc_core.datasets import load_dataset
+from rsc_core.data.datasets import load_dataset
 from rsc_core.errors import ConfigError, SpecError, UnknownNameError, UserConfigError
-from rsc_core.runs import Run
-from rsc_core.scoring import score_model
-from rsc_core.spec import parse_spec
-from rsc_core.spurious import build_spurious_dataset
-from rsc_core.training import parse_model_spec
+from rsc_core.runs.folder import Run
+from rsc_core.evaluation.spurious_score import score_model
+from rsc_core.data.spec import parse_spec
+from rsc_core.data.planting import build_spurious_dataset
+from rsc_core.training.trainer import parse_model_spec
 
 SIDE = 16
 CLASSES = ("ant", "bee")

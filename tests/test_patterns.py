@@ -9,7 +9,7 @@ import torch
 
 import rsc_core
 from rsc_core.errors import PatternError
-from rsc_core.patterns import FixedNoisePattern, reference_noise
+from rsc_core.data.patterns import FixedNoisePattern, reference_noise
 
 REGIONS = {"v1": (slice(0, 1), slice(0, 1)), "v3": (slice(0, 3), slice(0, 3)),
            "v8": (slice(0, 5), slice(0, 5)), "v30": (slice(3, 25), slice(13, 16))}

@@ -76,9 +76,9 @@ def test_documented_plugin_is_registered_with_its_source(checkers):
 
 
 def test_documented_plugin_is_usable_by_name(checkers, tiny_data):
-    from rsc_core.spec import parse_spec
-    from rsc_core.spurious import build_spurious_dataset
-    from rsc_core.training import TrainConfig
+    from rsc_core.data.spec import parse_spec
+    from rsc_core.data.planting import build_spurious_dataset
+    from rsc_core.training.trainer import TrainConfig
 
     images = torch.zeros(2, 1, 8, 8)
     patterned = rsc_core.create("patterns", "checker").apply(images, 0)
@@ -436,9 +436,9 @@ def test_piped_listing_is_plain_and_never_truncated(site):
 
 def test_interfaces_doc_examples_run(tiny_data, tmp_path, monkeypatch):
     """Every python block of docs/interfaces.md runs, in order, against a real tiny run."""
-    from rsc_core.runs import train_run
-    from rsc_core.spec import parse_spec
-    from rsc_core.training import TrainConfig
+    from rsc_core.runs.training import train_run
+    from rsc_core.data.spec import parse_spec
+    from rsc_core.training.trainer import TrainConfig
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RSC_DATA_DIR", str(tiny_data.root))

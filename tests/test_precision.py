@@ -13,14 +13,15 @@ from click.testing import CliRunner
 import rsc_core
 from rsc_cli.main import cli
 from rsc_cli.train_options import build_train_config
-from rsc_core import hardware
-from rsc_core.datasets import ImageData
+from rsc_core.training import hardware
+from rsc_core.data.datasets import ImageData
 from rsc_core.errors import ConfigError
-from rsc_core.group_runs import RunRequest, train_runs
-from rsc_core.atomic import write_json
-from rsc_core.runs import Run, find_run
-from rsc_core.spec import SpuriousSpec, parse_spec
-from rsc_core.training import TrainConfig
+from rsc_core.runs.groups import RunRequest, train_runs
+from rsc_core.storage.atomic import write_json
+from rsc_core.runs.folder import Run
+from rsc_core.runs.training import find_run
+from rsc_core.data.spec import SpuriousSpec, parse_spec
+from rsc_core.training.trainer import TrainConfig
 from rsc_plugins.trainers import erm, erm_group
 
 ENV = hardware.ALLOW_EMULATED_ENV
@@ -219,12 +220,12 @@ def test_rsc_train_refuses_emulated_bf16_in_one_line(plain_cpu, data, tmp_path):
 
 def test_emulated_bf16_is_refused_before_any_data_is_loaded(tmp_path, monkeypatch):
     """The refusal comes before the dataset is read: a missing data root is never reached."""
-    from rsc_core import hardware
+    from rsc_core.training import hardware
     from rsc_core.errors import ConfigError
-    from rsc_core.group_runs import RunRequest, train_runs
-    from rsc_core.runs import train_run
-    from rsc_core.spec import SpuriousSpec
-    from rsc_core.training import TrainConfig
+    from rsc_core.runs.groups import RunRequest, train_runs
+    from rsc_core.runs.training import train_run
+    from rsc_core.data.spec import SpuriousSpec
+    from rsc_core.training.trainer import TrainConfig
 
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)
     monkeypatch.delenv(hardware.ALLOW_EMULATED_ENV, raising=False)

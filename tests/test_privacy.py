@@ -16,15 +16,15 @@ from scipy.stats import norm
 import rsc_core
 import strict_json
 from rsc_cli.main import cli
-from rsc_core.attacks import (CLEAN_HALVES, SHADOW_POOL, TARGET_HALVES, AttackOutput,
-                              Observations, Population)
+from rsc_core.privacy.attacks import (CLEAN_HALVES, SHADOW_POOL, TARGET_HALVES, AttackOutput,
+    Observations, Population)
 from rsc_core.errors import ConfigError, RscError, UnknownNameError
-from rsc_core.membership import membership_split, parse_membership_spec
-from rsc_core.membership_metrics import (clopper_pearson, membership_metrics, rate_difference,
-                                         roc_points, threshold_at_fpr, tpr_at_fpr)
-from rsc_core.membership_summary import summarise
-from rsc_core.mia import create_attacks, plan_models
-from rsc_core.training import TrainConfig
+from rsc_core.data.membership import membership_split, parse_membership_spec
+from rsc_core.privacy.metrics import (clopper_pearson, membership_metrics, rate_difference,
+    roc_points, threshold_at_fpr, tpr_at_fpr)
+from rsc_core.privacy.summary import summarise
+from rsc_core.privacy.experiment import create_attacks, plan_models
+from rsc_core.training.trainer import TrainConfig
 from rsc_plugins.attacks.lira import fit_side, logit_confidence
 from rsc_plugins.attacks.loss_threshold import best_threshold
 from rsc_plugins.attacks.rmia import pairwise_share
@@ -218,7 +218,7 @@ def test_lira_options_are_checked():
 def test_attack_details_must_be_json_serialisable():
     """An attack's details go into metrics.json and `rsc mia --json`: numpy numbers and
     infinities are fine (converted, infinity as null), anything else is one clear error."""
-    from rsc_core.mia import _check_output
+    from rsc_core.privacy.experiment import _check_output
 
     attack = create_attacks(["loss-threshold"], 1)[0]
     fine = AttackOutput(np.zeros(2), np.zeros(2, bool),

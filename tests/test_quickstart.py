@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from rsc_cli.main import cli
 from rsc_cli.quickstart import headline
 from rsc_core import registry
-from rsc_core.compare import Comparison, GroupSummary
-from rsc_core.executors import Executor
+from rsc_core.analysis.compare import Comparison, GroupSummary
+from rsc_core.sweeps.executors import Executor
 from rsc_core.plugins import reset_plugins
 
 PNG = b"\x89PNG\r\n\x1a\n"

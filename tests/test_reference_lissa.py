@@ -12,7 +12,7 @@ import torch
 import rsc_core
 from reference_group_influence import reference_new_weights
 from rsc_core.errors import DivergenceError
-from rsc_core.hessian import LossHessian
+from rsc_core.influence.hessian import LossHessian
 from rsc_plugins.removal.reference_lissa import (ReferenceSettings, draw_reference_samples,
                                                  reference_ihvp_sum)
 

@@ -16,15 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import rsc_core
-from rsc_core.checkpoints import read_checkpoint
-from rsc_core.datasets import ImageData
+from rsc_core.runs.checkpoints import read_checkpoint
+from rsc_core.data.datasets import ImageData
 from rsc_core.errors import ConfigError, OptionalDependencyError, UnknownNameError
-from rsc_core.regularisers import (Regulariser, TrainContext, build_regularisers,
-                                   parse_regulariser_option)
-from rsc_core.runs import Run, train_run
-from rsc_core.spec import SpuriousSpec
-from rsc_core.spurious import SpuriousDataset
-from rsc_core.training import TrainConfig
+from rsc_core.training.regularisers import (Regulariser, TrainContext, build_regularisers,
+    parse_regulariser_option)
+from rsc_core.runs.folder import Run
+from rsc_core.runs.training import train_run
+from rsc_core.data.spec import SpuriousSpec
+from rsc_core.data.planting import SpuriousDataset
+from rsc_core.training.trainer import TrainConfig
 from rsc_cli.train_options import build_train_config
 
 SHAPE = (1, 4, 4)

@@ -17,14 +17,15 @@ from click.testing import CliRunner
 from cli.main import cli
 from conftest import write_idx_dataset
 from rsc_plugins.trainers.erm import ErmTrainer
-from rsc_core.checkpoints import read_checkpoint
-from rsc_core.datasets import ImageData
-from rsc_core.removal_runs import remove_run
-from rsc_core.runs import Run, train_run
-from rsc_core.spec import SpuriousSpec
-from rsc_core.spurious import build_spurious_dataset
-from rsc_core.training import TrainConfig
-from rsc_core.hessian import LossHessian
+from rsc_core.runs.checkpoints import read_checkpoint
+from rsc_core.data.datasets import ImageData
+from rsc_core.removal.runs import remove_run
+from rsc_core.runs.folder import Run
+from rsc_core.runs.training import train_run
+from rsc_core.data.spec import SpuriousSpec
+from rsc_core.data.planting import build_spurious_dataset
+from rsc_core.training.trainer import TrainConfig
+from rsc_core.influence.hessian import LossHessian
 
 NUM_TRAIN = 200
 # decayed twice by epoch 3, so the source ends at lr 1e-4: what incremental retraining keeps
@@ -255,7 +256,7 @@ def test_reference_mode_writes_what_the_reference_code_writes(env):
 def test_old_reference_removals_are_not_reused_as_the_emulation(env):
     """Before issue 20, compat=reference meant what is now 'paper'; a removal folder made then
     has the options below. The emulation's identity must differ from it."""
-    from rsc_core.removal_runs import removal_path, removal_section
+    from rsc_core.removal.runs import removal_path, removal_section
 
     source, forget = env["source"], np.array(sorted(env["source"].metrics["spurious_indices"]))
     old = {"solver": "lissa", "compat": "reference", "damp": 0.01, "scale": 25.0, "seed": 0,
@@ -420,7 +421,7 @@ def test_weight_maps_need_an_mlp_and_an_output(env, tmp_path):
     result = CliRunner().invoke(cli, ["weights", str(env["source"].path)])
     assert result.exit_code == 2 and "give -o FILE.png" in result.output
     from rsc_core.errors import ConfigError
-    from rsc_core.weight_maps import first_layer_map
+    from rsc_core.analysis.weight_maps import first_layer_map
     import rsc_core
 
     cnn = rsc_core.create("architectures", "CNN002").build((1, 28, 28), 10)
@@ -431,7 +432,7 @@ def test_weight_maps_need_an_mlp_and_an_output(env, tmp_path):
 def test_a_forget_set_with_zero_gradient_leaves_the_model_unchanged(env, monkeypatch):
     """Memorised examples can have a float32 loss of exactly 0; then v = 0, the update is 0
     and no solver runs (the real MNIST R3 n = 3 seed-0 run is such a case)."""
-    from rsc_core import hessian as module
+    from rsc_core.influence import hessian as module
 
     monkeypatch.setattr(module.LossHessian, "gradient_sum",
                         lambda self, rows: torch.zeros_like(self.theta))
@@ -472,7 +473,7 @@ def remove_from(env, source: Run, method: str, forget: str = "spurious", **optio
 
 
 def test_retrain_of_an_excluding_source_keeps_its_excluded_rows_out(env):
-    from rsc_core.subsets import TrainSubset
+    from rsc_core.data.subsets import TrainSubset
 
     source = subset_source(env, TrainSubset.excluding(EXCLUDED))
     planted = source.metrics["spurious_indices"]
@@ -493,7 +494,7 @@ def test_retrain_of_an_excluding_source_keeps_its_excluded_rows_out(env):
 
 def test_incremental_retraining_of_an_excluding_source_never_re_adds_its_rows(env,
                                                                                monkeypatch):
-    from rsc_core.subsets import TrainSubset
+    from rsc_core.data.subsets import TrainSubset
 
     source = subset_source(env, TrainSubset.excluding(EXCLUDED))
     data = build_spurious_dataset(source.spec, env["data"])
@@ -515,7 +516,7 @@ def test_incremental_retraining_of_an_excluding_source_never_re_adds_its_rows(en
 def test_removal_of_a_kept_rows_source_works_on_those_rows_only(env):
     """An ``rsc mia`` target trains on kept rows (``TrainSubset.keeping``): its retraining
     baseline and group influence's Hessian (N, p) use those rows, never the whole set."""
-    from rsc_core.subsets import TrainSubset
+    from rsc_core.data.subsets import TrainSubset
 
     planted = env["source"].metrics["spurious_indices"]
     kept = sorted({*range(0, NUM_TRAIN, 4), *planted})
@@ -534,7 +535,7 @@ def test_removal_of_a_kept_rows_source_works_on_those_rows_only(env):
 def test_group_influence_gradient_is_that_of_the_forget_rows_of_the_source_set(env):
     """The remover gets the source's training set and the forget set's positions in it, so
     the gradient it computes is that of the forgotten examples, wherever they sit."""
-    from rsc_core.subsets import TrainSubset, apply_subset
+    from rsc_core.data.subsets import TrainSubset, apply_subset
 
     source = subset_source(env, TrainSubset.excluding(EXCLUDED))
     outcome = remove_from(env, source, "group-influence", solver="cg", damp=5.0, tol=1e-8,
@@ -548,8 +549,8 @@ def test_group_influence_gradient_is_that_of_the_forget_rows_of_the_source_set(e
 
 
 def test_forgetting_a_row_the_source_never_trained_on_is_refused(env):
-    from rsc_core.removal_runs import ForgetSetError
-    from rsc_core.subsets import TrainSubset
+    from rsc_core.removal.runs import ForgetSetError
+    from rsc_core.data.subsets import TrainSubset
 
     source = subset_source(env, TrainSubset.excluding(EXCLUDED))
     before = listing(env["runs"])
@@ -565,7 +566,7 @@ def test_forgetting_a_row_the_source_never_trained_on_is_refused(env):
 def test_removals_of_whole_set_runs_keep_their_folder_names(env):
     """Folders written before issue 26 are still found: a whole-set source's removal hashes
     exactly what it hashed before; only subset sources (whose old results were wrong) move."""
-    from rsc_core.removal_runs import removal_section
+    from rsc_core.removal.runs import removal_section
 
     source = env["source"]
     section = removal_section(source, "retrain", {}, np.array([1, 2]))
@@ -596,8 +597,9 @@ def test_an_over_long_removal_folder_name_is_shortened_not_blamed_on_the_folder(
 
 
 def test_over_long_run_names_are_shortened_and_existing_names_kept(tmp_path):
-    from rsc_core.paths import fitted_name
-    from rsc_core.runs import RUN_NAME_RESERVE, config_hash, find_run, run_config
+    from rsc_core.storage.paths import fitted_name
+    from rsc_core.runs.folder import RUN_NAME_RESERVE, config_hash, run_config
+    from rsc_core.runs.training import find_run
 
     spec = SpuriousSpec.build("mnist", "v20", 3, 0, 0)
     regularisers = tuple({"name": name, "params": {"value": 0.12345678901234567,
@@ -617,7 +619,7 @@ def test_over_long_run_names_are_shortened_and_existing_names_kept(tmp_path):
 
 def test_a_name_too_long_for_the_file_system_is_named_in_the_error(tmp_path):
     from rsc_core.errors import RscError
-    from rsc_core.run_lock import RunLock
+    from rsc_core.runs.locks import RunLock
 
     with pytest.raises(RscError, match=r"the name 'y{300}' \(300 bytes\) is longer than"):
         with RunLock(tmp_path / ("y" * 300)):
@@ -627,7 +629,7 @@ def test_a_name_too_long_for_the_file_system_is_named_in_the_error(tmp_path):
 # --------------------------------------------------------------------------- EK-FAC solver
 def test_group_influence_with_ekfac_applies_the_influence_formula(env):
     pytest.importorskip("kronfluence")
-    from rsc_core.ekfac import EkfacSettings, ekfac_ihvp
+    from rsc_core.influence.ekfac import EkfacSettings, ekfac_ihvp
 
     outcome = remove(env, "group-influence", solver="ekfac", damp=0.5, fit_samples=150)
     source = env["source"]
@@ -685,7 +687,7 @@ def test_ekfac_serves_linear_and_conv_models_and_refuses_batch_norm(arch):
     build; the check is the same."""
     import rsc_core
     from rsc_core.errors import ConfigError
-    from rsc_core.ekfac import check_supported
+    from rsc_core.influence.ekfac import check_supported
 
     shape = (3, 32, 32) if "Norm02" in arch else (1, 28, 28)
     model = rsc_core.create("architectures", arch).build(shape, 10)

@@ -17,16 +17,17 @@ from conftest import write_idx_dataset
 import strict_json
 
 from rsc_cli.main import cli
-from rsc_core.compare import compare_runs
+from rsc_core.analysis.compare import compare_runs
 from rsc_core.errors import RscError
 from rsc_core.plots import Curve, Panel, build_n_figure, fit_title
-from rsc_core.report import (build_report, check_output_folder, curve_panels, mitigation_rows,
-                             _split_protocols, latex_escape, score_records)
-from rsc_core.results_index import list_runs
-from rsc_core.runs import Run, train_run
-from rsc_core.sensitivity import erased, erasure_order, sensitivity_curve
-from rsc_core.spec import SpuriousSpec
-from rsc_core.training import TrainConfig
+from rsc_core.reports.report import (build_report, check_output_folder, curve_panels,
+    mitigation_rows, _split_protocols, latex_escape, score_records)
+from rsc_core.runs.index import list_runs
+from rsc_core.runs.folder import Run
+from rsc_core.runs.training import train_run
+from rsc_core.analysis.sensitivity import erased, erasure_order, sensitivity_curve
+from rsc_core.data.spec import SpuriousSpec
+from rsc_core.training.trainer import TrainConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"
 WD = ({"name": "weight-decay", "params": {"value": 0.01}},)
@@ -208,7 +209,7 @@ def test_sensitivity_curve_is_seeded_and_measures_true_class_probability(grid):
     curve = sensitivity_curve(run, images=20, seed=5, data_dir=data, device="cpu")
     assert len(curve.fractions) == 51 and curve.fractions[1] == pytest.approx(0.02)
     assert curve.indices.tolist() == np.random.RandomState(5).choice(60, 20, False).tolist()
-    from rsc_core.spurious import build_spurious_dataset
+    from rsc_core.data.planting import build_spurious_dataset
     train = build_spurious_dataset(run.spec, data).train
     idx = torch.from_numpy(curve.indices)
     model = run.load_model().eval()
@@ -238,7 +239,7 @@ def test_cli_sensitivity(grid, tmp_path):
 
 
 def test_sensitivity_of_a_subset_run_uses_the_rows_it_trained_on(grid, tmp_path):
-    from rsc_core.subsets import TrainSubset
+    from rsc_core.data.subsets import TrainSubset
 
     runs, data, target = grid
     spec = SpuriousSpec.build("mnist", "v8", 1, (target,), 0)
@@ -271,8 +272,8 @@ def variants(grid, tmp_path_factory):
     """Runs that share spec and recipe but not training rows or removal: v8 n = 1, seeds 0
     and 1, trained on all rows, without their planted rows, without rows 1-3; a weight-decay
     run; a clean run on kept rows (an ``rsc mia`` shadow); removals of the whole-set runs."""
-    from rsc_core.removal_runs import remove_run
-    from rsc_core.subsets import TrainSubset
+    from rsc_core.removal.runs import remove_run
+    from rsc_core.data.subsets import TrainSubset
 
     _, data, target = grid
     runs = tmp_path_factory.mktemp("variants") / "runs"
@@ -364,7 +365,7 @@ def test_report_keeps_experiments_apart_and_labels_them(variants):
 def test_removal_folders_written_before_the_rule_pool_with_new_ones(variants):
     """A removal folder from before issue 26 records no pool identity: it reads as a removal
     of a whole-set source, forgetting ``spurious`` when no planted row remains."""
-    from rsc_core.pooling import pool_identity, pool_mismatch
+    from rsc_core.runs.pooling import pool_identity, pool_mismatch
 
     _, _, made = variants
     for key in ("retrain0", "group-influence1"):
@@ -440,7 +441,8 @@ def test_titles_wrap_between_words_never_inside_one(width):
 
 def test_weight_map_colour_bars_say_what_the_colour_means():
     import matplotlib.pyplot as plt
-    from rsc_core.weight_maps import DIFFERENCE_LABEL, MAP_LABEL, WeightMap, build_weight_maps
+    from rsc_core.analysis.weight_maps import (DIFFERENCE_LABEL, MAP_LABEL, WeightMap,
+        build_weight_maps)
 
     rng = np.random.default_rng(0)
     maps = [WeightMap(name, rng.normal(size=(28, 28))) for name in ("before", "after")]
@@ -455,7 +457,7 @@ def test_removal_variants_share_one_before_after_figure(variants, tmp_path):
     is one point pair (its source runs before, the removal runs after) in one figure."""
     import matplotlib.pyplot as plt
     from rsc_core.plots import build_before_after
-    from rsc_core.report import before_after_points
+    from rsc_core.reports.report import before_after_points
 
     runs, data, made = variants
     out = tmp_path / "report"

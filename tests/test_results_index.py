@@ -16,18 +16,19 @@ from click.testing import CliRunner
 
 from rsc_cli.main import cli
 from rsc_core.errors import ConfigError, RscError
-from rsc_core.results_index import (COLUMNS, INDEX_NAME, INDEX_VERSION, ResultsIndex,
-                                    get_run, list_runs, record_run, where_sql)
-from rsc_core.runs import find_run, run_config
-from rsc_core.spec import SpuriousSpec
-from rsc_core.training import TrainConfig
+from rsc_core.runs.index import (COLUMNS, INDEX_NAME, INDEX_VERSION, ResultsIndex, get_run,
+    list_runs, record_run, where_sql)
+from rsc_core.runs.folder import run_config
+from rsc_core.runs.training import find_run
+from rsc_core.data.spec import SpuriousSpec
+from rsc_core.training.trainer import TrainConfig
 
 
 def fake_run(root: Path, spec: str | SpuriousSpec, finished: bool = True, score: float = 0.5,
              subset=None, kept_spurious=None, **train) -> Path:
     """A run folder as rsc writes it, without training: config.json, and when finished
     metrics.json and a (dummy) model.pt."""
-    from rsc_core.spec import parse_spec
+    from rsc_core.data.spec import parse_spec
 
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     config = TrainConfig(**{"epochs": 2, **train})
@@ -90,7 +91,7 @@ def test_rows_hold_config_metrics_status_and_path(root):
 def test_runs_on_part_of_the_training_set_have_their_own_recipe(root):
     """``--exclude spurious`` removes other rows for every dataset seed but is one experiment;
     explicit rows are an experiment of their own, never pooled with it (issue 26)."""
-    from rsc_core.subsets import TrainSubset
+    from rsc_core.data.subsets import TrainSubset
 
     for seed, rows in ((0, (4, 9, 17)), (1, (2, 5, 30))):  # each seed's planted rows
         fake_run(root, f"mnistv8-3-0-{seed}", subset=TrainSubset("exclude", rows),
@@ -110,7 +111,7 @@ def test_runs_on_part_of_the_training_set_have_their_own_recipe(root):
 def test_excluding_explicit_rows_is_not_excluding_the_spurious_rows(root):
     """Issue 26: ``--exclude spurious`` (seed 0) and ``--exclude 1,2,3`` (seed 1) have
     subsets of one size but are different experiments; explicit rows kept every planted row."""
-    from rsc_core.subsets import TrainSubset
+    from rsc_core.data.subsets import TrainSubset
 
     fake_run(root, "mnistv8-3-0-0", subset=TrainSubset("exclude", (4, 9, 17)), kept_spurious=[])
     fake_run(root, "mnistv8-3-0-1", subset=TrainSubset("exclude", (1, 2, 3)),
@@ -354,8 +355,8 @@ def test_docs_python_example_runs(root, monkeypatch):
 def test_record_run_at_the_end_of_finish_run(tiny_data, tmp_path, monkeypatch):
     """What the one-line hook in runs.finish_run does: the finished run's row is written
     while its lock is still held, and reads back as finished."""
-    import rsc_core.runs as runs_module
-    from rsc_core.runs import train_run
+    from rsc_core.runs import training as runs_module
+    from rsc_core.runs.training import train_run
 
     finish = runs_module.finish_run
 

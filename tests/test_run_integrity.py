@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from rsc_core.compare import compare_runs, seed_protocol
+from rsc_core.analysis.compare import compare_runs, seed_protocol
 from rsc_core.errors import CheckpointError, ConfigError, RscError
-from rsc_core.run_lock import RunLock
-from rsc_core.runs import Run, config_hash, find_run, run_config, score_run, train_run
-from rsc_core.scoring import check_threshold
-from rsc_core.spec import SpuriousSpec
-from rsc_core.training import TrainConfig
+from rsc_core.runs.locks import RunLock
+from rsc_core.runs.folder import Run, config_hash, run_config
+from rsc_core.runs.scores import score_run
+from rsc_core.runs.training import find_run, train_run
+from rsc_core.evaluation.spurious_score import check_threshold
+from rsc_core.data.spec import SpuriousSpec
+from rsc_core.training.trainer import TrainConfig
 
 RECIPE = TrainConfig(arch="MLP", epochs=2, batch_size=2)
 
@@ -47,9 +49,9 @@ def test_force_retrain_never_returns_the_old_weights_score(tiny_data, tmp_path):
     change), score again with the same arguments: the new weights' score, never the cache."""
     from dataclasses import replace
 
-    from rsc_core.datasets import ImageData
-    from rsc_core.scoring import score_model
-    from rsc_core.spurious import build_spurious_dataset
+    from rsc_core.data.datasets import ImageData
+    from rsc_core.evaluation.spurious_score import score_model
+    from rsc_core.data.planting import build_spurious_dataset
 
     run = train(tiny_data, tmp_path)
     old = score_run(run, threshold=0.2, data_dir=tiny_data.root, device="cpu")
@@ -383,7 +385,7 @@ def test_a_finish_cut_short_keeps_the_trained_model_and_only_finishes(tiny_data,
     again finishes it from model.pt without training any epoch again."""
     import errno
 
-    from rsc_core import runs as runs_module
+    from rsc_core.runs import training as runs_module
 
     real_write_json = runs_module.write_json
 

@@ -12,11 +12,11 @@ from scipy import stats
 from torch import nn
 
 import rsc_core
-from rsc_core.checkpoints import build_model_from_checkpoint, read_checkpoint
-from rsc_core.compare import _summarise
-from rsc_core.datasets import ImageData
+from rsc_core.runs.checkpoints import build_model_from_checkpoint, read_checkpoint
+from rsc_core.analysis.compare import _summarise
+from rsc_core.data.datasets import ImageData
 from rsc_core.errors import CheckpointError
-from rsc_core.scoring import ScoreResult, score_model
+from rsc_core.evaluation.spurious_score import ScoreResult, score_model
 
 
 class CornerDetector(nn.Module):

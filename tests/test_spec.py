@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from rsc_core.errors import SpecError
-from rsc_core.spec import SpuriousSpec, parse_spec
+from rsc_core.data.spec import SpuriousSpec, parse_spec
 
 
 @pytest.mark.parametrize("text,expected", [

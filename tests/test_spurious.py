@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from rsc_core.datasets import DatasetBundle, ImageData
+from rsc_core.data.datasets import DatasetBundle, ImageData
 from rsc_core.errors import SpecError
-from rsc_core.spec import SpuriousSpec, parse_spec
-from rsc_core.spurious import build_spurious_dataset, plant
+from rsc_core.data.spec import SpuriousSpec, parse_spec
+from rsc_core.data.planting import build_spurious_dataset, plant
 
 FOLDERS = {"mnist": "MNIST", "fashion": "FashionMNIST"}
 

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from rsc_core.errors import SpecError
-from rsc_core.group_runs import RunRequest, train_runs
-from rsc_core.runs import Run, find_run, train_run
-from rsc_core.spec import SpuriousSpec
-from rsc_core.spurious import build_spurious_dataset
-from rsc_core.subsets import SubsetDataset, TrainSubset, apply_subset
-from rsc_core.training import TrainConfig
+from rsc_core.runs.groups import RunRequest, train_runs
+from rsc_core.runs.folder import Run
+from rsc_core.runs.training import find_run, train_run
+from rsc_core.data.spec import SpuriousSpec
+from rsc_core.data.planting import build_spurious_dataset
+from rsc_core.data.subsets import SubsetDataset, TrainSubset, apply_subset
+from rsc_core.training.trainer import TrainConfig
 
 SGD_TOLERANCE = 1e-6  # as tests/test_group_training.py: rounding of batched matmuls only
 

@@ -17,14 +17,15 @@ from conftest import ONE_THREAD_ENV
 from rsc_cli.main import cli
 from rsc_cli.train_options import build_train_config
 from rsc_core.errors import RscError
-from rsc_core.group_runs import train_runs
-from rsc_core.runs import Run, find_run
-from rsc_core.spec import SpuriousSpec
-from rsc_core.sweep_grid import GridError, load_grid, parse_grid
-from rsc_core.sweep_presets import PRESETS, STUDY_PATTERNS, preset_grid
-from rsc_core.toml_writer import to_toml
-from rsc_core.sweeps import plan_sweep
-from rsc_core.train_recipe import RECIPE_DEFAULTS
+from rsc_core.runs.groups import train_runs
+from rsc_core.runs.folder import Run
+from rsc_core.runs.training import find_run
+from rsc_core.data.spec import SpuriousSpec
+from rsc_core.sweeps.grid import GridError, load_grid, parse_grid
+from rsc_core.sweeps.presets import PRESETS, STUDY_PATTERNS, preset_grid
+from rsc_core.storage.toml_writer import to_toml
+from rsc_core.sweeps.sweep import plan_sweep
+from rsc_core.training.recipe import RECIPE_DEFAULTS
 
 GRID = """\
 # a small grid
@@ -260,7 +261,7 @@ def test_command_line_narrowing_and_option_errors(tmp_path):
 
 def test_rsc_train_options_and_grid_keys_share_one_mapping():
     from rsc_cli.train_options import split_train_kwargs
-    from rsc_core.sweep_grid import RECIPE_KEYS
+    from rsc_core.sweeps.grid import RECIPE_KEYS
 
     train, other = split_train_kwargs({**RECIPE_DEFAULTS, "spec": None})
     assert set(train) == set(RECIPE_DEFAULTS) and other == {"spec": None}
@@ -271,7 +272,7 @@ def test_rsc_train_options_and_grid_keys_share_one_mapping():
         assert f"--{option.replace('_', '-')} " in help_text, key
     with pytest.raises(RscError):
         parse_grid('dataset = "mnist"\nregularisers = ["bogus"]\n').requests()
-    assert sys.modules["rsc_core.train_recipe"].build_train_config is build_train_config
+    assert sys.modules["rsc_core.training.recipe"].build_train_config is build_train_config
 
 
 def test_the_python_example_in_the_docs_runs_as_a_script(root, tmp_path):

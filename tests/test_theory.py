@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from rsc_core.errors import ConfigError
-from rsc_core.theory import (TheoryParams, clean_accuracy, spurious_accuracy, spurious_score,
-                             study_curves)
+from rsc_core.analysis.theory import (TheoryParams, clean_accuracy, spurious_accuracy,
+    spurious_score, study_curves)
 
 G_OPEN = np.linspace(0.0, 0.5, 501)[1:]  # (0, 0.5]
 

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 import rsc_core
-from rsc_core import runs as runs_module
-from rsc_core.datasets import ImageData
+from rsc_core.runs import training as runs_module
+from rsc_core.data.datasets import ImageData
 from rsc_core.errors import ConfigError, DivergenceError
-from rsc_core.runs import Run, find_run, train_run
-from rsc_core.spec import SpuriousSpec
-from rsc_core.training import (TrainConfig, augment_aug01, parse_model_spec,
-                               reference_milestones)
+from rsc_core.runs.folder import Run
+from rsc_core.runs.training import find_run, train_run
+from rsc_core.data.spec import SpuriousSpec
+from rsc_core.training.trainer import (TrainConfig, augment_aug01, parse_model_spec,
+    reference_milestones)
 
 
 def separable(n: int = 64, seed: int = 0) -> ImageData:
@@ -195,7 +196,7 @@ def test_failed_force_keeps_the_finished_run(tiny_data, tmp_path, monkeypatch):
 
 def test_compare_loads_the_test_split_once_and_not_at_all_when_cached(tiny_data, tmp_path,
                                                                       monkeypatch):
-    from rsc_core import compare as compare_module
+    from rsc_core.analysis import compare as compare_module
 
     spurious = train(tiny_data, tmp_path).run
     baselines = [train_run(SpuriousSpec("mnist"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 from typing import ClassVar
 
-from rsc_core.architectures import Architecture
+from rsc_core.training.architectures import Architecture
 from rsc_core.errors import UnknownNameError
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rsc_core.architectures import Architecture
+from rsc_core.training.architectures import Architecture
 from rsc_core.errors import ConfigError
 
 InputShape = tuple[int, int, int]

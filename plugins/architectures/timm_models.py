@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from rsc_core.architectures import check_input
+from rsc_core.training.architectures import check_input
 from rsc_core.errors import ConfigError, OptionalDependencyError
 
 from .family import LibraryArchitecture, ModelFamily

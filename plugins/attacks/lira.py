@@ -42,8 +42,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rsc_core.attacks import (CLEAN_HALVES, DEFAULT_SHADOWS, TARGET_HALVES, Attack,
-                              AttackOutput, Observations)
+from rsc_core.privacy.attacks import (CLEAN_HALVES, DEFAULT_SHADOWS, TARGET_HALVES, Attack,
+    AttackOutput, Observations)
 from rsc_core.errors import ConfigError
 
 VARIANCES = ("per-example", "fixed", "pooled")

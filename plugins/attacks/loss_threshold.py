@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rsc_core.attacks import SHADOW_POOL, Attack, AttackOutput, Observations
+from rsc_core.privacy.attacks import SHADOW_POOL, Attack, AttackOutput, Observations
 from rsc_core.errors import ConfigError
 
 

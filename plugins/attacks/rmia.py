@@ -28,8 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rsc_core.attacks import (CLEAN_HALVES, DEFAULT_SHADOWS, Attack, AttackOutput,
-                              Observations, Population)
+from rsc_core.privacy.attacks import (CLEAN_HALVES, DEFAULT_SHADOWS, Attack, AttackOutput,
+    Observations, Population)
 from rsc_core.errors import ConfigError
 
 DEFAULT_POPULATION = 5000

@@ -24,7 +24,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rsc_core.attacks import DEFAULT_SHADOWS, SHADOW_POOL, Attack, AttackOutput, Observations
+from rsc_core.privacy.attacks import (DEFAULT_SHADOWS, SHADOW_POOL, Attack, AttackOutput,
+    Observations)
 from rsc_core.errors import ConfigError
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)

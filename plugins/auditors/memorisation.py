@@ -40,11 +40,11 @@ import numpy as np
 import torch
 
 from rsc_core import registry
-from rsc_core.attacks import Observations
-from rsc_core.auditors import AuditRequest, AuditResult, Auditor, AuditorError, require_choice
+from rsc_core.privacy.attacks import Observations
+from rsc_core.audit.auditor import AuditRequest, AuditResult, Auditor, AuditorError, require_choice
 from rsc_core.errors import ConfigError, RscError
-from rsc_core.evaluation import predict_logits
-from rsc_core.runs import Run
+from rsc_core.evaluation.predictions import predict_logits
+from rsc_core.runs.folder import Run
 
 STATISTICS = ("lira", "loss-gap")
 

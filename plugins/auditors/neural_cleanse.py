@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rsc_core.auditors import AuditRequest, AuditResult, Auditor, PatternProposal, require
+from rsc_core.audit.auditor import AuditRequest, AuditResult, Auditor, PatternProposal, require
 
 MAD_SCALE = 1.4826  # makes the MAD of a normal sample estimate its standard deviation
 FLAG_INDEX = 2.0    # the authors' anomaly threshold

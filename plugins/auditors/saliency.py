@@ -36,9 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rsc_core.auditors import (AuditRequest, AuditResult, Auditor, PatternProposal, require,
-                               require_choice)
-from rsc_core.saliency import KINDS, input_saliency
+from rsc_core.audit.auditor import (AuditRequest, AuditResult, Auditor, PatternProposal, require,
+    require_choice)
+from rsc_core.evaluation.saliency import KINDS, input_saliency
 
 
 class SaliencyConcentrationAuditor(Auditor):

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rsc_core.auditors import (AuditRequest, AuditResult, Auditor, AuditorError, require,
-                               require_choice)
+from rsc_core.audit.auditor import (AuditRequest, AuditResult, Auditor, AuditorError, require,
+    require_choice)
 
 SOLVERS = ("ekfac", "arnoldi", "cg", "lissa")
 GRADIENTS = ("loss", "margin")
@@ -68,7 +68,7 @@ class SelfInfluenceAuditor(Auditor):
         torch.func cannot differentiate twice when they start (``LossHessian.check``)."""
         if self.options["solver"] != "ekfac":
             return
-        from rsc_core.ekfac import import_kronfluence, unsupported_layers
+        from rsc_core.influence.ekfac import import_kronfluence, unsupported_layers
 
         import_kronfluence()
         others = unsupported_layers(model)
@@ -89,7 +89,7 @@ class SelfInfluenceAuditor(Auditor):
 
 
 def _ekfac(request: AuditRequest, options: dict[str, Any]) -> tuple[torch.Tensor, dict]:
-    from rsc_core.ekfac import EkfacSettings, fit_factors, self_influence_scores
+    from rsc_core.influence.ekfac import EkfacSettings, fit_factors, self_influence_scores
 
     settings = EkfacSettings(damp=options["damp"], fit_samples=options["fit_samples"],
                              fit_batch=options["fit_batch"], seed=options["seed"])
@@ -105,7 +105,7 @@ def _ekfac(request: AuditRequest, options: dict[str, Any]) -> tuple[torch.Tensor
 
 
 def _hessian(request: AuditRequest) -> Any:
-    from rsc_core.hessian import LossHessian
+    from rsc_core.influence.hessian import LossHessian
 
     hessian = LossHessian(request.model, request.train.images, request.train.labels,
                           request.device)
@@ -189,7 +189,7 @@ def _block_hvp(hessian: Any, vectors: torch.Tensor, rows: torch.Tensor | None) -
 
 
 def _cg(request: AuditRequest, options: dict[str, Any]) -> tuple[torch.Tensor, dict]:
-    from rsc_core.conjugate_gradient import conjugate_gradient
+    from rsc_core.influence.conjugate_gradient import conjugate_gradient
 
     hessian = _hessian(request)
     rows = _hvp_rows(hessian, options)
@@ -209,7 +209,7 @@ def _cg(request: AuditRequest, options: dict[str, Any]) -> tuple[torch.Tensor, d
 
 
 def _lissa(request: AuditRequest, options: dict[str, Any]) -> tuple[torch.Tensor, dict]:
-    from rsc_core.lissa import LissaSettings, draw_samples, lissa
+    from rsc_core.influence.lissa import LissaSettings, draw_samples, lissa
 
     hessian = _hessian(request)
     settings = LissaSettings(damp=options["damp"], scale=options["scale"],

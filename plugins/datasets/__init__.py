@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import rsc_core
-from rsc_core.datasets import DatasetProvider
+from rsc_core.data.datasets import DatasetProvider
 
 from .cifar import CIFAR10, CIFAR100, CIFAR100Coarse, CifarProvider, read_pickle
 from .declared import declared_providers

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rsc_core.dataset_cache import RawSplits, first_line
-from rsc_core.digests import file_digest
+from rsc_core.data.cache import RawSplits, first_line
+from rsc_core.storage.digests import file_digest
 from rsc_core.errors import DatasetCorruptError, UserConfigError
 from rsc_core.user_config import where
 

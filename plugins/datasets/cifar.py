@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from rsc_core.dataset_cache import CachedProvider, RawSplits, first_line, torchvision_class
+from rsc_core.data.cache import CachedProvider, RawSplits, first_line, torchvision_class
 from rsc_core.errors import DatasetCorruptError
 
 _NUMPY_GLOBALS = {

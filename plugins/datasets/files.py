@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from rsc_core.dataset_cache import CACHE_VERSION, CachedProvider
+from rsc_core.data.cache import CACHE_VERSION, CachedProvider
 from rsc_core.errors import DatasetMissingError, UserConfigError
-from rsc_core.paths import cache_dir
+from rsc_core.storage.paths import cache_dir
 from rsc_core.user_config import where
 
 

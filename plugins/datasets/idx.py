@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from rsc_core.dataset_cache import CachedProvider, RawSplits, first_line, torchvision_class
+from rsc_core.data.cache import CachedProvider, RawSplits, first_line, torchvision_class
 from rsc_core.errors import DatasetCorruptError
 
 # Only the .gz archives have published MD5s (torchvision's ``MNIST.resources`` and

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rsc_core.dataset_cache import RawSplits
+from rsc_core.data.cache import RawSplits
 from rsc_core.errors import DatasetCorruptError, DatasetMissingError, UserConfigError
 from rsc_core.user_config import where
 

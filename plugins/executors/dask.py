@@ -27,10 +27,9 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from rsc_core.errors import RscError
-from rsc_core.executors import (WORKER_THREADS_ENV, Executor, ExecutorSettings, JobResult,
-                                OnDone, available_cores, capture, check_count, failure,
-                                require_extra, thread_environment, thread_share,
-                                worker_count, worker_environment)
+from rsc_core.sweeps.executors import (WORKER_THREADS_ENV, Executor, ExecutorSettings, JobResult,
+    OnDone, available_cores, capture, check_count, failure, require_extra, thread_environment,
+    thread_share, worker_count, worker_environment)
 
 
 class DaskExecutor(Executor):

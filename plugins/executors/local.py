@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Sequence
 
-from rsc_core.executors import Executor, use_threads
+from rsc_core.sweeps.executors import Executor, use_threads
 
 
 class LocalExecutor(Executor):

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 from rsc_core.errors import ConfigError
-from rsc_core.executors import (Executor, ExecutorSettings, JobResult, OnDone, capture,
-                                thread_share, use_threads, worker_count, worker_environment)
+from rsc_core.sweeps.executors import (Executor, ExecutorSettings, JobResult, OnDone, capture,
+    thread_share, use_threads, worker_count, worker_environment)
 
 #: How many times the jobs of a broken pool are retried on a fresh one.
 POOL_RESTARTS = 3

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from rsc_core.errors import ConfigError, RscError
-from rsc_core.executors import (Executor, ExecutorSettings, JobResult, OnDone, capture,
-                                check_count, require_extra, thread_share, worker_environment)
+from rsc_core.sweeps.executors import (Executor, ExecutorSettings, JobResult, OnDone, capture,
+    check_count, require_extra, thread_share, worker_environment)
 
 #: [slurm] keys -> submitit parameters (generic ones first, then slurm_-prefixed).
 _GENERIC = {"time": "timeout_min", "mem_gb": "mem_gb", "gpus_per_node": "gpus_per_node"}

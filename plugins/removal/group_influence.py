@@ -28,18 +28,18 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from rsc_core.checkpoints import build_model_from_checkpoint, read_checkpoint
+from rsc_core.runs.checkpoints import build_model_from_checkpoint, read_checkpoint
 from rsc_core.errors import ConfigError, DivergenceError
-from rsc_core.removal import RemovalRequest, RemovalResult, Remover
+from rsc_core.removal.remover import RemovalRequest, RemovalResult, Remover
 
-from rsc_core.conjugate_gradient import conjugate_gradient
-from rsc_core.ekfac import EkfacSettings, check_supported, ekfac_ihvp, import_kronfluence
-from rsc_core.lissa import LissaSettings, draw_samples, lissa
+from rsc_core.influence.conjugate_gradient import conjugate_gradient
+from rsc_core.influence.ekfac import EkfacSettings, check_supported, ekfac_ihvp, import_kronfluence
+from rsc_core.influence.lissa import LissaSettings, draw_samples, lissa
 from .reference_lissa import (CHAINS_PER_PASS, ReferenceSettings, draw_reference_samples,
                               reference_ihvp_sum)
 
 if TYPE_CHECKING:
-    from rsc_core.hessian import LossHessian
+    from rsc_core.influence.hessian import LossHessian
 
 #: The reference's LiSSA scale per dataset (PROTOCOL.md section 7).
 REFERENCE_SCALE = {"mnist": 25.0, "fashion": 100.0, "cifar10": 100.0}
@@ -172,7 +172,7 @@ class GroupInfluenceRemover(Remover):
         options = request.options
         checkpoint = read_checkpoint(request.source.path / "model.pt")
         model = build_model_from_checkpoint(checkpoint)
-        from rsc_core.hessian import LossHessian  # here: torch.func is slow to import
+        from rsc_core.influence.hessian import LossHessian  # here: torch.func is slow to import
 
         hessian = LossHessian(model, request.data.train.images, request.data.train.labels,
                               request.device)

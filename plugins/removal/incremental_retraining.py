@@ -19,12 +19,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from rsc_core import registry
-from rsc_core.checkpoints import build_model_from_checkpoint, read_checkpoint
+from rsc_core.runs.checkpoints import build_model_from_checkpoint, read_checkpoint
 from rsc_core.errors import CheckpointError, ConfigError
-from rsc_core.regularisers import build_regularisers
-from rsc_core.removal import RemovalRequest, RemovalResult, Remover
-from rsc_core.subsets import TrainSubset, apply_subset
-from rsc_core.training import reference_milestones
+from rsc_core.training.regularisers import build_regularisers
+from rsc_core.removal.remover import RemovalRequest, RemovalResult, Remover
+from rsc_core.data.subsets import TrainSubset, apply_subset
+from rsc_core.training.trainer import reference_milestones
 
 
 class IncrementalRetrainingRemover(Remover):

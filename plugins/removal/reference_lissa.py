@@ -45,7 +45,7 @@ import torch
 
 from rsc_core.errors import DivergenceError
 
-from rsc_core.lissa import GUARD_EVERY
+from rsc_core.influence.lissa import GUARD_EVERY
 
 #: Chains (examples of S) advanced together; bounds memory at six such k x P buffers.
 CHAINS_PER_PASS = 64

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rsc_core.removal import RemovalRequest, RemovalResult, Remover
-from rsc_core.runs import train_run
-from rsc_core.subsets import TrainSubset
+from rsc_core.removal.remover import RemovalRequest, RemovalResult, Remover
+from rsc_core.runs.training import train_run
+from rsc_core.data.subsets import TrainSubset
 
 
 class RetrainRemover(Remover):

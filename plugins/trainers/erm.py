@@ -15,16 +15,16 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from rsc_core.datasets import ImageData
+from rsc_core.data.datasets import ImageData
 from rsc_core.errors import ConfigError, DivergenceError
-from rsc_core.evaluation import loss_and_accuracy
-from rsc_core.group_training import GroupTrainer
-from rsc_core.hardware import precision_autocast
-from rsc_core.memory_format import match_state_layouts
+from rsc_core.evaluation.predictions import loss_and_accuracy
+from rsc_core.training.multi_model import GroupTrainer
+from rsc_core.training.hardware import precision_autocast
+from rsc_core.training.memory_format import match_state_layouts
 from rsc_core.progress import EpochProgress
-from rsc_core.regularisers import Regulariser, TrainContext, iter_batches
-from rsc_core.training import (AUGMENT, EpochCallback, Trainer, TrainConfig, TrainState,
-                               make_loss, make_optimizer, reference_milestones)
+from rsc_core.training.regularisers import Regulariser, TrainContext, iter_batches
+from rsc_core.training.trainer import (AUGMENT, EpochCallback, Trainer, TrainConfig, TrainState,
+    make_loss, make_optimizer, reference_milestones)
 
 
 #: Test images per forward pass of the per-epoch evaluation. Measured on a 2-core AVX2 CPU

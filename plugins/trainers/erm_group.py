@@ -24,15 +24,15 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from rsc_core.datasets import ImageData
+from rsc_core.data.datasets import ImageData
 from rsc_core.errors import ConfigError, DivergenceError
-from rsc_core.group_training import GroupEpochCallback, GroupMember, saving_together
-from rsc_core.hardware import precision_autocast
-from rsc_core.memory_format import match_state_layouts
+from rsc_core.training.multi_model import GroupEpochCallback, GroupMember, saving_together
+from rsc_core.training.hardware import precision_autocast
+from rsc_core.training.memory_format import match_state_layouts
 from rsc_core.progress import EpochProgress
-from rsc_core.regularisers import iter_batches
-from rsc_core.training import (AUGMENT, TrainConfig, TrainState, make_loss, make_optimizer,
-                               reference_milestones)
+from rsc_core.training.regularisers import iter_batches
+from rsc_core.training.trainer import (AUGMENT, TrainConfig, TrainState, make_loss, make_optimizer,
+    reference_milestones)
 
 from .erm import adam_impl, epoch_seed, one_image_batch_guard
 
