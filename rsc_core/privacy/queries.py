@@ -74,7 +74,7 @@ def query_images(bundle: DatasetBundle, split: MembershipSplit, control: int,
     train = bundle.train.images.clone()
     if indices.size:
         train[torch.from_numpy(indices)] = rows
-    from rsc_core import registry  # here, as in spurious.py: the plugin machinery imports late
+    from rsc_core import registry  # here, as in data/planting.py: the plugin machinery imports late
 
     chosen = split.control(control)
     pattern = registry("patterns").create(split.spec.spurious.pattern)
