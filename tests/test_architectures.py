@@ -9,7 +9,12 @@ from torch import nn
 import rsc_core
 from rsc_core.training.architectures import Architecture, count_parameters
 from rsc_core.errors import ConfigError, UnknownNameError
-from rsc_plugins.architectures import reference as archs
+from rsc_plugins.architectures import REFERENCE_ARCHITECTURES
+from rsc_plugins.architectures.cnn002 import CNN002Architecture
+from rsc_plugins.architectures.mlp import MLP, LargeMLP
+from rsc_plugins.architectures.reference_base import CIFAR_MEAN, CIFAR_STD
+from rsc_plugins.architectures.resnet import AltResNet20, AltResNet20Norm02
+from rsc_plugins.architectures.vgg import Vgg16Norm02
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
@@ -31,7 +36,7 @@ EXPECTED = {
 }
 NAMES = list(EXPECTED)
 SMALL = [n for n in NAMES if n != "Vgg16Norm02"]
-ARCH = {cls.name: cls for cls in archs.ARCHITECTURES}
+ARCH = {cls.name: cls for cls in REFERENCE_ARCHITECTURES}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +87,7 @@ REFERENCE_KEYS = {
 
 def test_every_architecture_is_covered():
     assert sorted(ARCH) == sorted(NAMES)
-    for cls in archs.ARCHITECTURES:
+    for cls in REFERENCE_ARCHITECTURES:
         assert issubclass(cls, Architecture)
         assert cls.description and "\n" not in cls.description
         assert cls.flat_input == (cls.name in {"MLP", "MLPv2", "LargeMLP", "LargeMLPv2"})
@@ -137,7 +142,7 @@ def test_state_dict_loads_strictly_into_fresh_instance(models, name):
 
 def test_vgg_state_dict_loads_strictly(models):
     with torch.device("meta"):  # a second 134M-parameter model costs nothing on meta
-        twin = archs.Vgg16Norm02().build(CIFAR, 10)
+        twin = Vgg16Norm02().build(CIFAR, 10)
     twin.load_state_dict(models["Vgg16Norm02"].state_dict(), strict=True, assign=True)
     assert not any(p.is_meta for p in twin.parameters())
 
@@ -161,7 +166,7 @@ def test_cnn002_last_layer_is_zero_and_conv_biases_are_zero(models):
 
 
 def test_cnn002_on_cifar_shapes():
-    model = archs.CNN002Architecture().build(CIFAR, 10)
+    model = CNN002Architecture().build(CIFAR, 10)
     assert model.classifier.fc1.in_features == 64 * 5 * 5
     assert model.feature_extractor.conv1.in_channels == 3
     with torch.no_grad():
@@ -170,7 +175,7 @@ def test_cnn002_on_cifar_shapes():
 
 def test_cnn002_rejects_tiny_images():
     with pytest.raises(ConfigError, match="16x16"):
-        archs.CNN002Architecture().build((1, 12, 12), 10)
+        CNN002Architecture().build((1, 12, 12), 10)
 
 
 def test_vgg_initialisation(models):
@@ -194,8 +199,8 @@ def test_norm02_normalises_inside_the_model(models, depth):
     plain = models[f"altResNet{depth}"].eval()
     normed = ARCH[f"altResNet{depth}Norm02"]().build(CIFAR, 10).eval()
     normed.load_state_dict(plain.state_dict(), strict=True)  # same keys: no stats in state_dict
-    mean = torch.tensor(archs.CIFAR_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(archs.CIFAR_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
     x = torch.rand(2, *CIFAR)
     with torch.no_grad():
         torch.testing.assert_close(normed(x), plain((x - mean) / std))
@@ -206,18 +211,18 @@ def test_norm02_statistics_follow_dtype_and_reject_grey_images():
     with torch.no_grad():
         assert model(torch.rand(1, *CIFAR, dtype=torch.float64)).dtype == torch.float64
     with pytest.raises(ConfigError, match="Norm02"):
-        archs.AltResNet20Norm02().build(MNIST, 10)
+        AltResNet20Norm02().build(MNIST, 10)
 
 
 def test_resnet_runs_on_grey_images():
-    model = archs.AltResNet20().build(MNIST, 10).eval()
+    model = AltResNet20().build(MNIST, 10).eval()
     with torch.no_grad():
         assert model(torch.rand(2, *MNIST)).shape == (2, 10)
 
 
 def test_sizes_follow_input_shape_and_classes():
-    assert archs.LargeMLP().build(MNIST, 2).fc.out_features == 2
-    assert count_parameters(archs.MLP().build(CIFAR, 10)) == 3072 * 256 + 256 + 2570
+    assert LargeMLP().build(MNIST, 2).fc.out_features == 2
+    assert count_parameters(MLP().build(CIFAR, 10)) == 3072 * 256 + 256 + 2570
 
 
 def test_registry_access():
@@ -226,7 +231,7 @@ def test_registry_access():
     model = rsc_core.create("architectures", "LargeMLP").build(MNIST, 10)
     assert count_parameters(model) == 335_114
     entry = rsc_core.get("architectures", "altResNet20Norm02")
-    assert entry.description == archs.AltResNet20Norm02.description
+    assert entry.description == AltResNet20Norm02.description
     assert entry.obj.flat_input is False
 
 

@@ -213,7 +213,7 @@ def test_grey_images_flatten_exactly_as_before(arch):
     """For one channel, height-width-channel and channel-height-width order are the same
     pixels in the same order, and rsc flattens the tensor as it did before the change (a view,
     no copy), so MNIST and Fashion-MNIST results cannot change."""
-    from rsc_plugins.architectures.reference import flatten_hwc
+    from rsc_plugins.architectures.mlp import flatten_hwc
 
     x = torch.rand(7, 1, 28, 28)
     flat = flatten_hwc(x, 1)

@@ -6,7 +6,7 @@ timm builds every model for any number of classes and input channels itself
 (``create_model(name, pretrained=False, num_classes=..., in_chans=...)``; rsc never downloads
 weights). Models with a fixed input size (the vision transformers) are built again for the
 images' own size (``img_size``) when the default size does not fit; whether the result can take
-the images is checked once, on blank images (``rsc_core.architectures.check_input``)."""
+the images is checked once, on blank images (``rsc_core.training.architectures.check_input``)."""
 from __future__ import annotations
 
 from typing import Any

@@ -8,7 +8,7 @@ otherwise the same settings, freshly initialised. Two builders get arguments for
 the ViTs are built for the images' own size (``image_size``, which must be square and a
 multiple of the patch), and GoogLeNet and Inception v3 without their auxiliary training heads
 (rsc's trainers expect one tensor of logits). Whether the result can take the images is
-checked once, on blank images, when it is built (``rsc_core.architectures.check_input``):
+checked once, on blank images, when it is built (``rsc_core.training.architectures.check_input``):
 e.g. AlexNet's pooling stack needs larger images than MNIST's."""
 from __future__ import annotations
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import Any, Sequence
 
 import torch
@@ -26,6 +25,9 @@ from rsc_core.training.regularisers import Regulariser, TrainContext, iter_batch
 from rsc_core.training.trainer import (AUGMENT, EpochCallback, Trainer, TrainConfig, TrainState,
     make_loss, make_optimizer, reference_milestones)
 
+from . import erm_group
+from .erm_recipe import adam_impl, epoch_seed, one_image_batch_guard
+
 
 #: Test images per forward pass of the per-epoch evaluation. Measured on a 2-core AVX2 CPU
 #: (ResNet-20, 1,000 images, one thread): 3.1-4.2 s in chunks of 128-250 against 5.5-6.4 s in
@@ -34,28 +36,19 @@ from rsc_core.training.trainer import (AUGMENT, EpochCallback, Trainer, TrainCon
 EVAL_BATCH = 256
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A distinct, reproducible seed for each (run seed, epoch)."""
-    return (seed * 1_000_003 + epoch * 7_919) % (2**63 - 1)
-
-
 class ErmTrainer(Trainer, GroupTrainer):
     """Empirical risk minimisation with the reference's optimizers, losses and LR schedule."""
 
     name = "erm"
 
     def group_key(self, config: TrainConfig) -> Any:
-        from .erm_group import group_key
-
-        return group_key(config)
+        return erm_group.group_key(config)
 
     def fit_group(self, models, base, members, test, *, device="cpu", resume=None,
                   on_epoch=None, progress=False):
         """K compatible runs in lockstep (``erm_group.py``)."""
-        from .erm_group import fit_group
-
-        return fit_group(models, base, members, test, device=torch.device(device),
-                         resume=resume, on_epoch=on_epoch, progress=progress)
+        return erm_group.fit_group(models, base, members, test, device=torch.device(device),
+                                   resume=resume, on_epoch=on_epoch, progress=progress)
 
     def fit(self, model: nn.Module, train: ImageData, test: ImageData | None,
             config: TrainConfig, regularisers: Sequence[Regulariser] = (), *,
@@ -182,23 +175,6 @@ class ErmTrainer(Trainer, GroupTrainer):
         return mean_loss, total_correct.item() / max(seen, 1)
 
 
-@contextmanager
-def one_image_batch_guard(config: TrainConfig, num_train: int) -> Iterator[None]:
-    """BatchNorm cannot normalise a single value per channel while training: one image in the
-    last batch through a network whose feature map shrinks to 1x1 (e.g. a torchvision ResNet
-    on small images) makes torch raise a ValueError deep inside the model. Say instead what to
-    change."""
-    try:
-        yield
-    except ValueError as exc:
-        if "Expected more than 1 value per channel" not in str(exc):
-            raise
-        raise ConfigError(f"a batch of one image reached a BatchNorm layer with a 1x1 feature "
-                          f"map, which cannot be trained on ({num_train} training images in "
-                          f"batches of {config.batch_size} leave one in the last batch); "
-                          f"choose another --batch-size, or use larger images") from None
-
-
 def _checked(regulariser: Regulariser, losses: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """A loss hook must keep one loss per example: a per-example backward (DP-SGD) and the
     logged mean rely on it, and a scalar would otherwise broadcast silently."""
@@ -207,13 +183,3 @@ def _checked(regulariser: Regulariser, losses: torch.Tensor, y: torch.Tensor) ->
                           f"{tuple(losses.shape)} for a batch of {y.shape[0]} examples; it must "
                           f"return one loss per example")
     return losses
-
-
-def adam_impl(requested: str, device: torch.device) -> str:
-    """torch has fused Adam kernels for CPU and CUDA only; elsewhere (mps, xpu) the recorded
-    ``fused`` falls back to ``foreach``."""
-    if requested == "fused" and device.type not in ("cpu", "cuda"):
-        return "foreach"
-    return requested
-
-

@@ -34,7 +34,7 @@ from rsc_core.training.regularisers import iter_batches
 from rsc_core.training.trainer import (AUGMENT, TrainConfig, TrainState, make_loss, make_optimizer,
     reference_milestones)
 
-from .erm import adam_impl, epoch_seed, one_image_batch_guard
+from .erm_recipe import adam_impl, epoch_seed, one_image_batch_guard
 
 #: Regularisers whose numeric values may differ between members of one group.
 GROUPABLE_REGULARISERS = {"weight-decay": "value", "input-noise": "sigma", "grad-clip": "value"}
