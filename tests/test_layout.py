@@ -1,15 +1,20 @@
 """The shape of the code (issue 24, docs/architecture.md): rsc_core is grouped by the study's
 stages and dependencies run one way, from later stages to earlier ones and to the kernel; the
-core imports no plugin and no CLI module; plugins and the CLI never import each other; no two
-modules import each other, directly or round a longer circle. Imports inside functions count:
-a lazy import is still a dependency. Old module paths still import, as the same module."""
+core imports no plugin and no CLI module; plugins and the CLI never import each other; no
+module imports, however indirectly, a module that imports it; a plugin kind that has grown keeps
+one plugin per module. The checks read the source files with ``ast``: imports inside functions
+count too (a lazy import only hides a circle until someone moves it to the top). Old module
+paths still import, as the same module."""
 from __future__ import annotations
 
 import ast
 import importlib
+from collections import Counter
 from pathlib import Path
 
 import pytest
+
+import rsc_core
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"rsc_core": ROOT / "rsc_core", "rsc_plugins": ROOT / "plugins",
@@ -20,42 +25,50 @@ PACKAGES = {"rsc_core": ROOT / "rsc_core", "rsc_plugins": ROOT / "plugins",
 STAGES = {"storage": 0, "data": 1, "training": 2, "evaluation": 3, "influence": 4, "runs": 5,
           "analysis": 6, "removal": 7, "privacy": 8, "audit": 9, "sweeps": 10, "reports": 11}
 
-
-def module_files() -> dict[str, Path]:
-    """Every module of the three packages, by dotted name."""
-    modules = {}
-    for package, folder in PACKAGES.items():
-        for path in folder.rglob("*.py"):
-            parts = path.relative_to(folder).with_suffix("").parts
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            modules[".".join((package, *parts))] = path
-    return modules
+#: A module registering several plugins must stay short: past this many lines it is split into
+#: one module per plugin (or per network definition, as ``architectures/``).
+MAX_LINES_WITH_SEVERAL_PLUGINS = 250
 
 
-MODULES = module_files()
+def module_name(path: Path, root: Path, package: str) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join([package, *parts])
 
 
-def imported(name: str, path: Path) -> set[str]:
-    """The modules of ours that ``name`` imports anywhere in its file."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+def modules(packages: dict[str, Path]) -> dict[str, Path]:
+    """Every module of ``packages`` (name -> folder), by dotted name."""
+    return {module_name(path, root, package): path for package, root in packages.items()
+            for path in sorted(root.rglob("*.py"))}
+
+
+def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
+    """The modules of ``known`` that ``name``'s source imports, anywhere in the file.
+    ``from . import x`` names the submodule ``x`` when there is one, else the package."""
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
+            found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{anchor}.{base}" if base else anchor
-            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        found |= {t for t in targets if t in MODULES}
-    return found - {name}
+                anchor = name.split(".")
+                anchor = anchor[:len(anchor) - node.level + (1 if is_package else 0)]
+                base = ".".join(anchor + ([base] if base else []))
+            submodules = {f"{base}.{alias.name}" for alias in node.names} & known
+            found.update(submodules or {base})
+    return found & known - {name}
 
 
-GRAPH = {name: imported(name, path) for name, path in MODULES.items()}
+def import_graph(packages: dict[str, Path]) -> dict[str, set[str]]:
+    found = modules(packages)
+    return {name: imported_modules(name, path, set(found)) for name, path in found.items()}
+
+
+MODULES = modules(PACKAGES)
+GRAPH = import_graph(PACKAGES)
 
 
 def stage(module: str) -> int:
@@ -97,35 +110,27 @@ def test_every_core_module_is_in_a_known_stage_or_the_kernel():
     assert folders == set(STAGES)
 
 
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan)."""
-    index, low, stack, on_stack, found = {}, {}, [], set(), []
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` (``[a, b, ..., a]``), or None when there is none."""
+    state: dict[str, str] = {}  # "open" while on the current path, "done" after
+    path: list[str] = []
 
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        on_stack.add(node)
-        for nxt in graph.get(node, ()):
-            if nxt not in index:
-                visit(nxt)
-                low[node] = min(low[node], low[nxt])
-            elif nxt in on_stack:
-                low[node] = min(low[node], index[nxt])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                on_stack.discard(member)
-                component.append(member)
-                if member == node:
-                    break
-            if len(component) > 1:
-                found.append(sorted(component))
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        path.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        path.pop()
+        state[node] = "done"
+        return None
 
     for node in sorted(graph):
-        if node not in index:
-            visit(node)
-    return found
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
 
 
 def without_packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
@@ -135,13 +140,30 @@ def without_packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     return {m: ts - packages for m, ts in graph.items() if m not in packages}
 
 
-def test_the_cycle_finder_finds_a_circle():
-    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert cycles({"a": {"b"}, "b": set()}) == []
+def test_no_module_imports_itself_round_a_circle():
+    assert "rsc_plugins.trainers.erm_recipe" in GRAPH["rsc_plugins.trainers.erm_group"]
+    cycle = find_cycle(without_packages(GRAPH))
+    assert cycle is None, f"import circle: {' -> '.join(cycle)}"
 
 
-def test_no_two_modules_import_each_other_even_round_a_circle():
-    assert cycles(without_packages(GRAPH)) == []
+def test_the_circle_check_finds_a_lazy_circle_and_the_import_forms(tmp_path):
+    """The two trainer modules as they were: ``a`` imports ``b`` inside a function, ``b``
+    imports ``a`` at the top. Plus each import form the check must resolve."""
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("from .a import A\n")
+    (package / "a.py").write_text("def f():\n    from .b import g\n    return g\n")
+    (package / "b.py").write_text("from .a import f\n\ndef g():\n    return f\n")
+    (package / "sub" / "__init__.py").write_text("from . import c\nfrom .. import b\n")
+    (package / "sub" / "c.py").write_text("import pkg.a\nfrom ..sub import d\n")
+    (package / "sub" / "d.py").write_text("")
+    graph = import_graph({"pkg": package})
+    assert graph == {"pkg": {"pkg.a"}, "pkg.a": {"pkg.b"}, "pkg.b": {"pkg.a"},
+                     "pkg.sub": {"pkg.sub.c", "pkg.b"}, "pkg.sub.c": {"pkg.a", "pkg.sub.d"},
+                     "pkg.sub.d": set()}
+    assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.a"]
+    (package / "b.py").write_text("def g():\n    return 1\n")
+    assert find_cycle(import_graph({"pkg": package})) is None
 
 
 OLD_PATHS = {"rsc_core.patterns": "rsc_core.data.patterns",
@@ -204,3 +226,21 @@ def test_every_package_is_listed_for_installation():
                  ["packages"])
     packages = {m for m, p in MODULES.items() if p.name == "__init__.py"}
     assert packages == listed
+
+
+def test_a_module_holding_several_registered_plugins_is_short():
+    """A plugin kind that grows gets a subpackage with one plugin per module; several in one
+    module are fine only while they are a few lines each (variants of one network, the
+    patterns, the CIFAR datasets)."""
+    per_module = Counter(
+        entry.obj.__module__
+        for kind in rsc_core.KINDS for entry in rsc_core.registry(kind).entries()
+        if entry.source == "rsc")
+    assert per_module["rsc_plugins.architectures.resnet"] == 6  # the count is of real entries
+    paths = MODULES
+    too_long = {name: (count, len(paths[name].read_text().splitlines()))
+                for name, count in per_module.items() if count > 1
+                and len(paths[name].read_text().splitlines()) > MAX_LINES_WITH_SEVERAL_PLUGINS}
+    assert not too_long, (f"modules holding several plugins past "
+                          f"{MAX_LINES_WITH_SEVERAL_PLUGINS} lines (plugins, lines): {too_long}; "
+                          f"give each plugin a module of its own")
