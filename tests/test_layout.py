@@ -244,3 +244,17 @@ def test_a_module_holding_several_registered_plugins_is_short():
     assert not too_long, (f"modules holding several plugins past "
                           f"{MAX_LINES_WITH_SEVERAL_PLUGINS} lines (plugins, lines): {too_long}; "
                           f"give each plugin a module of its own")
+
+
+def test_a_run_folder_written_before_the_grouping_is_found_under_its_name(tmp_path):
+    """The run folder's name carries the hash of its configuration; the move must not change
+    it, or every finished run would be trained again. The name is the one of a 70-epoch run
+    trained before the grouping (docs/results.md, issue 23's grid)."""
+    from rsc_core.data.spec import parse_spec
+    from rsc_core.runs.training import find_run
+    from rsc_core.training.recipe import recipe_config
+
+    config = recipe_config({"model_spec": "ce-tor-LargeMLP", "optimizer": "adam", "lr": 0.01,
+                            "batch_size": 128, "epochs": 70, "train_seed": 0})
+    run = find_run(parse_spec("mnistv20-3-0-0"), config, runs_dir=tmp_path)
+    assert run.path.name == "mnistv20-3-0-0_ce-tor-LargeMLP_adam-lr0.01-b128-e70-s0-cb785be470"
