@@ -198,8 +198,8 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
             seeds = sorted({r["seed"] for r in members})
             axis.set(xscale="log", xlim=(0.7, 150), ylim=(0, 1.02), xticks=[1, 3, 10, 100],
                      xticklabels=["1", "3", "10", "100"], xlabel="n (planted of 60,000)",
-                     ylabel=measure, title=f"{dataset} {pattern} (seeds "
-                     f"{','.join(map(str, seeds))})")
+                     ylabel=measure, title=f"{dataset} {pattern}: {len(members)} runs "
+                     f"(seeds {','.join(map(str, seeds))})")
             axis.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Auditors on planted runs (LargeMLP, 70 epochs):\nmean ± SEM over dataset "
