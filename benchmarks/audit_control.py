@@ -15,7 +15,8 @@ script resumes); prints a markdown table of the control beside the planted model
       python benchmarks/audit_control.py --runs-dir /work/rsc-runs/runs \\
       --clean /work/rsc-runs/runs/mnist_ce-tor-LargeMLP_adam-lr0.01-b128-e70-s0-031e237558 \\
       --spec 'mnist{v20,v8}-{1,3,100}-0-{0..2}' --references /work/rsc-runs/mia-runs \\
-      --out /work/audit-out/control --grid /work/audit-out/grid/results.json
+      --out /work/audit-out/control --grid /work/audit-out/grid/results.json \\
+      --figure docs/img/audit-control.png
 """
 from __future__ import annotations
 
@@ -83,6 +84,59 @@ def table(rows: list[dict[str, Any]], grid: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def figure(rows: list[dict[str, Any]], grid: dict[str, dict[str, Any]], path: Path,
+           measure: str = "recall@100") -> None:
+    """One panel per (dataset, pattern): ``measure`` against n per auditor, the run's own model
+    (solid) beside the clean model on the same training set (dashed, the control)."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mean_sem = _grid_module().mean_sem
+    groups: dict[tuple, list] = defaultdict(list)
+    for row in rows:
+        groups[(row["dataset"], row["pattern"])].append(row)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.8), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, ((dataset, pattern), members) in zip(axes[0], sorted(groups.items())):
+        ns = sorted({r["n"] for r in members})
+        names = sorted((n for n in members[0]["metrics"] if n != "combined"),
+                       key=lambda n: (n.startswith("combined"), n))  # audit_grid's colours
+        for colour, name in zip(colours, names):
+            for source, style in (("own", "-"), ("control", "--")):
+                stats = []
+                for n in ns:
+                    at_n = [r for r in members if r["n"] == n]
+                    if source == "own":
+                        values = [grid[r["run"]]["metrics"][name][measure] for r in at_n
+                                  if r["run"] in grid]
+                    else:
+                        values = [r["metrics"][name][measure] for r in at_n]
+                    stats.append(mean_sem(values))
+                axis.errorbar(ns, [s[0] for s in stats], linestyle=style, color=colour,
+                              yerr=[0 if math.isnan(s[1]) else s[1] for s in stats],
+                              marker="o" if source == "own" else "x", capsize=3,
+                              label=f"{name.split(':')[0]} ({source})")
+        seeds = sorted({r["seed"] for r in members})
+        axis.set(xscale="log", xlim=(0.7, 150), ylim=(0, 1.02), xticks=ns,
+                 xticklabels=[str(n) for n in ns], xlabel="n (planted of 60,000)",
+                 ylabel=measure, title=f"{dataset} {pattern}: {len(members)} runs "
+                 f"(seeds {','.join(map(str, seeds))})")
+        axis.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7)
+    fig.suptitle(f"The control: {measure} with the run's own model (solid) and with the clean "
+                 "model on the same training set (dashed)\nLargeMLP, 70 epochs; mean ± SEM "
+                 "over dataset seeds", fontsize=9)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     grid = _grid_module()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--grid", type=Path, default=None, help="audit_grid.py's results.json")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="write recall@100, own model vs control, as this PNG (needs --grid)")
     args = parser.parse_args(argv)
     texts = args.auditor or [a.format(references=args.references) for a in grid.AUDITORS
                              if args.references or not a.startswith("memorisation")]
@@ -110,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.grid is not None and args.grid.is_file():
         own = {r["run"]: r for r in json.loads(args.grid.read_text())["rows"]}
     print(table(rows, own))
+    if args.figure is not None and rows and own:
+        figure(rows, own, args.figure)
     return 0
 
 

@@ -303,8 +303,13 @@ def test_the_audit_control_benchmark_audits_with_the_clean_model(data_env, tmp_p
     args = ["--runs-dir", str(run.path.parent), "--clean", str(clean.path), "--spec",
             run.spec.name, "--recipe", recipe, "--auditor", "saliency:quantile=0.9",
             "--out", str(out)]
-    assert control.main(args) == 0
+    grid = tmp_path / "results.json"  # the planted model's own audit, as audit_grid writes it
+    grid.write_text(json.dumps({"rows": [{"run": run.name, "metrics": {
+        "saliency:quantile=0.9": {"auroc": 0.25, "recall@100": 0.75}}}]}))
+    figure = tmp_path / "control.png"
+    assert control.main(args + ["--grid", str(grid), "--figure", str(figure)]) == 0
     row = json.loads((out / f"{run.name}.json").read_text())
     assert row["clean"] == clean.name and row["n"] == 2
     assert 0 <= row["metrics"]["saliency:quantile=0.9"]["auroc"] <= 1
-    assert "| mnist | v8 | 2 | 0 | saliency |" in capsys.readouterr().out
+    assert "| mnist | v8 | 2 | 0 | saliency | 0.250 |" in capsys.readouterr().out
+    assert figure.read_bytes().startswith(b"\x89PNG")
