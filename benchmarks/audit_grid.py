@@ -183,12 +183,20 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     keys = sorted({(r["dataset"], r["pattern"]) for r in planted})
     names = sorted({name for r in planted for name in r["metrics"]},
                    key=lambda n: (n.startswith(COMBINED), n))
-    fig, axes = plt.subplots(2, len(keys), figsize=(3.6 * len(keys), 6.2), squeeze=False)
-    for column, (dataset, pattern) in enumerate(keys):
+    columns = min(len(keys), 4)  # a pattern's two panels one above the other, wrapped
+    blocks = -(-len(keys) // columns)
+    fig, axes = plt.subplots(2 * blocks, columns, figsize=(3.6 * columns, 3.1 * 2 * blocks),
+                             squeeze=False)
+    for index in range(len(keys), blocks * columns):  # the last block's empty places
+        block, column = divmod(index, columns)
+        axes[2 * block, column].set_visible(False)
+        axes[2 * block + 1, column].set_visible(False)
+    for index, (dataset, pattern) in enumerate(keys):
         members = [r for r in planted if (r["dataset"], r["pattern"]) == (dataset, pattern)]
         ns = sorted({r["n"] for r in members})
+        block, column = divmod(index, columns)
         for row_index, measure in enumerate(("auroc", "recall@100")):
-            axis = axes[row_index, column]
+            axis = axes[2 * block + row_index, column]
             for name in names:
                 stats = [mean_sem([r["metrics"][name][measure] for r in members
                                    if r["n"] == n and name in r["metrics"]]) for n in ns]
@@ -199,7 +207,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
             axis.set(xscale="log", xlim=(0.7, 150), ylim=(0, 1.02), xticks=[1, 3, 10, 100],
                      xticklabels=["1", "3", "10", "100"], xlabel="n (planted of 60,000)",
                      ylabel=measure, title=f"{dataset} {pattern}: {len(members)} runs "
-                     f"(seeds {','.join(map(str, seeds))})")
+                     f"(seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))})")
             axis.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Auditors on planted runs (LargeMLP, 70 epochs):\nmean ± SEM over dataset "
