@@ -63,24 +63,29 @@ def control(run: Run, clean: Run, texts: list[str], data_dir: str | None) -> dic
 
 
 def table(rows: list[dict[str, Any]], grid: dict[str, dict[str, Any]]) -> str:
+    """Markdown: for recall@100 and AUROC, a row per (dataset, pattern, n) and a column per
+    auditor, each cell "own model / clean model (control)", mean ± SEM over seeds."""
     cell = _grid_module().cell
     groups: dict[tuple, list] = defaultdict(list)
     for row in rows:
         groups[(row["dataset"], row["pattern"], row["n"])].append(row)
-    lines = ["| dataset | pattern | n | seeds | auditor | AUROC, own model | AUROC, clean "
-             "model (control) | recall@100, own | recall@100, control |",
-             "|---|---|---:|---|---|---:|---:|---:|---:|"]
-    for (dataset, pattern, n), members in sorted(groups.items()):
-        seeds = ",".join(str(r["seed"]) for r in sorted(members, key=lambda r: r["seed"]))
-        for name in members[0]["metrics"]:
-            own = [grid[r["run"]]["metrics"][name] for r in members
-                   if r["run"] in grid and name in grid[r["run"]]["metrics"]]
-            ctrl = [r["metrics"][name] for r in members]
-            lines.append(f"| {dataset} | {pattern} | {n} | {seeds} | {name.split(':')[0]} | "
-                         f"{cell([m['auroc'] for m in own], 3)} | "
-                         f"{cell([m['auroc'] for m in ctrl], 3)} | "
-                         f"{cell([m['recall@100'] for m in own])} | "
-                         f"{cell([m['recall@100'] for m in ctrl])} |")
+    names = list(rows[0]["metrics"]) if rows else []
+    lines: list[str] = []
+    for measure, digits in (("recall@100", 2), ("auroc", 3)):
+        lines += [f"**{measure}: own model / clean model (control)**", "",
+                  "| dataset | pattern | n | seeds | "
+                  + " | ".join(name.split(":")[0] for name in names) + " |",
+                  "|---|---|---:|---|" + "---:|" * len(names)]
+        for (dataset, pattern, n), members in sorted(groups.items()):
+            seeds = ",".join(str(r["seed"]) for r in sorted(members, key=lambda r: r["seed"]))
+            cells = []
+            for name in names:
+                own = [grid[r["run"]]["metrics"][name][measure] for r in members
+                       if r["run"] in grid and name in grid[r["run"]]["metrics"]]
+                ctrl = [r["metrics"][name][measure] for r in members if name in r["metrics"]]
+                cells.append(f"{cell(own, digits)} / {cell(ctrl, digits)}")
+            lines.append(f"| {dataset} | {pattern} | {n} | {seeds} | " + " | ".join(cells) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -117,6 +117,25 @@ def cell(values: list[float], digits: int = 2, style: str = "f") -> str:
     return f"{mean:.{digits}{style}}" + ("" if math.isnan(sem) else f" ± {sem:.{digits}{style}}")
 
 
+def metric_table(groups: dict[tuple, list], names: list[str], metric: str,
+                 digits: int) -> list[str]:
+    """One markdown table of ``metric``: a row per (dataset, pattern, n), a column per auditor
+    (mean ± SEM over the seeds of that cell)."""
+    short = [name.split(":")[0] for name in names]
+    lines = [f"**{metric}**", "",
+             "| dataset | pattern | n | runs (seeds) | " + " | ".join(short) + " |",
+             "|---|---|---:|---|" + "---:|" * len(names)]
+    for (dataset, pattern, n), members in sorted(groups.items()):
+        if pattern == "clean":
+            continue
+        seeds = ",".join(str(r["seed"]) for r in sorted(members, key=lambda r: r["seed"]))
+        cells = [cell([r["metrics"][name][metric] for r in members if name in r["metrics"]],
+                      digits) for name in names]
+        lines.append(f"| {dataset} | {pattern} | {n} | {len(members)} ({seeds}) | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
 def tables(rows: list[dict[str, Any]]) -> str:
     """Markdown: per (dataset, pattern, n) and auditor, recall@10, recall@100 and AUROC over
     seeds; Neural Cleanse's flags and IoU; the clean runs' baseline; times."""
@@ -125,21 +144,10 @@ def tables(rows: list[dict[str, Any]]) -> str:
         groups[(row["dataset"], row["pattern"], row["n"])].append(row)
     names = sorted({name for row in rows for name in row["metrics"]},
                    key=lambda n: (n.startswith(COMBINED), n))
-    lines = ["| dataset | pattern | n | runs (seeds) | auditor | recall@10 | recall@100 | AUROC |",
-             "|---|---|---:|---|---|---:|---:|---:|"]
-    for (dataset, pattern, n), members in sorted(groups.items()):
-        if pattern == "clean":
-            continue
-        seeds = ",".join(str(r["seed"]) for r in sorted(members, key=lambda r: r["seed"]))
-        for name in names:
-            values = [r["metrics"].get(name) for r in members if name in r["metrics"]]
-            if not values:
-                continue
-            lines.append(f"| {dataset} | {pattern} | {n} | {len(members)} ({seeds}) | "
-                         f"{name.split(':')[0]} | {cell([v['recall@10'] for v in values])} | "
-                         f"{cell([v['recall@100'] for v in values])} | "
-                         f"{cell([v['auroc'] for v in values], 3)} |")
-    lines += ["", "| dataset | pattern | n | runs | NC target flagged | NC target anomaly index | "
+    lines: list[str] = []
+    for metric, digits in (("recall@10", 2), ("recall@100", 2), ("auroc", 3)):
+        lines += metric_table(groups, names, metric, digits) + [""]
+    lines += ["| dataset | pattern | n | runs | NC target flagged | NC target anomaly index | "
               "NC mask IoU | classes NC flagged |", "|---|---|---:|---:|---:|---:|---:|---|"]
     for (dataset, pattern, n), members in sorted(groups.items()):
         if "nc_flagged" not in members[0]:

@@ -274,7 +274,12 @@ def test_the_audit_grid_benchmark_audits_evaluates_and_resumes(data_env, tmp_pat
     assert set(metrics) == {"saliency:quantile=0.9", "neural-cleanse:steps=10,images=10,phase=5",
                             "combined", "combined-max-rank"}
     assert 0 <= rows[0]["nc_iou"] <= 1 and isinstance(rows[0]["nc_target_flagged"], bool)
-    assert "| mnist | v8 | 2 | 1 (0) | saliency |" in report.out
+    order = ["neural-cleanse:steps=10,images=10,phase=5", "saliency:quantile=0.9", "combined",
+             "combined-max-rank"]  # the columns: the auditors, then the combinations
+    aurocs = " | ".join(f"{metrics[name]['auroc']:.3f}" for name in order)
+    auroc_table = report.out.split("**auroc**")[1]
+    assert "| neural-cleanse | saliency | combined | combined-max-rank |" in auroc_table
+    assert f"| mnist | v8 | 2 | 1 (0) | {aurocs} |" in auroc_table
     assert "pending (not finished or not audited): 2" in report.err
     assert (tmp_path / "grid.png").stat().st_size > 0
     stamp = (out / run.name / "audit.json").stat().st_mtime_ns
@@ -311,5 +316,9 @@ def test_the_audit_control_benchmark_audits_with_the_clean_model(data_env, tmp_p
     row = json.loads((out / f"{run.name}.json").read_text())
     assert row["clean"] == clean.name and row["n"] == 2
     assert 0 <= row["metrics"]["saliency:quantile=0.9"]["auroc"] <= 1
-    assert "| mnist | v8 | 2 | 0 | saliency | 0.250 |" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    ctrl = row["metrics"]["saliency:quantile=0.9"]
+    recall_table, auroc_table = out_text.split("**auroc")
+    assert f"| mnist | v8 | 2 | 0 | 0.75 / {ctrl['recall@100']:.2f}" in recall_table
+    assert f"| mnist | v8 | 2 | 0 | 0.250 / {ctrl['auroc']:.3f}" in auroc_table
     assert figure.read_bytes().startswith(b"\x89PNG")
