@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from rsc_core.storage.atomic import write_json
-from rsc_core.audit.runner import Ranking, create_auditors, run_auditors, training_set
+from rsc_core.audit.runner import (COMBINED, Ranking, create_auditors, run_auditors,
+                                   training_set)
 from rsc_core.audit.metrics import ranking_metrics
 from rsc_core.runs.folder import Run, resolve_device
 from rsc_core.data.subsets import training_rows
@@ -69,7 +70,8 @@ def table(rows: list[dict[str, Any]], grid: dict[str, dict[str, Any]]) -> str:
     groups: dict[tuple, list] = defaultdict(list)
     for row in rows:
         groups[(row["dataset"], row["pattern"], row["n"])].append(row)
-    names = list(rows[0]["metrics"]) if rows else []
+    names = sorted({name for row in rows for name in row["metrics"]},  # as audit_grid orders
+                   key=lambda n: (n.startswith(COMBINED), n))
     lines: list[str] = []
     for measure, digits in (("recall@100", 2), ("auroc", 3)):
         lines += [f"**{measure}: own model / clean model (control)**", "",
