@@ -158,17 +158,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--figure", type=Path, default=None,
                         help="write recall@100, own model vs control, as this PNG (needs --grid)")
+    parser.add_argument("--max-runs", type=int, default=None,
+                        help="compute at most this many new controls (0: tabulate the done ones)")
     args = parser.parse_args(argv)
     texts = args.auditor or [a.format(references=args.references) for a in grid.AUDITORS
                              if args.references or not a.startswith("memorisation")]
     clean = Run.open(args.clean)
-    rows = []
+    rows, computed, pending = [], 0, 0
     for run in grid.find_runs(args.runs_dir, args.spec, args.recipe):
         path = args.out / f"{run.name}.json"
         if not path.is_file():
+            if args.max_runs is not None and computed >= args.max_runs:
+                pending += 1
+                continue
             print(f"control for {run.name}", file=sys.stderr, flush=True)
             write_json(path, control(run, clean, texts, args.data_dir))
+            computed += 1
         rows.append(json.loads(path.read_text()))
+    print(f"controls tabulated: {len(rows)}; finished runs still without one: {pending}",
+          file=sys.stderr)
     own = {}
     if args.grid is not None and args.grid.is_file():
         own = {r["run"]: r for r in json.loads(args.grid.read_text())["rows"]}

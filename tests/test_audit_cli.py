@@ -308,6 +308,9 @@ def test_the_audit_control_benchmark_audits_with_the_clean_model(data_env, tmp_p
     args = ["--runs-dir", str(run.path.parent), "--clean", str(clean.path), "--spec",
             run.spec.name, "--recipe", recipe, "--auditor", "saliency:quantile=0.9",
             "--out", str(out)]
+    assert control.main(args + ["--max-runs", "0"]) == 0  # tabulates only: nothing computed
+    assert not (out / f"{run.name}.json").exists()
+    assert "finished runs still without one: 1" in capsys.readouterr().err
     grid = tmp_path / "results.json"  # the planted model's own audit, as audit_grid writes it
     grid.write_text(json.dumps({"rows": [{"run": run.name, "metrics": {
         "saliency:quantile=0.9": {"auroc": 0.25, "recall@100": 0.75}}}]}))
