@@ -106,9 +106,14 @@ def figure(rows: list[dict[str, Any]], grid: dict[str, dict[str, Any]], path: Pa
     groups: dict[tuple, list] = defaultdict(list)
     for row in rows:
         groups[(row["dataset"], row["pattern"])].append(row)
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.8), squeeze=False)
+    columns = min(len(groups), 4)  # wrapped into rows of four panels
+    rows_of_panels = -(-len(groups) // columns)
+    fig, axes = plt.subplots(rows_of_panels, columns,
+                             figsize=(4.4 * columns, 3.8 * rows_of_panels + 1.4), squeeze=False)
+    for axis in axes.flat[len(groups):]:
+        axis.set_visible(False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for axis, ((dataset, pattern), members) in zip(axes[0], sorted(groups.items())):
+    for axis, ((dataset, pattern), members) in zip(axes.flat, sorted(groups.items())):
         ns = sorted({r["n"] for r in members})
         names = sorted((n for n in members[0]["metrics"] if n != "combined"),
                        key=lambda n: (n.startswith("combined"), n))  # audit_grid's colours
@@ -131,14 +136,15 @@ def figure(rows: list[dict[str, Any]], grid: dict[str, dict[str, Any]], path: Pa
         axis.set(xscale="log", xlim=(0.7, 150), ylim=(0, 1.02), xticks=ns,
                  xticklabels=[str(n) for n in ns], xlabel="n (planted of 60,000)",
                  ylabel=measure, title=f"{dataset} {pattern}: {len(members)} runs "
-                 f"(seeds {','.join(map(str, seeds))})")
+                 f"(seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))})")
         axis.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7)
     fig.suptitle(f"The control: {measure} with the run's own model (solid) and with the clean "
                  "model on the same training set (dashed)\nLargeMLP, 70 epochs; mean ± SEM "
                  "over dataset seeds", fontsize=9)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    height = fig.get_figheight()
+    fig.tight_layout(rect=(0, 0.8 / height, 1, 1 - 0.6 / height))  # legend below, title above
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

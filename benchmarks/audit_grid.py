@@ -220,7 +220,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Auditors on planted runs (LargeMLP, 70 epochs):\nmean ± SEM over dataset "
                  "seeds; AUROC 0.5 = chance", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / fig.get_figheight()))  # room for the title
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
