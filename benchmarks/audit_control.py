@@ -66,12 +66,12 @@ def control(run: Run, clean: Run, texts: list[str], data_dir: str | None) -> dic
 def table(rows: list[dict[str, Any]], grid: dict[str, dict[str, Any]]) -> str:
     """Markdown: for recall@100 and AUROC, a row per (dataset, pattern, n) and a column per
     auditor, each cell "own model / clean model (control)", mean ± SEM over seeds."""
-    cell = _grid_module().cell
+    grid_module = _grid_module()
+    cell = grid_module.cell
     groups: dict[tuple, list] = defaultdict(list)
     for row in rows:
         groups[(row["dataset"], row["pattern"], row["n"])].append(row)
-    names = sorted({name for row in rows for name in row["metrics"]},  # as audit_grid orders
-                   key=lambda n: (n.startswith(COMBINED), n))
+    names = grid_module.auditor_order(name for row in rows for name in row["metrics"])
     lines: list[str] = []
     for measure, digits in (("recall@100", 2), ("auroc", 3)):
         lines += [f"**{measure}: own model / clean model (control)**", "",
@@ -79,14 +79,14 @@ def table(rows: list[dict[str, Any]], grid: dict[str, dict[str, Any]]) -> str:
                   + " | ".join(name.split(":")[0] for name in names) + " |",
                   "|---|---|---:|---|" + "---:|" * len(names)]
         for (dataset, pattern, n), members in sorted(groups.items()):
-            seeds = ",".join(str(r["seed"]) for r in sorted(members, key=lambda r: r["seed"]))
             cells = []
             for name in names:
                 own = [grid[r["run"]]["metrics"][name][measure] for r in members
                        if r["run"] in grid and name in grid[r["run"]]["metrics"]]
                 ctrl = [r["metrics"][name][measure] for r in members if name in r["metrics"]]
                 cells.append(f"{cell(own, digits)} / {cell(ctrl, digits)}")
-            lines.append(f"| {dataset} | {pattern} | {n} | {seeds} | " + " | ".join(cells) + " |")
+            lines.append(f"| {dataset} | {pattern} | {n} | {grid_module.seed_list(members)} | "
+                         + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -102,7 +102,7 @@ def figure(rows: list[dict[str, Any]], grid: dict[str, dict[str, Any]], path: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mean_sem = _grid_module().mean_sem
+    grid_module = _grid_module()
     groups: dict[tuple, list] = defaultdict(list)
     for row in rows:
         groups[(row["dataset"], row["pattern"])].append(row)
@@ -115,8 +115,8 @@ def figure(rows: list[dict[str, Any]], grid: dict[str, dict[str, Any]], path: Pa
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for axis, ((dataset, pattern), members) in zip(axes.flat, sorted(groups.items())):
         ns = sorted({r["n"] for r in members})
-        names = sorted((n for n in members[0]["metrics"] if n != "combined"),
-                       key=lambda n: (n.startswith("combined"), n))  # audit_grid's colours
+        names = [name for name in grid_module.auditor_order(members[0]["metrics"])
+                 if name != COMBINED]  # the rank average is in the tables only
         for colour, name in zip(colours, names):
             for source, style in (("own", "-"), ("control", "--")):
                 stats = []
@@ -127,16 +127,14 @@ def figure(rows: list[dict[str, Any]], grid: dict[str, dict[str, Any]], path: Pa
                                   if r["run"] in grid]
                     else:
                         values = [r["metrics"][name][measure] for r in at_n]
-                    stats.append(mean_sem(values))
+                    stats.append(grid_module.mean_sem(values))
                 axis.errorbar(ns, [s[0] for s in stats], linestyle=style, color=colour,
                               yerr=[0 if math.isnan(s[1]) else s[1] for s in stats],
                               marker="o" if source == "own" else "x", capsize=3,
                               label=f"{name.split(':')[0]} ({source})")
-        seeds = sorted({r["seed"] for r in members})
         axis.set(xscale="log", xlim=(0.7, 150), ylim=(0, 1.02), xticks=ns,
                  xticklabels=[str(n) for n in ns], xlabel="n (planted of 60,000)",
-                 ylabel=measure, title=f"{dataset} {pattern}: {len(members)} runs "
-                 f"(seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))})")
+                 ylabel=measure, title=grid_module.panel_title(dataset, pattern, members))
         axis.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7)

@@ -29,7 +29,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -117,6 +117,23 @@ def cell(values: list[float], digits: int = 2, style: str = "f") -> str:
     return f"{mean:.{digits}{style}}" + ("" if math.isnan(sem) else f" ± {sem:.{digits}{style}}")
 
 
+def auditor_order(names: Iterable[str]) -> list[str]:
+    """The auditors by name, then the combinations: the tables' columns and the figures'
+    colours, the same in audit_grid.py and audit_control.py."""
+    return sorted(set(names), key=lambda n: (n.startswith(COMBINED), n))
+
+
+def seed_list(members: list[dict[str, Any]]) -> str:
+    """The dataset seeds among ``members``, each once: "0,1,2"."""
+    return ",".join(str(seed) for seed in sorted({r["seed"] for r in members}))
+
+
+def panel_title(dataset: str, pattern: str, members: list[dict[str, Any]]) -> str:
+    """A figure panel's title: what it pools, runs and seeds."""
+    plural = "s" if len({r["seed"] for r in members}) > 1 else ""
+    return f"{dataset} {pattern}: {len(members)} runs (seed{plural} {seed_list(members)})"
+
+
 def metric_table(groups: dict[tuple, list], names: list[str], metric: str,
                  digits: int) -> list[str]:
     """One markdown table of ``metric``: a row per (dataset, pattern, n), a column per auditor
@@ -128,10 +145,9 @@ def metric_table(groups: dict[tuple, list], names: list[str], metric: str,
     for (dataset, pattern, n), members in sorted(groups.items()):
         if pattern == "clean":
             continue
-        seeds = ",".join(str(r["seed"]) for r in sorted(members, key=lambda r: r["seed"]))
         cells = [cell([r["metrics"][name][metric] for r in members if name in r["metrics"]],
                       digits) for name in names]
-        lines.append(f"| {dataset} | {pattern} | {n} | {len(members)} ({seeds}) | "
+        lines.append(f"| {dataset} | {pattern} | {n} | {len(members)} ({seed_list(members)}) | "
                      + " | ".join(cells) + " |")
     return lines
 
@@ -142,8 +158,7 @@ def tables(rows: list[dict[str, Any]]) -> str:
     groups: dict[tuple, list] = defaultdict(list)
     for row in rows:
         groups[(row["dataset"], row["pattern"], row["n"])].append(row)
-    names = sorted({name for row in rows for name in row["metrics"]},
-                   key=lambda n: (n.startswith(COMBINED), n))
+    names = auditor_order(name for row in rows for name in row["metrics"])
     lines: list[str] = []
     for metric, digits in (("recall@10", 2), ("recall@100", 2), ("auroc", 3)):
         lines += metric_table(groups, names, metric, digits) + [""]
@@ -189,8 +204,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
 
     planted = [r for r in rows if r["pattern"] != "clean"]
     keys = sorted({(r["dataset"], r["pattern"]) for r in planted})
-    names = sorted({name for r in planted for name in r["metrics"]},
-                   key=lambda n: (n.startswith(COMBINED), n))
+    names = auditor_order(name for r in planted for name in r["metrics"])
     columns = min(len(keys), 4)  # a pattern's two panels one above the other, wrapped
     blocks = -(-len(keys) // columns)
     fig, axes = plt.subplots(2 * blocks, columns, figsize=(3.6 * columns, 3.1 * 2 * blocks),
@@ -211,11 +225,9 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
                 axis.errorbar(ns, [s[0] for s in stats],
                               yerr=[0 if math.isnan(s[1]) else s[1] for s in stats],
                               marker="o", capsize=3, label=name.split(":")[0])
-            seeds = sorted({r["seed"] for r in members})
             axis.set(xscale="log", xlim=(0.7, 150), ylim=(0, 1.02), xticks=[1, 3, 10, 100],
                      xticklabels=["1", "3", "10", "100"], xlabel="n (planted of 60,000)",
-                     ylabel=measure, title=f"{dataset} {pattern}: {len(members)} runs "
-                     f"(seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))})")
+                     ylabel=measure, title=panel_title(dataset, pattern, members))
             axis.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Auditors on planted runs (LargeMLP, 70 epochs):\nmean ± SEM over dataset "

@@ -287,6 +287,16 @@ def test_the_audit_grid_benchmark_audits_evaluates_and_resumes(data_env, tmp_pat
     assert (out / run.name / "audit.json").stat().st_mtime_ns == stamp
 
 
+def test_the_audit_benchmarks_name_each_seed_once_and_order_auditors_before_combinations():
+    """A figure panel pools every n, so a seed appears once per n among its runs."""
+    grid = _script("audit_grid")
+    members = [{"seed": 1}, {"seed": 0}, {"seed": 1}, {"seed": 0}]
+    assert grid.panel_title("mnist", "v8", members) == "mnist v8: 4 runs (seeds 0,1)"
+    assert grid.panel_title("mnist", "v8", members[:1]) == "mnist v8: 1 runs (seed 1)"
+    assert grid.auditor_order(["combined-max-rank", "saliency", "combined", "memorisation"]) == \
+        ["memorisation", "saliency", "combined", "combined-max-rank"]
+
+
 def test_the_self_influence_benchmark_runs(data_env, capsys):
     bench = _script("self_influence")
     assert bench.main(["--run", str(data_env["run"].path), "--solver",
