@@ -115,9 +115,11 @@ def figure(rows: list[dict[str, Any]], grid: dict[str, dict[str, Any]], path: Pa
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for axis, ((dataset, pattern), members) in zip(axes.flat, sorted(groups.items())):
         ns = sorted({r["n"] for r in members})
-        names = [name for name in grid_module.auditor_order(members[0]["metrics"])
-                 if name != COMBINED]  # the rank average is in the tables only
-        for colour, name in zip(colours, names):
+        # audit_grid.py's colours: each auditor's place in the full order; the rank average
+        # keeps its colour slot but is drawn in the tables only
+        for colour, name in zip(colours, grid_module.auditor_order(members[0]["metrics"])):
+            if name == COMBINED:
+                continue
             for source, style in (("own", "-"), ("control", "--")):
                 stats = []
                 for n in ns:
