@@ -179,6 +179,37 @@ def test_ekfac_self_scores_equal_the_preconditioned_gradients():
         assert scores[row].item() == pytest.approx(expected.item(), rel=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # Kronfluence's use of torch.cuda.amp
+def test_ekfac_fit_survives_an_eigendecomposition_torch_cannot_do(monkeypatch):
+    """Where torch's eigh fails to converge (it does on one thread for a covariance with many
+    zero rows, from dead ReLU units), the fit falls back to SciPy and gives the same scores;
+    torch's eigh is restored after the fit."""
+    pytest.importorskip("kronfluence")
+    from rsc_core.influence.ekfac import EkfacSettings, fit_factors, self_influence_scores
+
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    images, labels = torch.randn(30, 1, 4, 4), torch.randint(0, 3, (30,))
+    cpu = torch.device("cpu")
+
+    def scores(factors):
+        return self_influence_scores(model, images, labels, factors, 0.01, cpu, batch=16,
+                                     gradient="loss")
+
+    expected = scores(fit_factors(model, images, labels, EkfacSettings(damp=0.01), cpu))
+    calls = []
+
+    def failing_eigh(matrix, UPLO="L", *, out=None):
+        calls.append(matrix.shape)
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing_eigh)
+    fitted = fit_factors(model, images, labels, EkfacSettings(damp=0.01), cpu)
+    assert calls, "the fit did not decompose anything"
+    assert torch.linalg.eigh is failing_eigh
+    assert torch.allclose(scores(fitted), expected, rtol=1e-4, atol=1e-8)
+
+
 def test_saliency_ranks_the_planted_examples_first_and_finds_the_corner(planted):
     # 4 planted of 200 are 2%: the baseline quantile must lie below them (default 0.99)
     _, metrics, proposals = _audit(planted, "saliency", window=3, quantile=0.95)

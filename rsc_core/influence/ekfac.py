@@ -28,14 +28,16 @@ parameter (the ResNets' BatchNorm layers) is refused rather than left half-updat
 factors are written to a temporary folder that is deleted afterwards."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
+import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -142,9 +144,42 @@ def fit_factors(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         analyzer = Analyzer("group-influence", prepared, task, cpu=device.type == "cpu",
                             log_level=logging.WARNING, disable_tqdm=not progress,
                             output_dir=folder)
-        analyzer.fit_all_factors(_FACTORS_NAME, dataset, per_device_batch_size=settings.fit_batch,
-                                 factor_args=arguments, overwrite_output_dir=True)
+        with eigh_with_fallback():
+            analyzer.fit_all_factors(_FACTORS_NAME, dataset,
+                                     per_device_batch_size=settings.fit_batch,
+                                     factor_args=arguments, overwrite_output_dir=True)
         return analyzer.load_all_factors(_FACTORS_NAME)
+
+
+@contextlib.contextmanager
+def eigh_with_fallback() -> Iterator[None]:
+    """While fitting, ``torch.linalg.eigh`` falls back to SciPy's ``evr`` driver where torch's
+    fails to converge.
+
+    Why: a covariance with many identical zero eigenvalues (the activations of a layer whose
+    ReLU units are mostly dead on the fitted rows) can make torch's CPU LAPACK routine fail
+    on one thread (measured: the clean MNIST LargeMLP's last hidden layer, 232 of 257 rows of
+    its activation covariance zero, fails with OMP_NUM_THREADS=1 and succeeds with 2), while
+    SciPy's relatively robust representation driver decomposes it. Kronfluence calls
+    ``torch.linalg.eigh`` itself, so the fallback is installed for the duration of the fit
+    and removed after; a matrix torch can decompose is decomposed by torch, as before."""
+    original = torch.linalg.eigh
+
+    def eigh(matrix: torch.Tensor, UPLO: str = "L", *, out: Any = None) -> Any:
+        try:
+            return original(matrix, UPLO=UPLO, out=out)
+        except torch.linalg.LinAlgError:
+            values, vectors = scipy.linalg.eigh(matrix.detach().cpu().numpy(),
+                                                lower=UPLO == "L", driver="evr")
+            as_torch = [torch.from_numpy(a).to(matrix.device, matrix.dtype)
+                        for a in (values, vectors)]
+            return torch.return_types.linalg_eigh(as_torch)
+
+    torch.linalg.eigh = eigh
+    try:
+        yield
+    finally:
+        torch.linalg.eigh = original
 
 
 def _fit_rows(num_rows: int, settings: EkfacSettings) -> torch.Tensor:
