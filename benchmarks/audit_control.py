@@ -21,6 +21,7 @@ script resumes); prints a markdown table of the control beside the planted model
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import sys
@@ -39,8 +40,9 @@ from rsc_core.runs.folder import Run, resolve_device
 from rsc_core.data.subsets import training_rows
 
 
+@functools.cache
 def _grid_module() -> Any:
-    """audit_grid.py beside this file (its run finder and table cells)."""
+    """audit_grid.py beside this file (its run finder and table cells), loaded once."""
     path = Path(__file__).with_name("audit_grid.py")
     spec = importlib.util.spec_from_file_location("audit_grid_benchmark", path)
     module = importlib.util.module_from_spec(spec)
